@@ -1,0 +1,1 @@
+"""atk_bringup."""

@@ -1,0 +1,33 @@
+from glob import glob
+
+from setuptools import find_packages, setup
+
+package_name = "atk_bringup"
+
+setup(
+    name=package_name,
+    version="0.1.0",
+    packages=find_packages(exclude=["test"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
+        ("share/" + package_name, ["package.xml"]),
+        ("share/" + package_name + "/launch", glob("launch/*.launch.py")),
+        ("share/" + package_name + "/config", glob("config/*.yaml") + glob("config/*.xml")),
+    ],
+    install_requires=["setuptools"],
+    zip_safe=True,
+    maintainer="atk-ros developers",
+    maintainer_email="atk-ros@example.com",
+    description="Launch and parameter files, UR5e driver, MuJoCo simulation, recorder, end-to-end loop.",
+    license="Apache-2.0",
+    entry_points={
+        "console_scripts": [
+            "ur_driver_node = atk_bringup.driver_node:main",
+            "sim_node = atk_bringup.sim_node:main",
+            "recorder_node = atk_bringup.recorder_node:main",
+            "atk-graph = atk_bringup.runner:main",
+            "atk-sim-pictures = atk_bringup.sim.pictures:main",
+            "atk-demo = atk_bringup.demo:main",
+        ],
+    },
+)
