@@ -1,0 +1,119 @@
+"""The policy node's input gate, without ROS."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from atk_policy.gating import (GateConfig, GateState, KeypointInput, TrackerState, evaluate_gate,
+                               low_confidence_mask)
+
+IDS = [3, 7, 11, 20]
+
+
+def _kp(stamp: float = 10.0, state: int = TrackerState.TRACKING, ids=IDS, conf=None, visible=None,
+        size=(640, 480), positions=None, message: str = "") -> KeypointInput:
+    n = len(ids)
+    rng = np.random.default_rng(0)
+    return KeypointInput(
+        stamp_s=stamp, tracker_state=state, ids=np.asarray(ids),
+        positions=rng.uniform(0, 400, (n, 2)) if positions is None else np.asarray(positions, float),
+        confidence=np.full(n, 0.9) if conf is None else np.asarray(conf, float),
+        visible=np.ones(n, bool) if visible is None else np.asarray(visible, bool),
+        image_size=size, tracker_message=message)
+
+
+CFG = GateConfig(keypoint_timeout_s=0.2, joint_state_timeout_s=0.1, confidence_threshold=0.5,
+                 max_low_confidence=1)
+
+
+def test_good_input_runs_and_reports_age():
+    d = evaluate_gate(CFG, 10.05, _kp(10.0), 10.04, IDS, (640, 480))
+    assert d.state == GateState.RUNNING and d.running
+    assert d.input_age_s == pytest.approx(0.05)
+    assert d.low_confidence_count == 0
+
+
+def test_missing_and_stale_keypoints_hold():
+    d = evaluate_gate(CFG, 10.0, None, 10.0, IDS)
+    assert d.state == GateState.HOLD_STALE and "no keypoints" in d.reason and d.input_age_s == -1.0
+    d = evaluate_gate(CFG, 10.25, _kp(10.0), 10.25, IDS)
+    assert d.state == GateState.HOLD_STALE and "0.250 s old" in d.reason
+    # exactly at the timeout still runs; just past it holds
+    assert evaluate_gate(CFG, 10.2, _kp(10.0), 10.2, IDS).running
+    assert not evaluate_gate(CFG, 10.2001, _kp(10.0), 10.2, IDS).running
+
+
+def test_future_stamp_is_a_clock_problem():
+    d = evaluate_gate(CFG, 10.0, _kp(11.0), 10.0, IDS)
+    assert d.state == GateState.HOLD_STALE and "future" in d.reason and "use_sim_time" in d.reason
+
+
+def test_stale_or_missing_joint_state_holds():
+    d = evaluate_gate(CFG, 10.05, _kp(10.0), None, IDS)
+    assert d.state == GateState.HOLD_STALE and "joint state" in d.reason
+    d = evaluate_gate(CFG, 10.05, _kp(10.0), 9.9, IDS)
+    assert d.state == GateState.HOLD_STALE and "0.150 s old" in d.reason
+
+
+@pytest.mark.parametrize("state,name", [(TrackerState.LOST, "LOST"), (TrackerState.INITIALISING, "INITIALISING"),
+                                        (9, "unknown state 9")])
+def test_not_tracking_holds(state, name):
+    d = evaluate_gate(CFG, 10.0, _kp(10.0, state=state, message="template not found"), 10.0, IDS)
+    assert d.state == GateState.HOLD_NOT_TRACKING
+    assert name in d.reason and "template not found" in d.reason
+
+
+def test_staleness_is_checked_before_tracker_state():
+    d = evaluate_gate(CFG, 11.0, _kp(10.0, state=TrackerState.LOST), 11.0, IDS)
+    assert d.state == GateState.HOLD_STALE
+
+
+def test_low_confidence_counts_threshold_visibility_and_nan():
+    kp = _kp(conf=[0.9, 0.49, 0.5, 0.9], visible=[True, True, True, False])
+    assert low_confidence_mask(kp, 0.5).tolist() == [False, True, False, True]
+    d = evaluate_gate(CFG, 10.0, kp, 10.0, IDS)
+    assert d.state == GateState.HOLD_LOW_CONFIDENCE
+    assert d.low_confidence_count == 2 and d.low_confidence_ids == (7, 20)
+    assert "ids [7, 20]" in d.reason and "at most 1" in d.reason
+    # one low keypoint is tolerated (max_low_confidence=1) and reported
+    d = evaluate_gate(CFG, 10.0, _kp(conf=[0.9, 0.1, 0.9, 0.9]), 10.0, IDS)
+    assert d.running and d.low_confidence_count == 1 and "7" in d.reason
+    pos = np.full((4, 2), 5.0)
+    pos[0, 1] = np.nan
+    kp = _kp(conf=[0.9, 0.1, 0.9, 0.9], positions=pos)
+    assert evaluate_gate(CFG, 10.0, kp, 10.0, IDS).state == GateState.HOLD_LOW_CONFIDENCE
+
+
+def test_id_mismatch_is_a_fault():
+    d = evaluate_gate(CFG, 10.0, _kp(ids=[7, 3, 11, 20]), 10.0, IDS)
+    assert d.state == GateState.FAULT and "different order" in d.reason
+    d = evaluate_gate(CFG, 10.0, _kp(ids=[3, 7, 12]), 10.0, IDS)
+    assert d.state == GateState.FAULT and "missing [11, 20]" in d.reason and "unexpected [12]" in d.reason
+
+
+def test_image_size_mismatch_is_a_fault_unless_unreported():
+    d = evaluate_gate(CFG, 10.0, _kp(size=(1280, 720)), 10.0, IDS, (640, 480))
+    assert d.state == GateState.FAULT and "1280x720" in d.reason and "640x480" in d.reason
+    assert evaluate_gate(CFG, 10.0, _kp(size=(0, 0)), 10.0, IDS, (640, 480)).running
+
+
+def test_caller_fault_wins():
+    d = evaluate_gate(CFG, 10.0, _kp(), 10.0, IDS, fault="model failed to load")
+    assert d.state == GateState.FAULT and d.reason == "model failed to load"
+
+
+@pytest.mark.parametrize("kwargs,field", [
+    (dict(keypoint_timeout_s=0.0), "keypoint_timeout_s"),
+    (dict(joint_state_timeout_s=float("nan")), "joint_state_timeout_s"),
+    (dict(confidence_threshold=1.5), "confidence_threshold"),
+    (dict(max_low_confidence=-1), "max_low_confidence"),
+    (dict(max_low_confidence=1.5), "max_low_confidence"),
+])
+def test_config_refuses_bad_values(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        GateConfig(**kwargs)
+
+
+def test_keypoint_input_checks_shapes():
+    with pytest.raises(ValueError, match="positions"):
+        KeypointInput(0.0, 1, np.arange(3), np.zeros((2, 2)), np.ones(3), np.ones(3, bool))
