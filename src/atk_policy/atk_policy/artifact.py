@@ -4,47 +4,316 @@ ROS-free. Layout of ``model_dir``::
 
     policy.safetensors   weights of the keypoint policy (no pickles)
     model.json           everything else (see below)
-    template.png         the canonical image I_can, RGB (written as PNG)
+    template.png         the canonical image I_can (RGB content, PNG file)
 
-``model.json`` holds at least::
+``model.json`` holds::
 
     {"format_version": 1,
      "kind": "atk-keypoint-policy",
      "image_size": [W, H],
      "keypoints": {"ids": [...], "names": [...], "canonical_xy": [[x, y], ...]},
-     "template_image": "template.png",
-     "weights": {"file": "policy.safetensors", "sha256": "..."},
-     "observation": {...}, "action": {...},      # layout, see docs/interfaces.md
-     "normalisation": {...}, "config": {...}, "selection": {...}}
+     "template_image": "template.png", "template_sha256": "...",
+     "weights": {"file": "policy.safetensors", "sha256": "...", "tensors": {name: shape}},
+     "model": {"num_keypoints": N, "learn_mask": false, "config": {ModelConfig}},
+     "normalisation": {"proprio_mean": [7], "proprio_std": [7], "action_mean": [7], "action_std": [7]},
+     "observation": {...}, "action": {...},     # layout, see docs/interfaces.md
+     "config": {ATKConfig} or null, "selection": {...} or null, "extra": {...},
+     "content_sha256": "..."}   # sha256 of the rest: any later edit is refused
 
-Loading validates every field and refuses mismatches (another format
-version, edited JSON, weights that do not match their sha256, shapes that
-disagree) with an :class:`ArtifactError` that says what differs.
+``keypoints.ids`` are candidate indices on the canonical image; the policy
+expects its keypoints in exactly that order. Loading validates every field
+and refuses mismatches (another format version or kind, edited JSON,
+weights or template that do not match their sha256, shapes that disagree)
+with an :class:`ArtifactError` that says what differs.
 
-API (stable; the policy node and the tracker node use it)::
+API::
 
-    save_policy(model_dir, policy, template_image, *, selection=None,
-                config=None, extra=None) -> Path
+    save_policy(model_dir, policy, template_image, *, config=None,
+                selection=None, extra=None) -> Path
     load_policy(model_dir) -> KeypointPolicy
         .select_action(keypoints (N, 2) float pixels, proprio (7,)) -> (7,)
         .reset()
         .keypoint_ids, .keypoint_names, .canonical_xy (N, 2), .image_size (W, H)
+    read_model_json(model_dir) -> dict    (validated JSON only, no torch)
+    load_template(model_dir) -> (H, W, 3) uint8 RGB
 """
 from __future__ import annotations
 
+import datetime
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
 FORMAT_VERSION = 1
 KIND = "atk-keypoint-policy"
+WEIGHTS_FILE = "policy.safetensors"
+MODEL_JSON = "model.json"
+TEMPLATE_FILE = "template.png"
+
+JOINT_NAMES = ("shoulder_pan_joint", "shoulder_lift_joint", "elbow_joint",
+               "wrist_1_joint", "wrist_2_joint", "wrist_3_joint")
+OBSERVATION_LAYOUT = {
+    "keypoints": {"shape": ["N", 2], "unit": "pixel", "order": "keypoints.ids",
+                  "normalisation": "x / W * 2 - 1, y / H * 2 - 1 inside the model"},
+    "proprio": {"shape": [7], "names": list(JOINT_NAMES) + ["gripper"],
+                "unit": "rad (joints), 0 open .. 1 closed (gripper)"},
+}
+ACTION_LAYOUT = {
+    "shape": [7], "names": [f"{j}_target" for j in JOINT_NAMES] + ["gripper_command"],
+    "unit": "rad (target joint positions for the next control step), 0 open .. 1 closed (gripper)",
+}
 
 
 class ArtifactError(ValueError):
     """A model folder that cannot be loaded; the message says what differs."""
 
 
-def save_policy(model_dir, policy, template_image, *, selection=None, config=None, extra=None):
-    """Write ``policy`` (a KeypointPolicy) and ``template_image`` (H, W, 3) uint8 RGB."""
-    raise NotImplementedError("artifact.save_policy: implementation lands shortly (issue 3)")
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
-def load_policy(model_dir):
-    """Load and validate a model folder; returns a KeypointPolicy."""
-    raise NotImplementedError("artifact.load_policy: implementation lands shortly (issue 3)")
+def write_png_rgb(path: Path, image: np.ndarray) -> None:
+    import cv2
+
+    img = np.asarray(image)
+    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+        raise ArtifactError(f"template image must be (H, W, 3) uint8 RGB, got {img.shape} {img.dtype}")
+    if not cv2.imwrite(str(path), np.ascontiguousarray(img[:, :, ::-1])):
+        raise ArtifactError(f"could not write {path}")
+
+
+def read_png_rgb(path: Path) -> np.ndarray:
+    import cv2
+
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ArtifactError(f"{path} is missing or not an image")
+    return np.ascontiguousarray(bgr[:, :, ::-1])
+
+
+def content_sha256(doc: dict) -> str:
+    """sha256 of model.json's content without its own ``content_sha256`` field.
+
+    Any edit of the JSON after saving (a moved keypoint, a changed
+    statistic) changes this digest, so a tampered file is refused.
+    """
+    body = {k: v for k, v in doc.items() if k != "content_sha256"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def write_model_json(model_dir: Path, doc: dict) -> None:
+    doc = dict(doc)
+    doc["content_sha256"] = content_sha256(doc)
+    (model_dir / MODEL_JSON).write_text(json.dumps(doc, indent=1))
+
+
+def _utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def save_policy(model_dir: str | Path, policy: Any, template_image: np.ndarray, *,
+                config: Any = None, selection: dict | None = None,
+                extra: dict | None = None) -> Path:
+    """Write ``policy`` (a model.KeypointPolicy) and the canonical image.
+
+    template_image: (H, W, 3) uint8 RGB of size policy.image_size.
+    selection: JSON-ready report (candidate ids, keep-probabilities, errors).
+    config: an ATKConfig (or its dict). Returns the folder.
+    """
+    from safetensors.torch import save_file
+
+    from .config import to_dict
+
+    d = Path(model_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    w, h = policy.image_size
+    tmpl = np.asarray(template_image)
+    if tmpl.shape != (h, w, 3):
+        raise ArtifactError(f"template image is {tmpl.shape}, but the policy's image_size is {w}x{h}")
+    write_png_rgb(d / TEMPLATE_FILE, tmpl)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in policy.state_dict().items()}
+    save_file(tensors, str(d / WEIGHTS_FILE), metadata={"format_version": str(FORMAT_VERSION), "kind": KIND})
+    cfg_dict = None if config is None else (config if isinstance(config, dict) else to_dict(config))
+    doc = {
+        "format_version": FORMAT_VERSION,
+        "kind": KIND,
+        "created_utc": _utc_now(),
+        "image_size": [int(w), int(h)],
+        "keypoints": {
+            "ids": [int(i) for i in policy.keypoint_ids],
+            "names": [str(n) for n in policy.keypoint_names],
+            "canonical_xy": [[float(x), float(y)] for x, y in np.asarray(policy.canonical_xy)],
+        },
+        "template_image": TEMPLATE_FILE,
+        "template_sha256": sha256_file(d / TEMPLATE_FILE),
+        "weights": {"file": WEIGHTS_FILE, "sha256": sha256_file(d / WEIGHTS_FILE),
+                    "tensors": {k: list(v.shape) for k, v in tensors.items()}},
+        "model": {"num_keypoints": int(policy.num_keypoints), "learn_mask": bool(policy.learn_mask),
+                  "config": to_dict(policy.cfg)},
+        "normalisation": policy.norm.to_dict(),
+        "observation": OBSERVATION_LAYOUT,
+        "action": ACTION_LAYOUT,
+        "config": cfg_dict,
+        "selection": selection,
+        "extra": extra or {},
+    }
+    write_model_json(d, doc)
+    return d
+
+
+def _need(doc: dict, key: str, typ: type | tuple, where: str = "model.json") -> Any:
+    if key not in doc:
+        raise ArtifactError(f"{where}: missing field {key!r}")
+    v = doc[key]
+    if not isinstance(v, typ):
+        raise ArtifactError(f"{where}: field {key!r} has type {type(v).__name__}, expected {typ}")
+    return v
+
+
+def read_model_json(model_dir: str | Path, kind: str = KIND) -> dict:
+    """Read and validate model.json (keypoints, image size, files); no torch needed."""
+    d = Path(model_dir)
+    if not d.is_dir():
+        raise ArtifactError(f"model folder {d} does not exist")
+    p = d / MODEL_JSON
+    if not p.is_file():
+        raise ArtifactError(f"{d} is not a model folder: no {MODEL_JSON}")
+    try:
+        doc = json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"{p} is not valid JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise ArtifactError(f"{p} must hold a JSON object")
+    version = doc.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ArtifactError(f"{p}: format_version is {version!r}, this code reads {FORMAT_VERSION}; "
+                            f"retrain or convert the model")
+    if doc.get("kind") != kind:
+        raise ArtifactError(f"{p}: kind is {doc.get('kind')!r}, expected {kind!r}")
+    want = doc.get("content_sha256")
+    got = content_sha256(doc)
+    if want != got:
+        raise ArtifactError(f"{p} was edited after it was saved (content_sha256 {str(want)[:12]}... in the "
+                            f"file, content hashes to {got[:12]}...); retrain or re-save the model instead "
+                            f"of editing it")
+    size = _need(doc, "image_size", list)
+    if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
+        raise ArtifactError(f"{p}: image_size must be [W, H] positive integers, got {size}")
+    w, h = size
+    if kind == KIND:
+        kps = _need(doc, "keypoints", dict)
+        ids = _need(kps, "ids", list, "model.json keypoints")
+        names = _need(kps, "names", list, "model.json keypoints")
+        xy = _need(kps, "canonical_xy", list, "model.json keypoints")
+        if not (len(ids) == len(names) == len(xy)) or not ids:
+            raise ArtifactError(f"{p}: keypoints.ids ({len(ids)}), names ({len(names)}) and canonical_xy "
+                                f"({len(xy)}) must have the same non-zero length")
+        if not all(isinstance(i, int) for i in ids) or len(set(ids)) != len(ids):
+            raise ArtifactError(f"{p}: keypoints.ids must be distinct integers, got {ids}")
+        if not all(isinstance(n, str) and n for n in names):
+            raise ArtifactError(f"{p}: keypoints.names must be non-empty strings, got {names}")
+        for k, pt in enumerate(xy):
+            if (not isinstance(pt, list) or len(pt) != 2
+                    or not all(isinstance(c, (int, float)) and math.isfinite(c) for c in pt)):
+                raise ArtifactError(f"{p}: keypoints.canonical_xy[{k}] must be [x, y] finite, got {pt}")
+            if not (0 <= pt[0] <= w and 0 <= pt[1] <= h):
+                raise ArtifactError(f"{p}: keypoints.canonical_xy[{k}] = {pt} lies outside the {w}x{h} image")
+    tmpl = _need(doc, "template_image", str)
+    if Path(tmpl).name != tmpl:
+        raise ArtifactError(f"{p}: template_image must be a file name inside the folder, got {tmpl!r}")
+    tp = d / tmpl
+    if not tp.is_file():
+        raise ArtifactError(f"{d}: template image {tmpl} is missing")
+    want = _need(doc, "template_sha256", str)
+    got = sha256_file(tp)
+    if got != want:
+        raise ArtifactError(f"{tp}: sha256 {got[:12]}... differs from model.json's {want[:12]}... "
+                            f"(template replaced or edited)")
+    weights = _need(doc, "weights", dict)
+    wf = _need(weights, "file", str, "model.json weights")
+    if Path(wf).name != wf:
+        raise ArtifactError(f"{p}: weights.file must be a file name inside the folder, got {wf!r}")
+    if not (d / wf).is_file():
+        raise ArtifactError(f"{d}: weights file {wf} is missing")
+    want = _need(weights, "sha256", str, "model.json weights")
+    got = sha256_file(d / wf)
+    if got != want:
+        raise ArtifactError(f"{d / wf}: sha256 {got[:12]}... differs from model.json's {want[:12]}... "
+                            f"(weights replaced or corrupted)")
+    _need(weights, "tensors", dict, "model.json weights")
+    _need(doc, "normalisation", dict)
+    _need(doc, "model", dict)
+    return doc
+
+
+def load_template(model_dir: str | Path) -> np.ndarray:
+    """The canonical image, (H, W, 3) uint8 RGB, checked against model.json."""
+    doc = read_model_json(model_dir)
+    img = read_png_rgb(Path(model_dir) / doc["template_image"])
+    w, h = doc["image_size"]
+    if img.shape[:2] != (h, w):
+        raise ArtifactError(f"template is {img.shape[1]}x{img.shape[0]}, model.json image_size is {w}x{h}")
+    return img
+
+
+def load_state(model_dir: Path, doc: dict) -> dict:
+    """Weights as {name: tensor}, checked against model.json's tensor shapes."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = model_dir / doc["weights"]["file"]
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise ArtifactError(f"{path}: cannot read weights: {exc}") from exc
+    shapes = doc["weights"]["tensors"]
+    if set(shapes) != set(state):
+        raise ArtifactError(f"{path}: tensors {sorted(state)} differ from model.json's {sorted(shapes)}")
+    for k, v in state.items():
+        if list(v.shape) != list(shapes[k]):
+            raise ArtifactError(f"{path}: tensor {k!r} has shape {list(v.shape)}, model.json says {shapes[k]}")
+    return state
+
+
+def load_policy(model_dir: str | Path) -> Any:
+    """Load and validate a model folder; returns a model.KeypointPolicy in eval mode."""
+    from .config import ModelConfig, from_dict
+    from .model import KeypointPolicy, Normalisation
+
+    d = Path(model_dir)
+    doc = read_model_json(d)
+    kps, mdl = doc["keypoints"], doc["model"]
+    n = len(kps["ids"])
+    if mdl.get("num_keypoints") != n:
+        raise ArtifactError(f"{d / MODEL_JSON}: model.num_keypoints is {mdl.get('num_keypoints')!r} but "
+                            f"{n} keypoints are listed")
+    try:
+        mcfg = from_dict(ModelConfig, _need(mdl, "config", dict, "model.json model"))
+        norm = Normalisation.from_dict(doc["normalisation"])
+    except (TypeError, ValueError) as exc:
+        raise ArtifactError(f"{d / MODEL_JSON}: {exc}") from exc
+    policy = KeypointPolicy(n, tuple(doc["image_size"]), mcfg, norm,
+                            learn_mask=bool(mdl.get("learn_mask", False)),
+                            keypoint_ids=kps["ids"], keypoint_names=kps["names"],
+                            canonical_xy=np.asarray(kps["canonical_xy"], np.float32))
+    state = load_state(d, doc)
+    expected = {k: list(v.shape) for k, v in policy.state_dict().items()}
+    got = {k: list(v.shape) for k, v in state.items()}
+    if expected != got:
+        diff = [
+            k for k in sorted(set(expected) | set(got)) if expected.get(k) != got.get(k)]
+        raise ArtifactError(f"{d}: weights do not fit the model described in model.json; differing tensors: "
+                            + ", ".join(f"{k} (model {expected.get(k)}, file {got.get(k)})" for k in diff))
+    policy.load_state_dict(state, strict=True)
+    policy.eval()
+    policy.model_json = doc
+    return policy
