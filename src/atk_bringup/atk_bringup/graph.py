@@ -1,0 +1,407 @@
+"""The ROS graphs of atk-ros, declared once.
+
+ROS-free and launch-free: plain dataclasses describing which nodes a graph
+runs (package, executable, node name, parameter files from
+``atk_bringup/config``, parameter overrides taken from launch arguments,
+remappings, the launch-argument values under which each node runs) and the
+launch arguments themselves (name, default, description, choices).
+
+Two consumers build on this declaration, so that what the launch files start
+is exactly what the launch-free runner starts:
+
+* ``atk_bringup.launch_builder`` turns a :class:`Graph` into a
+  ``launch.LaunchDescription`` (used by ``launch/*.launch.py``);
+* :func:`resolve` turns a :class:`Graph` plus argument values into concrete
+  command lines (used by ``atk-graph``, :mod:`atk_bringup.runner`).
+
+Graphs: ``deploy`` (camera or simulator, tracker, policy, driver),
+``record`` (camera or simulator, driver, recorder node or ``ros2 bag
+record``), ``sim`` (the simulator alone).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, Optional, Sequence
+
+PACKAGE = "atk_bringup"
+BOOL_CHOICES = ("true", "false")
+LOG_LEVELS = ("debug", "info", "warn", "error")
+
+
+class GraphError(ValueError):
+    """A graph cannot be resolved: bad argument, missing file or executable."""
+
+
+@dataclass(frozen=True)
+class LaunchArgument:
+    name: str
+    default: str
+    description: str
+    choices: Optional[tuple[str, ...]] = None
+
+    def __post_init__(self) -> None:
+        if not self.description:
+            raise ValueError(f"LaunchArgument.description of {self.name!r} must not be empty")
+        if self.choices is not None and self.default not in self.choices:
+            raise ValueError(f"LaunchArgument.default {self.default!r} of {self.name!r} is not one of "
+                             f"its choices {list(self.choices)}")
+
+
+@dataclass(frozen=True)
+class When:
+    """True when launch argument ``arg`` equals ``value`` (differs, with ``negate``)."""
+
+    arg: str
+    value: str = "true"
+    negate: bool = False
+
+    def holds(self, values: Mapping[str, str]) -> bool:
+        return (values[self.arg] == self.value) != self.negate
+
+    def __str__(self) -> str:
+        return f"{self.arg}{'!=' if self.negate else '=='}{self.value}"
+
+
+@dataclass(frozen=True)
+class ParamFromArg:
+    """Node parameter ``param`` set from launch argument ``arg``, typed ``kind``."""
+
+    param: str
+    arg: str
+    kind: str = "str"  # one of "str", "bool", "int", "float"
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("str", "bool", "int", "float"):
+            raise ValueError(f"ParamFromArg.kind must be str/bool/int/float, got {self.kind!r}")
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    package: str
+    executable: str
+    name: str
+    param_files: tuple[str, ...] = ()  # file names under atk_bringup/config
+    params_from_args: tuple[ParamFromArg, ...] = ()
+    remappings: tuple[tuple[str, str], ...] = ()
+    when: tuple[When, ...] = ()  # all must hold
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """A plain process (not a ROS node), e.g. ``ros2 bag record``."""
+
+    name: str
+    cmd: tuple[str, ...]  # literal strings; "{arg}" is replaced by that argument's value
+    when: tuple[When, ...] = ()
+    cwd_arg: Optional[str] = None  # launch argument naming the working directory
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Graph:
+    name: str
+    description: str
+    arguments: tuple[LaunchArgument, ...]
+    nodes: tuple[NodeSpec, ...]
+    processes: tuple[ProcessSpec, ...] = ()
+
+    def __post_init__(self) -> None:
+        known = {a.name for a in self.arguments}
+        for item in (*self.nodes, *self.processes):
+            used = [w.arg for w in item.when]
+            if isinstance(item, NodeSpec):
+                used += [p.arg for p in item.params_from_args]
+            if isinstance(item, ProcessSpec):
+                used += [a for a in _placeholders(item.cmd)] + ([item.cwd_arg] if item.cwd_arg else [])
+            for arg in used:
+                if arg not in known:
+                    raise ValueError(f"Graph {self.name!r}: {item.name!r} refers to undeclared argument {arg!r}")
+
+    def argument(self, name: str) -> LaunchArgument:
+        for a in self.arguments:
+            if a.name == name:
+                return a
+        raise GraphError(f"graph {self.name!r} has no argument {name!r}; it has: "
+                         f"{', '.join(a.name for a in self.arguments)}")
+
+
+def _placeholders(cmd: Sequence[str]) -> list[str]:
+    return [part[1:-1] for part in cmd if part.startswith("{") and part.endswith("}")]
+
+
+# --- the declaration -------------------------------------------------------
+
+def _common_args(use_sim_time_default: str = "false") -> tuple[LaunchArgument, ...]:
+    return (
+        LaunchArgument("use_sim_time", use_sim_time_default,
+                       "Nodes follow the /clock topic published by the simulator instead of the wall clock.",
+                       BOOL_CHOICES),
+        LaunchArgument("log_level", "info", "Log level of every node.", LOG_LEVELS),
+    )
+
+
+_SIM_ARG = LaunchArgument("sim", "false", "Run in the MuJoCo simulator instead of the real camera and UR arm "
+                          "(the simulator then publishes the camera and joint-state topics).", BOOL_CHOICES)
+_CAMERA_ARG = LaunchArgument("camera", "kinect", "Camera source on the real robot: the Azure Kinect, a video "
+                             "file (argument video) or none (frames come from elsewhere, e.g. a bag). Ignored "
+                             "with sim:=true.", ("kinect", "video", "none"))
+_VIDEO_ARG = LaunchArgument("video", "", "Video file played as the camera with camera:=video.")
+_ROBOT_IP_ARG = LaunchArgument("robot_ip", "192.168.56.101", "IP address of the UR controller (URSim's default "
+                               "shown). Ignored with sim:=true.")
+_SIM_TIME = ParamFromArg("use_sim_time", "use_sim_time", "bool")
+
+_REAL = When("sim", "false")
+_SIMULATED = When("sim", "true")
+
+
+def _sim_node(when: tuple[When, ...]) -> NodeSpec:
+    # The simulator is the clock source (it publishes /clock), so it never
+    # follows use_sim_time itself.
+    return NodeSpec("atk_bringup", "sim_node", "sim", ("sim.yaml",), (), (), when,
+                    "MuJoCo simulation of the UR5e cell: camera, joint states, episodes.")
+
+
+def _camera_node() -> NodeSpec:
+    return NodeSpec("atk_perception", "camera_node", "camera", ("camera.yaml",),
+                    (ParamFromArg("source", "camera"), ParamFromArg("video_path", "video"), _SIM_TIME), (),
+                    (_REAL, When("camera", "none", negate=True)), "Colour (and depth) frames from the camera.")
+
+
+def _driver_node() -> NodeSpec:
+    return NodeSpec("atk_bringup", "ur_driver_node", "ur_driver", ("ur_driver.yaml",),
+                    (ParamFromArg("robot_ip", "robot_ip"), _SIM_TIME), (), (_REAL,),
+                    "UR5e + gripper driver: joint states out, joint targets in (starts disarmed).")
+
+
+DEPLOY = Graph(
+    "deploy",
+    "Run a trained ATK policy: camera (or simulator), keypoint tracker, policy node, UR driver.",
+    (
+        _SIM_ARG,
+        LaunchArgument("model", "", "Folder of the trained policy (safetensors weights + JSON); the tracker "
+                       "and the policy load the same one. Required."),
+        _ROBOT_IP_ARG,
+        LaunchArgument("tracker_backend", "cpu", "Keypoint tracker: the CPU tracker or CoTracker.",
+                       ("cpu", "cotracker")),
+        _CAMERA_ARG,
+        _VIDEO_ARG,
+        *_common_args(),
+    ),
+    (
+        _sim_node((_SIMULATED,)),
+        _camera_node(),
+        NodeSpec("atk_perception", "tracker_node", "tracker", ("tracker.yaml",),
+                 (ParamFromArg("model_dir", "model"), ParamFromArg("backend", "tracker_backend"), _SIM_TIME), (),
+                 (), "Tracks the model's selected keypoints in the camera frames."),
+        NodeSpec("atk_policy", "policy_node", "policy", ("policy.yaml",),
+                 (ParamFromArg("model_dir", "model"), _SIM_TIME), (), (),
+                 "Keypoints + joint states -> joint targets and gripper commands; holds on bad input."),
+        _driver_node(),
+    ),
+)
+
+# Topics a training run needs (docs/interfaces.md); the recorder node and
+# `ros2 bag record` write the same list.
+TRAINING_TOPICS = ("camera/color/image_raw", "camera/color/camera_info", "joint_states", "joint_target",
+                   "gripper_command", "sim/episode")
+
+RECORD = Graph(
+    "record",
+    "Record demonstrations to rosbag2 bags: camera (or simulator), driver, and a recorder.",
+    (
+        _SIM_ARG,
+        _CAMERA_ARG,
+        _VIDEO_ARG,
+        _ROBOT_IP_ARG,
+        LaunchArgument("recorder", "node", "Who writes the bags: the project's recorder node (one bag per "
+                       "episode, started/ended by its services, success label beside the bag; works without the "
+                       "ros2 CLI) or `ros2 bag record -s mcap` (one bag for the whole session, needs the ros2 "
+                       "CLI and rosbag2).", ("node", "bag")),
+        LaunchArgument("bag_dir", "bags", "Folder the bags are written to (must exist with recorder:=bag)."),
+        LaunchArgument("depth", "false", "Also record camera/depth/image_raw.", BOOL_CHOICES),
+        *_common_args(),
+    ),
+    (
+        _sim_node((_SIMULATED,)),
+        _camera_node(),
+        _driver_node(),
+        NodeSpec("atk_bringup", "recorder_node", "recorder", ("recorder.yaml",),
+                 (ParamFromArg("output_dir", "bag_dir"), ParamFromArg("record_depth", "depth", "bool"), _SIM_TIME),
+                 (), (When("recorder", "node"),), "Writes one rosbag2 bag per episode with rosbags."),
+    ),
+    (
+        ProcessSpec("rosbag_record", ("ros2", "bag", "record", "-s", "mcap", *TRAINING_TOPICS),
+                    (When("recorder", "bag"), When("depth", "false")), "bag_dir",
+                    "ros2 bag record of the training topics."),
+        ProcessSpec("rosbag_record", ("ros2", "bag", "record", "-s", "mcap", *TRAINING_TOPICS,
+                                      "camera/depth/image_raw"),
+                    (When("recorder", "bag"), When("depth", "true")), "bag_dir",
+                    "ros2 bag record of the training topics and depth."),
+    ),
+)
+
+SIM = Graph(
+    "sim",
+    "The MuJoCo simulator alone (camera, joint states, /clock, episodes), e.g. to drive it by hand or with "
+    "another graph.",
+    (*_common_args(),),
+    (_sim_node(()),),
+)
+
+GRAPHS: dict[str, Graph] = {g.name: g for g in (DEPLOY, RECORD, SIM)}
+
+
+# --- resolution ------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ResolvedProcess:
+    name: str
+    cmd: tuple[str, ...]
+    cwd: Optional[str] = None
+
+
+def source_config_dir() -> Path:
+    """atk_bringup/config in the source tree (this module's real location)."""
+    return Path(__file__).resolve().parent.parent / "config"
+
+
+def config_path(file_name: str) -> Path:
+    """Path of a parameter file: the installed share folder first, then the source tree.
+
+    The source tree is the fallback for a checkout whose newest config file
+    was added after the last ``colcon build``.
+    """
+    candidates = []
+    try:
+        from ament_index_python.packages import get_package_share_directory, PackageNotFoundError
+        try:
+            candidates.append(Path(get_package_share_directory(PACKAGE)) / "config" / file_name)
+        except PackageNotFoundError:
+            pass
+    except ImportError:  # not a ROS environment; the source tree still works
+        pass
+    candidates.append(source_config_dir() / file_name)
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise GraphError(f"parameter file {file_name!r} not found (looked in: {', '.join(map(str, candidates))}); "
+                     "rebuild with scripts/setup.sh")
+
+
+def find_node_executable(package: str, executable: str) -> str:
+    """``<prefix>/lib/<package>/<executable>`` as ``ros2 run`` finds it."""
+    try:
+        from ament_index_python.packages import get_package_prefix, PackageNotFoundError
+    except ImportError as exc:
+        raise GraphError("ament_index_python is not importable: source env.sh (or a ROS 2 setup) first") from exc
+    try:
+        prefix = Path(get_package_prefix(package))
+    except PackageNotFoundError as exc:
+        raise GraphError(f"package {package!r} not found in AMENT_PREFIX_PATH: run scripts/setup.sh and "
+                         "source env.sh") from exc
+    path = prefix / "lib" / package / executable
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        raise GraphError(f"executable {executable!r} of package {package!r} not found at {path}: rebuild with "
+                         "scripts/setup.sh")
+    return str(path)
+
+
+def find_program(program: str) -> str:
+    path = shutil.which(program)
+    if path is None:
+        hint = " (with the ros2 CLI absent, record with recorder:=node)" if program == "ros2" else ""
+        raise GraphError(f"program {program!r} not found on PATH{hint}")
+    return path
+
+
+def check_values(graph: Graph, values: Mapping[str, str]) -> dict[str, str]:
+    """Defaults filled in, unknown names and values outside ``choices`` refused."""
+    out = {a.name: a.default for a in graph.arguments}
+    for name, value in values.items():
+        arg = graph.argument(name)
+        if arg.choices is not None and value not in arg.choices:
+            raise GraphError(f"argument {name}:={value!r} of graph {graph.name!r} must be one of "
+                             f"{', '.join(arg.choices)}")
+        out[name] = str(value)
+    return out
+
+
+def format_param_value(value: str, kind: str, where: str) -> str:
+    """A ``-p name:=value`` value (parsed as YAML by rcl) with the declared type."""
+    if kind == "str":
+        return json.dumps(value)  # a double-quoted YAML string, even when empty or numeric-looking
+    if kind == "bool":
+        if value.lower() not in ("true", "false"):
+            raise GraphError(f"{where} needs true or false, got {value!r}")
+        return value.lower()
+    try:
+        return repr(int(value)) if kind == "int" else repr(float(value))
+    except ValueError:
+        raise GraphError(f"{where} needs a number ({kind}), got {value!r}") from None
+
+
+def node_command(node: NodeSpec, values: Mapping[str, str], executable: str) -> tuple[str, ...]:
+    cmd = [executable, "--ros-args", "-r", f"__node:={node.name}"]
+    for f in node.param_files:
+        cmd += ["--params-file", str(config_path(f))]
+    for p in node.params_from_args:
+        value = format_param_value(values[p.arg], p.kind, f"argument {p.arg} (parameter {node.name}.{p.param})")
+        cmd += ["-p", f"{p.param}:={value}"]
+    for src, dst in node.remappings:
+        cmd += ["-r", f"{src}:={dst}"]
+    cmd += ["--log-level", values.get("log_level", "info")]
+    return tuple(cmd)
+
+
+def resolve(graph: Graph, values: Mapping[str, str] | None = None,
+            find_executable: Callable[[str, str], str] = find_node_executable,
+            find_process: Callable[[str], str] = find_program) -> list[ResolvedProcess]:
+    """The processes ``graph`` starts with these launch-argument values.
+
+    Raises GraphError (a ValueError) naming the argument, file or executable
+    at fault.
+    """
+    vals = check_values(graph, values or {})
+    out: list[ResolvedProcess] = []
+    for node in graph.nodes:
+        if all(w.holds(vals) for w in node.when):
+            out.append(ResolvedProcess(node.name, node_command(node, vals,
+                                                               find_executable(node.package, node.executable))))
+    for proc in graph.processes:
+        if all(w.holds(vals) for w in proc.when):
+            cmd = [vals[p[1:-1]] if p.startswith("{") and p.endswith("}") else p for p in proc.cmd]
+            cmd[0] = find_process(cmd[0])
+            out.append(ResolvedProcess(proc.name, tuple(cmd), vals[proc.cwd_arg] if proc.cwd_arg else None))
+    return out
+
+
+def all_param_files() -> list[str]:
+    """Every parameter file any graph refers to."""
+    return sorted({f for g in GRAPHS.values() for n in g.nodes for f in n.param_files})
+
+
+def describe(graph: Graph) -> str:
+    """Arguments and nodes of a graph, for ``--help``."""
+    lines = [graph.description, "", "arguments (name:=value):"]
+    for a in graph.arguments:
+        choices = f" {{{', '.join(a.choices)}}}" if a.choices else ""
+        lines.append(f"  {a.name}{choices} (default: {a.default!r})")
+        lines.append(f"      {a.description}")
+    lines += ["", "nodes:"]
+    for n in graph.nodes:
+        cond = f" when {' and '.join(map(str, n.when))}" if n.when else ""
+        lines.append(f"  {n.name}: {n.package}/{n.executable}{cond}")
+    for p in graph.processes:
+        cond = f" when {' and '.join(map(str, p.when))}" if p.when else ""
+        lines.append(f"  {p.name}: {' '.join(p.cmd[:4])} ...{cond}")
+    return "\n".join(lines)
+
+
+__all__ = ["Graph", "GraphError", "GRAPHS", "LaunchArgument", "NodeSpec", "ParamFromArg", "ProcessSpec",
+           "ResolvedProcess", "TRAINING_TOPICS", "When", "all_param_files", "check_values", "config_path",
+           "describe", "field", "resolve"]

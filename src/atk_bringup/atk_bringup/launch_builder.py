@@ -1,0 +1,83 @@
+"""Build a ``launch.LaunchDescription`` from a graph of :mod:`atk_bringup.graph`.
+
+Used by ``launch/*.launch.py``. ``launch`` and ``launch_ros`` are imported
+inside :func:`build_launch_description` only, so this module imports on a
+machine without them (the launch-free runner never calls it).
+
+Mapping from the declaration:
+
+* :class:`~atk_bringup.graph.LaunchArgument` -> ``DeclareLaunchArgument``
+  (default, description, choices);
+* :class:`~atk_bringup.graph.NodeSpec` -> ``launch_ros.actions.Node`` with
+  the parameter files (resolved to paths exactly as the runner resolves
+  them), typed parameter overrides ``ParameterValue(LaunchConfiguration(arg),
+  value_type=...)``, remappings and ``ros_arguments=['--log-level', ...]``;
+* each :class:`~atk_bringup.graph.When` -> ``IfCondition(EqualsSubstitution
+  (LaunchConfiguration(arg), value))`` (``NotEqualsSubstitution`` when
+  negated); a node with several is nested in one ``GroupAction`` per extra
+  condition (all must hold);
+* :class:`~atk_bringup.graph.ProcessSpec` -> ``ExecuteProcess``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from atk_bringup.graph import Graph, When, config_path
+
+_TYPES = {"str": str, "bool": bool, "int": int, "float": float}
+
+
+def build_launch_description(graph: Graph) -> Any:
+    """The ``LaunchDescription`` that starts ``graph`` (see module docstring)."""
+    from launch import LaunchDescription
+    from launch.actions import DeclareLaunchArgument, ExecuteProcess, GroupAction
+    from launch.conditions import IfCondition
+    from launch.substitutions import EqualsSubstitution, LaunchConfiguration, NotEqualsSubstitution
+    from launch_ros.actions import Node
+    from launch_ros.parameter_descriptions import ParameterValue
+
+    def condition(w: When) -> Any:
+        cls = NotEqualsSubstitution if w.negate else EqualsSubstitution
+        return IfCondition(cls(LaunchConfiguration(w.arg), w.value))
+
+    def guarded(action_factory, when: tuple[When, ...]) -> Any:
+        # The innermost condition goes on the action itself; every further one
+        # wraps it in a GroupAction, so all of them must hold.
+        if not when:
+            return action_factory(None)
+        action = action_factory(condition(when[-1]))
+        for w in reversed(when[:-1]):
+            action = GroupAction([action], condition=condition(w))
+        return action
+
+    entities: list[Any] = []
+    for a in graph.arguments:
+        kwargs = {"default_value": a.default, "description": a.description}
+        if a.choices is not None:
+            kwargs["choices"] = list(a.choices)
+        entities.append(DeclareLaunchArgument(a.name, **kwargs))
+
+    for n in graph.nodes:
+        parameters: list[Any] = [str(config_path(f)) for f in n.param_files]
+        if n.params_from_args:
+            parameters.append({p.param: ParameterValue(LaunchConfiguration(p.arg), value_type=_TYPES[p.kind])
+                               for p in n.params_from_args})
+
+        def make_node(cond, n=n, parameters=parameters):
+            return Node(package=n.package, executable=n.executable, name=n.name, output="screen",
+                        parameters=parameters, remappings=list(n.remappings),
+                        ros_arguments=["--log-level", LaunchConfiguration("log_level")], condition=cond)
+
+        entities.append(guarded(make_node, n.when))
+
+    for p in graph.processes:
+        cmd = [LaunchConfiguration(part[1:-1]) if part.startswith("{") and part.endswith("}") else part
+               for part in p.cmd]
+
+        def make_process(cond, p=p, cmd=cmd):
+            return ExecuteProcess(cmd=cmd, name=p.name, output="screen",
+                                  cwd=LaunchConfiguration(p.cwd_arg) if p.cwd_arg else None, condition=cond)
+
+        entities.append(guarded(make_process, p.when))
+
+    return LaunchDescription(entities)
