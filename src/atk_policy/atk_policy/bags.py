@@ -1110,7 +1110,7 @@ def _ns_topic(namespace: str, name: str) -> str:
 
 
 class EpisodeBagWriter:
-    """Write one episode as a rosbag2 MCAP bag, message by message.
+    """Write one episode as a rosbag2 bag (MCAP unless told sqlite3), message by message.
 
     Topics (absolute, as ``ros2 bag record`` names them): ``/<ns>/camera/color/
     image_raw`` (rgb8), ``.../camera_info``, optional ``camera/depth/image_raw``
@@ -1125,6 +1125,7 @@ class EpisodeBagWriter:
                  namespace: str = "", camera_frame_id: str = "camera_color_optical_frame",
                  joint_names: Sequence[str] = UR_JOINT_NAMES, gripper_joint: str = GRIPPER_JOINT,
                  with_depth: bool = False, receive_delay_s: float = 0.0,
+                 storage: Literal["mcap", "sqlite3"] = "mcap",
                  distro: Literal["kilted", "jazzy"] = "kilted") -> None:
         if len(joint_names) != 6:
             raise ValueError(f"joint_names must be the 6 UR joints, got {list(joint_names)}")
@@ -1138,8 +1139,11 @@ class EpisodeBagWriter:
         self.delay_ns = int(round(receive_delay_s * 1e9))
         self._image_size: tuple[int, int] | None = None
         self.counts: dict[str, int] = {}
+        plugins = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
+        if storage not in plugins:
+            raise ValueError(f"storage must be 'mcap' or 'sqlite3', got {storage!r}")
         try:
-            self._writer = Writer(self.path, version=BAG_VERSION, storage_plugin=StoragePlugin.MCAP)
+            self._writer = Writer(self.path, version=BAG_VERSION, storage_plugin=plugins[storage])
             self._writer.open()
         except WriterError as exc:
             raise BagError(f"cannot create bag {self.path}: {exc}") from exc
@@ -1301,6 +1305,7 @@ def write_episode_bag(out_dir: str | os.PathLike, *, stamps: np.ndarray, images:
                       command_stamps: np.ndarray | None = None,
                       depth: Sequence[np.ndarray] | None = None, namespace: str = "",
                       topics: BagTopics = BagTopics(), receive_delay_s: float = 0.0,
+                      storage: Literal["mcap", "sqlite3"] = "mcap",
                       distro: Literal["kilted", "jazzy"] = "kilted") -> Path:
     """Write a simulated episode as a bag a real recording could not be told from.
 
@@ -1333,7 +1338,7 @@ def write_episode_bag(out_dir: str | os.PathLike, *, stamps: np.ndarray, images:
     events = sorted([(t, 0, i) for i, t in enumerate(stamps)] + [(t, 1, i) for i, t in enumerate(js_t)]
                     + [(t, 2, i) for i, t in enumerate(cm_t)])
     writer = EpisodeBagWriter(out_dir, topics=topics, namespace=namespace, with_depth=depth is not None,
-                              receive_delay_s=receive_delay_s, distro=distro)
+                              receive_delay_s=receive_delay_s, storage=storage, distro=distro)
     try:
         for t, kind, i in events:
             if kind == 0:
