@@ -1,0 +1,177 @@
+"""The keypoint template the tracker transfers from (ROS-free).
+
+A template is the canonical image I_can plus the selected keypoints'
+canonical pixel coordinates, with stable ids and names. It comes from a
+model artifact folder::
+
+    model_dir/
+      model.json       {"format_version": 1,
+                        "image_size": [W, H],
+                        "keypoints": {"ids": [...], "names": [...],
+                                      "canonical_xy": [[x, y], ...]},
+                        "template_image": "template.png", ...}
+      template.png
+
+(other fields of model.json, e.g. the policy's config, are ignored here), or
+from a plain list of points plus a template image path.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+#: model.json format versions this loader understands.
+SUPPORTED_FORMAT_VERSIONS = (1,)
+
+
+class TemplateError(ValueError):
+    """A template or model artifact that cannot be used (operator-facing)."""
+
+
+@dataclass(frozen=True)
+class KeypointTemplate:
+    """Canonical template image and keypoints.
+
+    image: (H, W, 3) uint8 RGB. points: (N, 2) float32 pixels on ``image``.
+    ids: N distinct ints; names: N strings.
+    """
+
+    image: np.ndarray
+    points: np.ndarray
+    ids: tuple[int, ...]
+    names: tuple[str, ...]
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        img = self.image
+        if not (isinstance(img, np.ndarray) and img.dtype == np.uint8 and img.ndim == 3
+                and img.shape[2] == 3 and img.shape[0] >= 16 and img.shape[1] >= 16):
+            shape = getattr(img, "shape", None)
+            raise TemplateError(f"image: expected (H, W, 3) uint8 RGB of at least 16x16, "
+                                f"got {shape} {getattr(img, 'dtype', type(img).__name__)}")
+        pts = self.points
+        if not (isinstance(pts, np.ndarray) and pts.ndim == 2 and pts.shape[1] == 2
+                and pts.shape[0] >= 1):
+            raise TemplateError(f"points: expected (N, 2) with N >= 1, got "
+                                f"{getattr(pts, 'shape', pts)}")
+        if not np.all(np.isfinite(pts)):
+            raise TemplateError("points: contain NaN or infinite values")
+        n = pts.shape[0]
+        if len(self.ids) != n or len(self.names) != n:
+            raise TemplateError(f"ids/names: need {n} of each (one per point), got "
+                                f"{len(self.ids)} ids and {len(self.names)} names")
+        if len(set(self.ids)) != n:
+            raise TemplateError(f"ids: must be distinct, got {list(self.ids)}")
+        if any(i < 0 for i in self.ids):
+            raise TemplateError(f"ids: must be >= 0, got {list(self.ids)}")
+        h, w = img.shape[:2]
+        outside = (pts[:, 0] < 0) | (pts[:, 0] > w - 1) | (pts[:, 1] < 0) | (pts[:, 1] > h - 1)
+        if np.any(outside):
+            k = int(np.flatnonzero(outside)[0])
+            raise TemplateError(
+                f"points: keypoint id {self.ids[k]} at ({pts[k, 0]:.1f}, {pts[k, 1]:.1f}) is "
+                f"outside the {w}x{h} template image{self._from()}; were the points "
+                "defined on an image of another size?")
+
+    def _from(self) -> str:
+        return f" ({self.source})" if self.source else ""
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the template image."""
+        return int(self.image.shape[1]), int(self.image.shape[0])
+
+    def __len__(self) -> int:
+        return int(self.points.shape[0])
+
+    def resized(self, width: int, height: int) -> KeypointTemplate:
+        """The template resampled to ``width`` x ``height`` (points scaled with it)."""
+        w, h = self.size
+        sx, sy = width / w, height / h
+        img = cv2.resize(self.image, (width, height), interpolation=cv2.INTER_AREA
+                         if sx < 1 else cv2.INTER_LINEAR)
+        # Pixel centres: x' + 0.5 = (x + 0.5) * s.
+        pts = (self.points + 0.5) * np.array([sx, sy], np.float32) - 0.5
+        pts = np.clip(pts, 0, [width - 1, height - 1]).astype(np.float32)
+        return KeypointTemplate(img, pts, self.ids, self.names,
+                                f"{self.source} resized to {width}x{height}")
+
+
+def default_names(ids: Sequence[int]) -> tuple[str, ...]:
+    return tuple(f"kp{i:02d}" for i in ids)
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """Read an image file as (H, W, 3) uint8 RGB; TemplateError if unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise TemplateError(f"template image {path} does not exist")
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise TemplateError(f"template image {path} cannot be read as an image")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def load_model_template(model_dir: str | Path) -> KeypointTemplate:
+    """Load the template of a model artifact folder (see module doc)."""
+    model_dir = Path(model_dir).expanduser()
+    meta_path = model_dir / "model.json"
+    if not meta_path.is_file():
+        raise TemplateError(f"model_dir {model_dir} has no model.json (is it a trained "
+                            "model folder?)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise TemplateError(f"{meta_path} is not valid JSON ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise TemplateError(f"{meta_path}: expected a JSON object at the top level")
+    version = meta.get("format_version")
+    if version not in SUPPORTED_FORMAT_VERSIONS:
+        raise TemplateError(f"{meta_path}: format_version {version!r} is not supported "
+                            f"(this tracker reads {SUPPORTED_FORMAT_VERSIONS})")
+    try:
+        kp = meta["keypoints"]
+        ids = [int(i) for i in kp["ids"]]
+        xy = np.asarray(kp["canonical_xy"], dtype=np.float32)
+        names = kp.get("names") or default_names(ids)
+        image_name = meta["template_image"]
+        size = meta["image_size"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise TemplateError(f"{meta_path}: missing or malformed field ({exc!r}); expected "
+                            "keypoints.ids, keypoints.canonical_xy, template_image, "
+                            "image_size") from exc
+    image = read_rgb(model_dir / str(image_name))
+    if (not isinstance(size, (list, tuple)) or len(size) != 2
+            or [int(s) for s in size] != [image.shape[1], image.shape[0]]):
+        raise TemplateError(f"{meta_path}: image_size {size!r} does not match "
+                            f"{image_name} ({image.shape[1]}x{image.shape[0]})")
+    return KeypointTemplate(image, xy.reshape(-1, 2) if xy.size else xy,
+                            tuple(ids), tuple(str(n) for n in names), str(model_dir))
+
+
+def parse_points(values: Sequence[float]) -> np.ndarray:
+    """Flat ``[x0, y0, x1, y1, ...]`` (a ROS double-array parameter) -> (N, 2)."""
+    vals = [float(v) for v in values]
+    if len(vals) == 0 or len(vals) % 2:
+        raise TemplateError(f"points: need a non-empty flat list x0, y0, x1, y1, ..., "
+                            f"got {len(vals)} values")
+    if not all(math.isfinite(v) for v in vals):
+        raise TemplateError("points: contain NaN or infinite values")
+    return np.asarray(vals, dtype=np.float32).reshape(-1, 2)
+
+
+def load_points_template(points: Sequence[float] | np.ndarray, template_image: str | Path,
+                         ids: Sequence[int] | None = None,
+                         names: Sequence[str] | None = None) -> KeypointTemplate:
+    """Template from explicit points (flat list or (N, 2)) on an image file."""
+    arr = np.asarray(points, dtype=np.float32)
+    pts = parse_points(arr.ravel().tolist()) if arr.ndim != 2 else arr
+    ids_t = tuple(int(i) for i in ids) if ids else tuple(range(len(pts)))
+    names_t = tuple(str(n) for n in names) if names else default_names(ids_t)
+    return KeypointTemplate(read_rgb(template_image), pts, ids_t, names_t, str(template_image))

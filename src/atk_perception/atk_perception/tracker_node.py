@@ -1,0 +1,346 @@
+"""Keypoint tracker node: runs h_C on the live camera and publishes keypoints.
+
+Thin shell over :mod:`atk_perception.tracking_session` (state machine),
+:mod:`atk_perception.keypoint_template` (model artifact / points),
+:mod:`atk_perception.image_conversion` and the h_C backends. See
+docs/perception_nodes.md for topics, QoS and behaviour.
+
+Concurrency: the image callback (its own callback group) only stores the
+newest frame and wakes the worker through a guard condition; the worker,
+the stall watchdog and both services share one MutuallyExclusiveCallbackGroup,
+so the session is never touched by two threads at once, and a
+MultiThreadedExecutor keeps receiving frames (and dropping the older ones)
+while a frame is being processed.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import cv2
+import numpy as np
+
+from atk_perception.correspondence import CorrespondenceError
+from atk_perception.image_conversion import ImageConversionError, array_to_imgmsg, imgmsg_to_rgb8
+from atk_perception.keypoint_template import (
+    TemplateError, load_model_template, load_points_template)
+from atk_perception.node_params import ParamSpec, ParameterError, format_help, wants_help
+from atk_perception.tracking_session import (
+    SIZE_MISMATCH_POLICIES, LatestFrameSlot, SessionConfig, SessionOutput, TrackerState,
+    TrackingSession)
+
+NODE_NAME = "tracker"
+
+PARAMS = (
+    ParamSpec("backend", "cpu", "h_C backend: 'cpu' (OpenCV LK + SIFT, no weights) or "
+              "'cotracker' (CoTracker3 online, GPU; needs `checkpoint`)",
+              choices=("cpu", "cotracker")),
+    ParamSpec("checkpoint", "", "CoTracker3 checkpoint file (local path; nothing is "
+              "downloaded). Required for backend 'cotracker'"),
+    ParamSpec("device", "", "torch device for backend 'cotracker' (e.g. cuda, cpu); "
+              "empty: the backend's default"),
+    ParamSpec("model_dir", "", "trained model folder with model.json + template.png; "
+              "its template and keypoints are tracked. Empty: use points + template_image"),
+    ParamSpec("points", [], "flat list x0, y0, x1, y1, ... of keypoints in pixels of "
+              "template_image (used when model_dir is empty)", array_type="double"),
+    ParamSpec("point_ids", [], "ids of `points` (default 0..N-1)", array_type="integer"),
+    ParamSpec("point_names", [], "names of `points` (default kpNN)", array_type="string"),
+    ParamSpec("template_image", "", "template image file for `points`"),
+    ParamSpec("frame_id", "", "header.frame_id for keypoints when the image has none"),
+    ParamSpec("min_point_confidence", 0.5, "a keypoint counts as confident when visible "
+              "and at/above this confidence", min=0.0, max=1.0),
+    ParamSpec("min_confident_fraction", 0.5, "fewer confident keypoints than this fraction "
+              "makes a frame bad", min=0.0, max=1.0),
+    ParamSpec("lost_after_frames", 3, "consecutive bad frames before state LOST",
+              min=1, max=1000),
+    ParamSpec("transfer_min_fraction", 0.5, "a transfer from the template is accepted when "
+              "at least this fraction of keypoints is confident", min=0.0, max=1.0),
+    ParamSpec("retransfer_every_n_frames", 5, "while LOST, retry the transfer every this "
+              "many frames", min=1, max=1000),
+    ParamSpec("max_frame_gap_s", 1.0, "a jump between source stamps larger than this (or "
+              "backwards) re-transfers the keypoints", min=0.001, max=3600.0),
+    ParamSpec("frame_timeout_s", 1.0, "no frame for this long reports state LOST once "
+              "(keypoints re-transferred when frames return)", min=0.01, max=3600.0),
+    ParamSpec("template_size_mismatch", "rescale", "template of another size than the "
+              "camera frames: 'rescale' it (same aspect ratio only) or 'refuse' to track",
+              choices=SIZE_MISMATCH_POLICIES),
+    ParamSpec("overlay", True, "publish keypoints/overlay (only while someone subscribes)"),
+)
+
+SUMMARY = ("Tracks the model's keypoints on camera/color/image_raw with h_C and publishes\n"
+           "keypoints (atk_msgs/KeypointArray) and keypoints/overlay (sensor_msgs/Image);\n"
+           "services ~/reset (atk_msgs/ResetTracker), ~/transfer (atk_msgs/TransferKeypoints).")
+
+# Overlay colours (RGB) from red (confidence 0) over yellow to green (1).
+_STATE_NAMES = {TrackerState.INITIALISING: "INITIALISING", TrackerState.TRACKING: "TRACKING",
+                TrackerState.LOST: "LOST"}
+
+
+def make_backend(backend: str, checkpoint: str, device: str):
+    """Build h_C; ValueError/FileNotFoundError with an operator message on failure."""
+    from atk_perception.backends import make_correspondence  # noqa: PLC0415 (torch for cotracker)
+
+    overrides: dict[str, Any] = {}
+    if backend == "cotracker":
+        if not checkpoint:
+            raise ParameterError("parameter checkpoint: backend 'cotracker' needs a local "
+                                 "CoTracker3 checkpoint file (e.g. scaled_online.pth); nothing "
+                                 "is downloaded at run time. Use backend:=cpu to run without one")
+        overrides["checkpoint"] = checkpoint
+        if device:
+            overrides["device"] = device
+    return make_correspondence(backend, **overrides)
+
+
+def draw_overlay(image: np.ndarray, out: SessionOutput, ids: tuple[int, ...],
+                 min_confidence: float) -> np.ndarray:
+    """Operator view: (H, W, 3) uint8 RGB with keypoints coloured by confidence
+    (filled: visible, ring: not visible), their ids, and the state."""
+    canvas = image.copy()
+    h, w = canvas.shape[:2]
+    radius = max(3, int(round(min(w, h) / 120)))
+    scale = max(0.35, min(w, h) / 900)
+    for (x, y), c, vis, kid in zip(out.points, out.confidence, out.visible, ids):
+        c = float(np.clip(c, 0.0, 1.0))
+        colour = (int(255 * min(1.0, 2 * (1 - c))), int(255 * min(1.0, 2 * c)), 0)
+        centre = (int(round(x)), int(round(y)))
+        cv2.circle(canvas, centre, radius, colour, -1 if vis else 2, cv2.LINE_AA)
+        if c < min_confidence:
+            cv2.circle(canvas, centre, radius + 3, (255, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(canvas, str(kid), (centre[0] + radius + 2, centre[1] - radius),
+                    cv2.FONT_HERSHEY_SIMPLEX, scale, colour, 1, cv2.LINE_AA)
+    banner = _STATE_NAMES.get(out.state, str(out.state))
+    colour = {TrackerState.TRACKING: (0, 200, 0), TrackerState.LOST: (255, 0, 0)}.get(
+        out.state, (255, 200, 0))
+    cv2.putText(canvas, banner, (8, int(24 * scale / 0.5)), cv2.FONT_HERSHEY_SIMPLEX,
+                scale * 1.5, colour, 2, cv2.LINE_AA)
+    return canvas
+
+
+def _build_node_class():
+    """Define the Node subclass after rclpy is importable (keeps --help ROS-free)."""
+    from atk_msgs.msg import Keypoint, KeypointArray  # noqa: PLC0415
+    from atk_msgs.srv import ResetTracker, TransferKeypoints  # noqa: PLC0415
+    from rclpy.callback_groups import MutuallyExclusiveCallbackGroup  # noqa: PLC0415
+    from rclpy.node import Node  # noqa: PLC0415
+    from rclpy.qos import qos_profile_sensor_data  # noqa: PLC0415
+    from sensor_msgs.msg import Image  # noqa: PLC0415
+
+    from atk_perception.node_params import declare, log_effective  # noqa: PLC0415
+
+    class TrackerNode(Node):
+        """ROS shell around :class:`TrackingSession`."""
+
+        def __init__(self) -> None:
+            super().__init__(NODE_NAME)
+            p = declare(self, PARAMS)
+            log_effective(self, p)
+            self.p = p
+            config = SessionConfig(
+                min_point_confidence=p["min_point_confidence"],
+                min_confident_fraction=p["min_confident_fraction"],
+                lost_after_frames=p["lost_after_frames"],
+                transfer_min_fraction=p["transfer_min_fraction"],
+                retransfer_every_n_frames=p["retransfer_every_n_frames"],
+                max_frame_gap_s=p["max_frame_gap_s"],
+                frame_timeout_s=p["frame_timeout_s"],
+                template_size_mismatch=p["template_size_mismatch"])
+            template = self._load_template(p)
+            h_c = make_backend(p["backend"], p["checkpoint"], p["device"])
+            self.session = TrackingSession(h_c, template, config)
+            self.get_logger().info(
+                f"tracking {len(template)} keypoints ({', '.join(template.names)}) from "
+                f"{template.source}, template {template.size[0]}x{template.size[1]}, "
+                f"backend {p['backend']}")
+
+            self.slot: LatestFrameSlot = LatestFrameSlot()
+            self._last_rx = time.monotonic()
+            self._last_header = None
+            self._last_stall_log = 0.0
+            self._last_bad_log = 0.0
+            self._frames_done = 0
+
+            rx_group = MutuallyExclusiveCallbackGroup()
+            # One group for everything that touches the session: the worker,
+            # the watchdog and the services never run concurrently.
+            work_group = MutuallyExclusiveCallbackGroup()
+            # Sensor-data QoS (best effort, keep last 5): a late frame is worth
+            # nothing, and a reliable queue would make the camera wait on us.
+            self.sub = self.create_subscription(Image, "camera/color/image_raw", self._on_image,
+                                                qos_profile_sensor_data, callback_group=rx_group)
+            # Keypoints are sensor data too: consumers want the newest, not a backlog.
+            self.pub = self.create_publisher(KeypointArray, "keypoints", qos_profile_sensor_data)
+            self.overlay_pub = self.create_publisher(Image, "keypoints/overlay",
+                                                     qos_profile_sensor_data)
+            self._wake = self.create_guard_condition(self._work, callback_group=work_group)
+            # Watchdog period: a tenth of the frame timeout, so a stall is seen
+            # within 10 % of it, but not faster than 20 Hz.
+            self._watchdog = self.create_timer(max(0.05, config.frame_timeout_s / 10),
+                                               self._check_stall, callback_group=work_group)
+            self.create_service(ResetTracker, "~/reset", self._on_reset, callback_group=work_group)
+            self.create_service(TransferKeypoints, "~/transfer", self._on_transfer,
+                                callback_group=work_group)
+            self._Keypoint, self._KeypointArray = Keypoint, KeypointArray
+
+        # -------------------------------------------------------- setup
+        def _load_template(self, p: dict):
+            if p["model_dir"]:
+                return load_model_template(p["model_dir"])
+            if not p["points"] or not p["template_image"]:
+                raise ParameterError("parameters model_dir or points + template_image: give a "
+                                     "trained model folder (model_dir:=...) or keypoints "
+                                     "(points:=[x0, y0, ...]) on a template image "
+                                     "(template_image:=...)")
+            return load_points_template(p["points"], p["template_image"],
+                                        p["point_ids"] or None, p["point_names"] or None)
+
+        # -------------------------------------------------------- callbacks
+        def _on_image(self, msg: Image) -> None:
+            # Cheap on purpose: store, count an overwrite as a drop, wake the worker.
+            self._last_rx = time.monotonic()
+            self.slot.put(msg)
+            self._wake.trigger()
+
+        def _work(self) -> None:
+            msg = self.slot.take()
+            if msg is None:
+                return
+            self._last_header = msg.header
+            try:
+                rgb = imgmsg_to_rgb8(msg)
+            except ImageConversionError as exc:
+                self._warn_bad(str(exc))
+                self._publish(self.session.report_bad_frame(str(exc)), msg.header)
+                return
+            stamp_s = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+            try:
+                out = self.session.process(rgb, stamp_s)
+            except Exception as exc:  # noqa: BLE001 (a backend bug must not kill the node)
+                self.get_logger().error(f"h_C failed on this frame ({type(exc).__name__}: {exc}); "
+                                        "frame skipped")
+                out = self.session.report_bad_frame(f"tracker error {type(exc).__name__}: {exc}")
+            if out.message and out.message.startswith("frame skipped"):
+                self._warn_bad(out.message)
+            self._publish(out, msg.header)
+            self._frames_done += 1
+            if self.p["overlay"] and self.overlay_pub.get_subscription_count() > 0:
+                canvas = draw_overlay(rgb, out, self.session.ids, self.p["min_point_confidence"])
+                self.overlay_pub.publish(array_to_imgmsg(canvas, "rgb8", msg.header))
+
+        def _warn_bad(self, text: str) -> None:
+            now = time.monotonic()
+            if now - self._last_bad_log > 2.0:  # throttle: a bad stream repeats per frame
+                self.get_logger().warning(text)
+                self._last_bad_log = now
+
+        def _check_stall(self) -> None:
+            if self._last_header is None:
+                return
+            idle = time.monotonic() - self._last_rx
+            out = self.session.check_stalled(idle)
+            if out is not None:
+                self.get_logger().warning(out.message)
+                self._last_stall_log = time.monotonic()
+                self._publish(out, self._last_header)
+            elif idle > self.session.config.frame_timeout_s and \
+                    time.monotonic() - self._last_stall_log > 10.0:
+                self.get_logger().warning(f"still no camera frames on {self.sub.topic_name} "
+                                          f"after {idle:.0f} s")
+                self._last_stall_log = time.monotonic()
+
+        def _on_reset(self, request, response):
+            pts = np.array([[k.x, k.y] for k in request.keypoints], np.float32).reshape(-1, 2)
+            ids = [int(k.id) for k in request.keypoints]
+            ok, message = self.session.request_reset(pts if len(ids) else None, ids or None)
+            if ok:
+                self.get_logger().info(message)
+            else:
+                self.get_logger().warning(message)
+            response.success, response.message = ok, message
+            return response
+
+        def _on_transfer(self, request, response):
+            try:
+                image = imgmsg_to_rgb8(request.image)
+                template = None
+                if request.template_image.height and request.template_image.width:
+                    template = imgmsg_to_rgb8(request.template_image)
+                tk = request.template_keypoints
+                pts = np.array([[k.x, k.y] for k in tk], np.float32).reshape(-1, 2) if tk else None
+                if tk:
+                    ids = [int(k.id) for k in tk]
+                    names = [k.name for k in tk]
+                else:
+                    ids, names = list(self.session.ids), list(self.session.names)
+                out_pts, conf = self.session.transfer(image, template, pts)
+            except (ImageConversionError, CorrespondenceError, ValueError) as exc:
+                response.success, response.message = False, f"transfer refused: {exc}"
+                self.get_logger().warning(response.message)
+                return response
+            thr = self.p["min_point_confidence"]
+            for kid, name, (x, y), c in zip(ids, names, out_pts, conf):
+                response.keypoints.append(self._Keypoint(
+                    id=kid, name=name, x=float(x), y=float(y), confidence=float(c),
+                    visible=bool(c >= thr)))
+            n_ok = int(np.sum(conf >= thr))
+            response.success = True
+            response.message = f"{n_ok} of {len(conf)} keypoints with confidence >= {thr:g}"
+            return response
+
+        # -------------------------------------------------------- output
+        def _publish(self, out: SessionOutput, header) -> None:
+            msg = self._KeypointArray()
+            msg.header = header
+            if not msg.header.frame_id:
+                msg.header.frame_id = self.p["frame_id"]
+            msg.state = int(out.state)
+            msg.image_width, msg.image_height = int(out.image_size[0]), int(out.image_size[1])
+            msg.frames_dropped = self.slot.dropped
+            msg.processing_time_s = float(out.processing_time_s)
+            msg.message = out.message
+            Kp = self._Keypoint
+            msg.keypoints = [
+                Kp(id=int(i), name=n, x=float(x), y=float(y),
+                   confidence=float(np.clip(c, 0.0, 1.0)), visible=bool(v))
+                for i, n, (x, y), c, v in zip(self.session.ids, self.session.names,
+                                              out.points, out.confidence, out.visible)]
+            self.pub.publish(msg)
+
+    return TrackerNode
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv if argv is None else argv)
+    if wants_help(argv):
+        print(format_help("tracker_node", SUMMARY, PARAMS))
+        return 0
+    import rclpy  # noqa: PLC0415
+    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor  # noqa: PLC0415
+
+    rclpy.init(args=argv)
+    node = None
+    try:
+        try:
+            node = _build_node_class()()
+        except (ParameterError, TemplateError, ValueError, FileNotFoundError, ImportError) as exc:
+            # Startup errors an operator can fix: say what, and exit non-zero
+            # (nothing could be tracked without a template or backend).
+            print(f"[tracker] cannot start: {exc}", file=sys.stderr, flush=True)
+            return 2
+        # Two threads: one receives frames while the other processes.
+        executor = MultiThreadedExecutor(num_threads=2)
+        executor.add_node(node)
+        try:
+            executor.spin()
+        except (KeyboardInterrupt, ExternalShutdownException):
+            pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,397 @@
+"""The tracker node's state machine, ROS-free.
+
+States (values equal atk_msgs/KeypointArray's STATE_* constants)::
+
+    INITIALISING --first frame: transfer ok--> TRACKING
+    INITIALISING/LOST --transfer finds too few keypoints--> LOST (retried)
+    TRACKING --too few confident keypoints for `lost_after_frames` frames--> LOST
+    TRACKING --no frame for `frame_timeout_s`--> LOST (re-transfer on return)
+    any --reset requested / frame gap / resolution change--> transfer on next frame
+
+A transfer maps the template's canonical keypoints onto the live frame with
+h_C's ``transfer`` and then starts the online tracker (``reset``); every
+later frame goes through ``update``. Low-confidence keypoints are kept and
+reported (count and names in the message), never dropped.
+
+:class:`LatestFrameSlot` is the newest-frame-only buffer between the image
+callback and the worker, with the dropped-frame counter.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Generic, Sequence, TypeVar
+
+import numpy as np
+
+from atk_perception.correspondence import Correspondence, CorrespondenceError
+from atk_perception.keypoint_template import KeypointTemplate
+
+T = TypeVar("T")
+
+SIZE_MISMATCH_POLICIES = ("rescale", "refuse")
+
+
+class TrackerState(IntEnum):
+    INITIALISING = 0
+    TRACKING = 1
+    LOST = 2
+
+
+@dataclass
+class SessionConfig:
+    """Thresholds of the tracking state machine (all operator-tunable)."""
+
+    #: A keypoint counts as confident when visible and at/above this confidence.
+    min_point_confidence: float = 0.5
+    #: Fewer confident keypoints than this fraction makes a frame "bad".
+    min_confident_fraction: float = 0.5
+    #: Consecutive bad frames before the state becomes LOST (1 = immediately).
+    lost_after_frames: int = 3
+    #: A transfer is accepted when at least this fraction of keypoints is confident.
+    transfer_min_fraction: float = 0.5
+    #: While LOST, try a new transfer every this many frames (transfer is costly).
+    retransfer_every_n_frames: int = 5
+    #: A jump between source stamps above this (or backwards) breaks frame-to-frame
+    #: tracking: the keypoints are transferred again from the template.
+    max_frame_gap_s: float = 1.0
+    #: No frame for this long (host clock) reports LOST ("no camera frames").
+    frame_timeout_s: float = 1.0
+    #: Template of another size than the camera frames: "rescale" the template
+    #: (same aspect ratio only) or "refuse" to track.
+    template_size_mismatch: str = "rescale"
+    #: Largest relative aspect-ratio difference that "rescale" accepts.
+    max_aspect_difference: float = 0.02
+
+    def __post_init__(self) -> None:
+        for name in ("min_point_confidence", "min_confident_fraction", "transfer_min_fraction"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"{name}: must be within [0, 1], got {v!r}")
+        for name in ("lost_after_frames", "retransfer_every_n_frames"):
+            v = getattr(self, name)
+            if not (isinstance(v, int) and v >= 1):
+                raise ValueError(f"{name}: must be an integer >= 1, got {v!r}")
+        for name in ("max_frame_gap_s", "frame_timeout_s"):
+            v = getattr(self, name)
+            if not v > 0:
+                raise ValueError(f"{name}: must be > 0 seconds, got {v!r}")
+        if self.template_size_mismatch not in SIZE_MISMATCH_POLICIES:
+            raise ValueError(f"template_size_mismatch: {self.template_size_mismatch!r} is not "
+                             f"one of {', '.join(SIZE_MISMATCH_POLICIES)}")
+        if not 0.0 <= self.max_aspect_difference < 1.0:
+            raise ValueError(f"max_aspect_difference: must be within [0, 1), got "
+                             f"{self.max_aspect_difference!r}")
+
+
+@dataclass(frozen=True)
+class SessionOutput:
+    """What the tracker reports for one frame.
+
+    points: (N, 2) float32 pixels; confidence: (N,) float32 in [0, 1];
+    visible: (N,) bool; image_size: (width, height) of the frame.
+    """
+
+    state: TrackerState
+    points: np.ndarray
+    confidence: np.ndarray
+    visible: np.ndarray
+    image_size: tuple[int, int]
+    message: str
+    processing_time_s: float
+
+
+class LatestFrameSlot(Generic[T]):
+    """Holds only the newest item; counts items overwritten before being taken.
+
+    ``put`` is called from the subscription callback, ``take`` from the
+    worker; a lock keeps the counter exact across threads.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._item: T | None = None
+        self._dropped = 0
+        self._received = 0
+
+    def put(self, item: T) -> None:
+        with self._lock:
+            if self._item is not None:
+                self._dropped += 1
+            self._item = item
+            self._received += 1
+
+    def take(self) -> T | None:
+        with self._lock:
+            item, self._item = self._item, None
+            return item
+
+    @property
+    def dropped(self) -> int:
+        with self._lock:
+            return self._dropped
+
+    @property
+    def received(self) -> int:
+        with self._lock:
+            return self._received
+
+
+class TrackingSession:
+    """Transfer + online tracking with the states described in the module doc."""
+
+    def __init__(self, correspondence: Correspondence, template: KeypointTemplate,
+                 config: SessionConfig | None = None) -> None:
+        self.h_c = correspondence
+        self.template = template
+        self.config = config or SessionConfig()
+        n = len(template)
+        self.state = TrackerState.INITIALISING
+        self._points = template.points.copy()
+        self._conf = np.zeros(n, np.float32)
+        self._visible = np.zeros(n, bool)
+        self._image_size: tuple[int, int] | None = None
+        self._needs_transfer = True
+        self._reset_points: np.ndarray | None = None
+        self._pending_note = ""
+        self._bad_streak = 0
+        self._frames_until_retry = 0
+        self._last_stamp: float | None = None
+        self._stalled = False
+        self._scaled_template: KeypointTemplate | None = None
+
+    # ------------------------------------------------------------------ API
+    @property
+    def ids(self) -> tuple[int, ...]:
+        return self.template.ids
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.template.names
+
+    def request_reset(self, points: np.ndarray | None = None,
+                      ids: Sequence[int] | None = None) -> tuple[bool, str]:
+        """Re-initialise on the next frame: transfer from the template, or
+        start tracking ``points`` (N, 2) pixels given for ``ids``.
+
+        Returns (accepted, message). Explicit points must name every template
+        id exactly once (any order); they are checked against the frame size.
+        """
+        if points is None or len(points) == 0:
+            self._reset_points = None
+            self._needs_transfer = True
+            self._frames_until_retry = 0
+            self._pending_note = "reset requested: keypoints transferred from the template"
+            return True, "reset accepted: the template keypoints will be transferred on the next frame"
+        pts = np.asarray(points, dtype=np.float32)
+        if pts.ndim != 2 or pts.shape[1] != 2 or not np.all(np.isfinite(pts)):
+            return False, f"reset refused: keypoints must be finite (N, 2) pixels, got shape {pts.shape}"
+        ids = list(range(len(pts))) if ids is None else [int(i) for i in ids]
+        if sorted(ids) != sorted(self.template.ids) or len(ids) != len(pts):
+            return False, (f"reset refused: keypoint ids {ids} must be exactly the model's ids "
+                           f"{list(self.template.ids)}")
+        order = [ids.index(i) for i in self.template.ids]
+        pts = pts[order]
+        if self._image_size is not None:
+            err = self._outside(pts, self._image_size)
+            if err:
+                return False, f"reset refused: {err}"
+        self._reset_points = pts
+        self._needs_transfer = True
+        self._frames_until_retry = 0
+        self._pending_note = "reset requested: tracking the given keypoints"
+        return True, "reset accepted: tracking the given keypoints from the next frame"
+
+    def process(self, image: np.ndarray, stamp_s: float) -> SessionOutput:
+        """Handle one frame: ``image`` (H, W, 3) uint8 RGB taken at ``stamp_s``."""
+        t0 = time.perf_counter()
+        notes: list[str] = []
+        if self._pending_note:
+            notes.append(self._pending_note)
+            self._pending_note = ""
+        size = (int(image.shape[1]), int(image.shape[0]))
+        if self._stalled:
+            self._stalled = False
+            if self._last_stamp is not None:
+                notes.append(f"frames resumed after {stamp_s - self._last_stamp:.2f} s: "
+                             "keypoints transferred again")
+            self._needs_transfer = True
+            self._frames_until_retry = 0
+        elif self._last_stamp is not None and not self._needs_transfer:
+            gap = stamp_s - self._last_stamp
+            if gap < 0 or gap > self.config.max_frame_gap_s:
+                what = ("went backwards by %.2f s (recording restarted?)" % -gap if gap < 0
+                        else "jumped by %.2f s (> max_frame_gap_s %.2f)" % (gap, self.config.max_frame_gap_s))
+                notes.append(f"source stamp {what}: keypoints transferred again")
+                self._needs_transfer = True
+                self._frames_until_retry = 0
+        if self._image_size is not None and size != self._image_size:
+            notes.append(f"frame size changed from {self._image_size[0]}x{self._image_size[1]} "
+                         f"to {size[0]}x{size[1]}: keypoints transferred again")
+            self._needs_transfer = True
+            self._frames_until_retry = 0
+            if self._reset_points is not None and self._outside(self._reset_points, size):
+                self._reset_points = None
+        self._last_stamp = stamp_s
+        self._image_size = size
+        try:
+            if self._needs_transfer:
+                self._initialise(image, notes)
+            else:
+                self._track(image, notes)
+        except CorrespondenceError as exc:
+            notes.append(f"frame skipped: {exc}")
+            return self._output(t0, notes, reported_state=TrackerState.LOST)
+        return self._output(t0, notes)
+
+    def report_bad_frame(self, reason: str) -> SessionOutput:
+        """An unusable frame (conversion failed): reported as LOST for this frame
+        only, since no keypoints were computed for it; tracking resumes with the
+        next good frame."""
+        return self._output(time.perf_counter(), [f"frame skipped: {reason}"],
+                            reported_state=TrackerState.LOST)
+
+    def check_stalled(self, seconds_since_last_frame: float) -> SessionOutput | None:
+        """Call periodically; returns one LOST output when frames have stopped
+        for longer than ``frame_timeout_s`` (None otherwise, and while the
+        stall lasts after it was reported once)."""
+        if (self._stalled or self._image_size is None
+                or seconds_since_last_frame <= self.config.frame_timeout_s):
+            return None
+        self._stalled = True
+        self.state = TrackerState.LOST
+        return self._output(time.perf_counter(), [
+            f"no camera frames for {seconds_since_last_frame:.1f} s "
+            f"(frame_timeout_s {self.config.frame_timeout_s:g}): positions are from the last "
+            "frame; the keypoints will be transferred again when frames return"])
+
+    def transfer(self, image: np.ndarray, template_image: np.ndarray | None = None,
+                 template_points: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """One-off transfer (the TransferKeypoints service): template keypoints
+        (N, 2) on ``template_image`` (defaults: the loaded template) onto
+        ``image``. Returns (points (N, 2), confidence (N,)). Does not change
+        the tracking state."""
+        if template_image is None:
+            tpl = self._template_for((int(image.shape[1]), int(image.shape[0])))
+            template_image = tpl.image
+            if template_points is None:
+                template_points = tpl.points
+        elif template_points is None:
+            raise CorrespondenceError("template_keypoints are required with a template_image")
+        pts, conf = self.h_c.transfer(template_image, np.asarray(template_points, np.float32), image)
+        return np.asarray(pts, np.float32), np.asarray(conf, np.float32)
+
+    # ------------------------------------------------------------ internals
+    def _template_for(self, size: tuple[int, int]) -> KeypointTemplate:
+        tpl = self.template
+        if tpl.size == size:
+            return tpl
+        tw, th = tpl.size
+        w, h = size
+        advice = ("record the template at the camera's resolution, or set the camera "
+                  f"resolution to {tw}x{th}")
+        if self.config.template_size_mismatch == "refuse":
+            raise CorrespondenceError(
+                f"template is {tw}x{th} but camera frames are {w}x{h} and "
+                f"template_size_mismatch is 'refuse': {advice}")
+        aspect_diff = abs((tw / th) / (w / h) - 1.0)
+        if aspect_diff > self.config.max_aspect_difference:
+            raise CorrespondenceError(
+                f"template is {tw}x{th} but camera frames are {w}x{h}: aspect ratios differ "
+                f"by {aspect_diff:.1%}, so the template cannot be rescaled: {advice}")
+        if self._scaled_template is None or self._scaled_template.size != size:
+            self._scaled_template = tpl.resized(w, h)
+        return self._scaled_template
+
+    @staticmethod
+    def _outside(pts: np.ndarray, size: tuple[int, int]) -> str:
+        w, h = size
+        bad = (pts[:, 0] < 0) | (pts[:, 0] > w - 1) | (pts[:, 1] < 0) | (pts[:, 1] > h - 1)
+        if not np.any(bad):
+            return ""
+        k = int(np.flatnonzero(bad)[0])
+        return (f"{int(bad.sum())} keypoint(s) outside the {w}x{h} frame, e.g. "
+                f"({pts[k, 0]:.1f}, {pts[k, 1]:.1f})")
+
+    def _confident(self, conf: np.ndarray, visible: np.ndarray) -> np.ndarray:
+        return visible & (conf >= self.config.min_point_confidence)
+
+    def _initialise(self, image: np.ndarray, notes: list[str]) -> None:
+        cfg = self.config
+        if self._reset_points is not None:
+            err = self._outside(self._reset_points, self._image_size)
+            if err:
+                self._reset_points = None
+                raise CorrespondenceError(f"reset keypoints refused: {err}")
+            self.h_c.reset(image, self._reset_points)
+            self._points = self._reset_points.copy()
+            self._conf = np.ones(len(self._points), np.float32)
+            self._visible = np.ones(len(self._points), bool)
+            self._reset_points = None
+            self._start_tracking()
+            return
+        if self._frames_until_retry > 0:
+            self._frames_until_retry -= 1
+            notes.append(f"transfer failed; next attempt in {self._frames_until_retry + 1} frame(s)")
+            return
+        tpl = self._template_for(self._image_size)
+        pts, conf = self.h_c.transfer(tpl.image, tpl.points, image)
+        pts = np.asarray(pts, np.float32)
+        conf = np.asarray(conf, np.float32)
+        w, h = self._image_size
+        pts_in = np.clip(pts, 0, [w - 1, h - 1]).astype(np.float32)
+        confident = conf >= cfg.min_point_confidence
+        n_ok, n = int(confident.sum()), len(conf)
+        self._points, self._conf, self._visible = pts_in, conf, confident
+        if n_ok < cfg.transfer_min_fraction * n or n_ok == 0:
+            self.state = TrackerState.LOST
+            self._frames_until_retry = cfg.retransfer_every_n_frames - 1
+            notes.append(f"transfer found only {n_ok} of {n} keypoints with confidence >= "
+                         f"{cfg.min_point_confidence:g} (need {cfg.transfer_min_fraction:.0%}); "
+                         "is the object in view? retrying")
+            return
+        self.h_c.reset(image, pts_in)
+        self._start_tracking()
+        notes.append(f"keypoints transferred from the template ({n_ok} of {n} confident)")
+
+    def _start_tracking(self) -> None:
+        self.state = TrackerState.TRACKING
+        self._needs_transfer = False
+        self._bad_streak = 0
+        self._frames_until_retry = 0
+
+    def _track(self, image: np.ndarray, notes: list[str]) -> None:
+        cfg = self.config
+        res = self.h_c.update(image)
+        self._points = np.asarray(res.points, np.float32)
+        self._conf = np.asarray(res.confidence, np.float32)
+        self._visible = np.asarray(res.visible, bool)
+        n_ok = int(self._confident(self._conf, self._visible).sum())
+        if n_ok < cfg.min_confident_fraction * len(self._conf):
+            self._bad_streak += 1
+            if self._bad_streak >= cfg.lost_after_frames:
+                self.state = TrackerState.LOST
+                self._needs_transfer = True
+                self._frames_until_retry = 0
+                notes.append(f"tracking lost: only {n_ok} of {len(self._conf)} keypoints confident "
+                             f"for {self._bad_streak} frames; transferring again")
+        else:
+            self._bad_streak = 0
+
+    def _output(self, t0: float, notes: list[str],
+                reported_state: TrackerState | None = None) -> SessionOutput:
+        low = ~self._confident(self._conf, self._visible)
+        if self.state == TrackerState.TRACKING and np.any(low):
+            names = [self.template.names[i] for i in np.flatnonzero(low)]
+            notes.append(f"{len(names)} of {len(low)} keypoints below confidence "
+                         f"{self.config.min_point_confidence:g} or not visible: {', '.join(names)}")
+        if self.state == TrackerState.INITIALISING and not notes:
+            notes.append("waiting for the first frame to transfer the keypoints")
+        size = self._image_size or self.template.size
+        return SessionOutput(
+            state=reported_state if reported_state is not None else self.state,
+            points=self._points.copy(), confidence=self._conf.copy(),
+            visible=self._visible.copy(), image_size=size, message="; ".join(notes),
+            processing_time_s=time.perf_counter() - t0)
