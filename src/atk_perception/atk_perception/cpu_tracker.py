@@ -1,0 +1,542 @@
+"""CPU backend of h_C: Lucas-Kanade tracking re-anchored to the template by SIFT.
+
+ROS-free, no learned weights, OpenCV only. Two parts:
+
+* **Frame to frame** (every ``update``): pyramidal Lucas-Kanade from the
+  previous frame, checked forward-backward. The forward-backward error makes a
+  point invisible when it exceeds ``fb_max_error_px`` and scales its
+  confidence. LK alone drifts slowly (each step's sub-pixel error adds up, and
+  the forward-backward check cannot see it), so:
+* **Re-anchoring** (every ``reanchor_period`` frames): SIFT matches between
+  the template (the image given to ``reset``) and the current frame are
+  grouped into consistent motions by sequential RANSAC (one model per moving
+  part: the table, each moved object), each keypoint picks the group that
+  agrees with its tracked position, and a *local* affine transform fitted to
+  the nearest matches of that group maps the template point into the current
+  frame. A local fit copes with non-rigid motion where one global homography
+  would not; the grouping keeps a keypoint on a small moved object from being
+  pulled by the matches of the static table around it. The anchored estimate
+  is fused with the tracked one by their variances (tracked variance grows
+  each frame, anchored variance comes from the fit residuals).
+
+Confidence decays by ``confidence_decay`` per frame since the last
+re-anchoring, because the drift the re-anchoring corrects is invisible to the
+forward-backward check.
+
+``transfer`` uses the same SIFT matching, grouping and local fit, without a
+tracked prior; each point's confidence comes from the support (how many
+matches, how near) and the residual of its local fit.
+
+Points: ``(N, 2)`` float32 pixels (x right, y down); images ``(H, W)`` grey
+or ``(H, W, 3)`` RGB, uint8.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import cv2
+import numpy as np
+
+from atk_perception.correspondence import Correspondence, CorrespondenceError, TrackResult
+from atk_perception.image_checks import check_image, check_points, check_same_size
+
+
+@dataclass
+class CpuTrackerConfig:
+    """Every threshold of the CPU backend. Distances are in pixels of the input image."""
+
+    # --- Lucas-Kanade, frame to frame ---
+    lk_window_px: int = 21
+    """Side of the LK search window (odd). Larger follows faster motion, costs more."""
+    lk_pyramid_levels: int = 3
+    """Pyramid levels above the full image (0 = no pyramid)."""
+    lk_max_iterations: int = 30
+    lk_epsilon: float = 0.01
+    """LK stops when an iteration moves the point less than this (pixels)."""
+    fb_max_error_px: float = 1.5
+    """Forward-backward error above which a point is reported not visible."""
+    fb_confidence_scale_px: float = 1.0
+    """Confidence factor is exp(-(fb_error / scale)^2 / 2)."""
+    lk_drift_std_px: float = 0.15
+    """Assumed LK drift per frame (std, pixels): the tracked estimate's variance grows by its square."""
+
+    # --- re-anchoring to the template ---
+    reanchor_period: int = 5
+    """Re-anchor every this many frames (1 = every frame, 0 = never: plain LK)."""
+    reanchor_radius_px: float = 160.0
+    """SIFT features are taken within this distance of the points (0 = whole image)."""
+    sift_features: int = 2500
+    """Maximum SIFT features per image (0 = no limit)."""
+    sift_ratio: float = 0.8
+    """Lowe's ratio test: keep a match when best < ratio * second best distance."""
+    group_model: str = "homography"
+    """Motion model of one moving part for the grouping: 'homography' or 'affine'."""
+    group_ransac_px: float = 4.0
+    """RANSAC inlier threshold of the grouping (pixels)."""
+    group_min_matches: int = 8
+    """A motion group needs at least this many inlier matches."""
+    group_max_models: int = 6
+    """At most this many moving parts are extracted."""
+    local_matches: int = 12
+    """Matches (nearest to the point, of its group) used by the local affine fit."""
+    local_min_matches: int = 4
+    """Fewer matches than this within local_max_distance_px: no local fit (the group's model is used)."""
+    local_max_distance_px: float = 120.0
+    """Matches further than this from the point are not used by its local fit."""
+    local_sigma_px: float = 40.0
+    """Gaussian weight width of the local fit and of the group vote."""
+    anchor_noise_px: float = 0.5
+    """Assumed accuracy of one SIFT match (std, pixels), floor of the anchored variance."""
+    prior_gate_px: float = 6.0
+    """A group whose prediction lies further than this from the tracked point is not chosen for it."""
+    jump_min_confidence: float = 0.5
+    """A re-anchored estimate replaces a lost or disagreeing track only when its geometric confidence (support, residual) is at least this."""
+
+    # --- confidence ---
+    confidence_decay: float = 0.97
+    """Per-frame confidence factor since the last re-anchoring (drift is invisible to LK)."""
+    residual_scale_px: float = 2.0
+    """Anchor confidence factor is exp(-(rms residual / scale)^2 / 2)."""
+    patch_radius_px: int = 7
+    """Half-size of the appearance patch compared (NCC) between template and image."""
+    ncc_min: float = 0.2
+    """Patch correlation at or below which a match is judged wrong (confidence 0)."""
+    ncc_full: float = 0.8
+    """Patch correlation at or above which appearance gives full confidence."""
+    matcher: str = "flann"
+    """Descriptor matcher: 'flann' (fast, approximate) or 'bruteforce' (exact)."""
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, field: str, rule: str) -> None:
+            if not ok:
+                raise ValueError(
+                    f"CpuTrackerConfig.{field} = {getattr(self, field)!r}: {rule}")
+
+        need(self.lk_window_px >= 5 and self.lk_window_px % 2 == 1, "lk_window_px",
+             "must be an odd integer >= 5")
+        need(0 <= self.lk_pyramid_levels <= 8, "lk_pyramid_levels", "must be in [0, 8]")
+        need(self.lk_max_iterations >= 1, "lk_max_iterations", "must be >= 1")
+        need(self.lk_epsilon > 0, "lk_epsilon", "must be > 0")
+        need(self.fb_max_error_px > 0, "fb_max_error_px", "must be > 0")
+        need(self.fb_confidence_scale_px > 0, "fb_confidence_scale_px", "must be > 0")
+        need(self.lk_drift_std_px > 0, "lk_drift_std_px", "must be > 0")
+        need(self.reanchor_period >= 0, "reanchor_period", "must be >= 0 (0 disables)")
+        need(self.reanchor_radius_px >= 0, "reanchor_radius_px", "must be >= 0")
+        need(self.sift_features >= 0, "sift_features", "must be >= 0 (0 = no limit)")
+        need(0 < self.sift_ratio <= 1, "sift_ratio", "must be in (0, 1]")
+        need(self.group_model in ("homography", "affine"), "group_model",
+             "must be 'homography' or 'affine'")
+        need(self.group_ransac_px > 0, "group_ransac_px", "must be > 0")
+        need(self.group_min_matches >= 4, "group_min_matches", "must be >= 4")
+        need(self.group_max_models >= 1, "group_max_models", "must be >= 1")
+        need(self.local_min_matches >= 3, "local_min_matches",
+             "must be >= 3 (an affine fit needs three points)")
+        need(self.local_matches >= self.local_min_matches, "local_matches",
+             "must be >= local_min_matches")
+        need(self.local_max_distance_px > 0, "local_max_distance_px", "must be > 0")
+        need(self.local_sigma_px > 0, "local_sigma_px", "must be > 0")
+        need(self.anchor_noise_px > 0, "anchor_noise_px", "must be > 0")
+        need(self.prior_gate_px > 0, "prior_gate_px", "must be > 0")
+        need(0 <= self.jump_min_confidence <= 1, "jump_min_confidence", "must be in [0, 1]")
+        need(0 < self.confidence_decay <= 1, "confidence_decay", "must be in (0, 1]")
+        need(self.residual_scale_px > 0, "residual_scale_px", "must be > 0")
+        need(self.patch_radius_px >= 2, "patch_radius_px", "must be >= 2")
+        need(-1 <= self.ncc_min < self.ncc_full <= 1, "ncc_min",
+             "must satisfy -1 <= ncc_min < ncc_full <= 1")
+        need(self.matcher in ("flann", "bruteforce"), "matcher",
+             "must be 'flann' or 'bruteforce'")
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+
+@dataclass
+class _Features:
+    """SIFT keypoint positions (M, 2) float32 and descriptors (M, 128) float32."""
+
+    xy: np.ndarray
+    desc: np.ndarray
+
+
+@dataclass
+class AnchorResult:
+    """Template points mapped into another image by matches.
+
+    points: (N, 2) float32; confidence: (N,) float32 in [0, 1] (geometry times
+    appearance); geometric: (N,) float32 in [0, 1], the part of the confidence
+    that comes from match support and fit residual only (a point hidden by an
+    occluder keeps it); variance: (N,) float32 px^2 (isotropic); found: (N,)
+    bool (False: no group or fit could place the point); n_groups: number of
+    motion groups found; n_matches: matches after the ratio test.
+    """
+
+    points: np.ndarray
+    confidence: np.ndarray
+    geometric: np.ndarray
+    variance: np.ndarray
+    found: np.ndarray
+    n_groups: int
+    n_matches: int
+
+
+class SiftAnchor:
+    """SIFT matching + motion grouping + per-point local affine fit."""
+
+    def __init__(self, config: CpuTrackerConfig) -> None:
+        self.cfg = config
+        self._sift = cv2.SIFT_create(nfeatures=config.sift_features)
+        if config.matcher == "flann":
+            # KD-trees: exact enough for SIFT at a fraction of brute force cost.
+            self._matcher = cv2.FlannBasedMatcher({"algorithm": 1, "trees": 4},
+                                                  {"checks": 48})
+        else:
+            self._matcher = cv2.BFMatcher(cv2.NORM_L2)
+
+    def features(self, gray: np.ndarray, near: np.ndarray | None = None) -> _Features:
+        """SIFT on ``gray`` (H, W), restricted to ``reanchor_radius_px`` around ``near`` (K, 2)."""
+        mask = None
+        radius = self.cfg.reanchor_radius_px
+        if near is not None and radius > 0 and len(near) > 0:
+            mask = np.zeros(gray.shape, np.uint8)
+            for x, y in near:
+                cv2.circle(mask, (int(round(float(x))), int(round(float(y)))),
+                           int(radius), 255, -1)
+        kps, desc = self._sift.detectAndCompute(gray, mask)
+        if desc is None or len(kps) == 0:
+            return _Features(np.zeros((0, 2), np.float32), np.zeros((0, 128), np.float32))
+        xy = np.array([k.pt for k in kps], np.float32)
+        return _Features(xy, desc.astype(np.float32))
+
+    def match(self, a: _Features, b: _Features) -> tuple[np.ndarray, np.ndarray]:
+        """Ratio-test matches a -> b: (src (M, 2) in a, dst (M, 2) in b)."""
+        if len(a.xy) < 2 or len(b.xy) < 2:
+            return np.zeros((0, 2), np.float32), np.zeros((0, 2), np.float32)
+        pairs = self._matcher.knnMatch(a.desc, b.desc, k=2)
+        ia, ib = [], []
+        for pair in pairs:
+            if len(pair) == 2 and pair[0].distance < self.cfg.sift_ratio * pair[1].distance:
+                ia.append(pair[0].queryIdx)
+                ib.append(pair[0].trainIdx)
+        if not ia:
+            return np.zeros((0, 2), np.float32), np.zeros((0, 2), np.float32)
+        # One template feature per target feature: drop many-to-one matches,
+        # which are repeated texture rather than correspondences.
+        ib_arr = np.array(ib)
+        _, first, counts = np.unique(ib_arr, return_index=True, return_counts=True)
+        keep = first[counts == 1]
+        return a.xy[np.array(ia)[keep]], b.xy[ib_arr[keep]]
+
+    def group(self, src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Sequential RANSAC: labels (M,) int (-1 = in no group) and one 3x3 model per group."""
+        cfg = self.cfg
+        labels = np.full(len(src), -1, np.int32)
+        models: list[np.ndarray] = []
+        free = np.arange(len(src))
+        for g in range(cfg.group_max_models):
+            if len(free) < cfg.group_min_matches:
+                break
+            s, d = src[free], dst[free]
+            if cfg.group_model == "homography":
+                model, inl = cv2.findHomography(s, d, cv2.RANSAC, cfg.group_ransac_px,
+                                                maxIters=2000, confidence=0.995)
+            else:
+                aff, inl = cv2.estimateAffine2D(s, d, method=cv2.RANSAC,
+                                                ransacReprojThreshold=cfg.group_ransac_px,
+                                                maxIters=2000, confidence=0.995)
+                model = None if aff is None else np.vstack([aff, [0.0, 0.0, 1.0]])
+            if model is None or inl is None:
+                break
+            inl = inl.ravel().astype(bool)
+            if inl.sum() < cfg.group_min_matches:
+                break
+            labels[free[inl]] = g
+            models.append(model)
+            free = free[~inl]
+        return labels, models
+
+    def anchor(self, src: np.ndarray, dst: np.ndarray, points: np.ndarray,
+               template_gray: np.ndarray, gray: np.ndarray,
+               prior: np.ndarray | None = None,
+               prior_ok: np.ndarray | None = None) -> AnchorResult:
+        """Map template ``points`` (N, 2) through the grouped matches ``src`` -> ``dst`` (M, 2).
+
+        Each point gets one candidate per motion group near it (a local affine
+        fit of that group's nearest matches). ``prior`` (N, 2) is the tracked
+        estimate in the target image: where ``prior_ok`` (N,) is True the
+        candidate nearest to it (within ``prior_gate_px``) wins. Otherwise the
+        candidate whose warped template patch correlates best with the image
+        wins (a point on a moved object lands where its own texture is; the
+        static table's candidate lands on whatever is there now).
+        """
+        cfg = self.cfg
+        n = len(points)
+        out = np.zeros((n, 2), np.float32)
+        conf = np.zeros(n, np.float32)
+        geo = np.zeros(n, np.float32)
+        var = np.full(n, np.inf, np.float32)
+        found = np.zeros(n, bool)
+        labels, models = self.group(src, dst)
+        if not models or n == 0:
+            return AnchorResult(out, conf, geo, var, found, len(models), len(src))
+        in_group = labels >= 0
+        gsrc, gdst, glab = src[in_group], dst[in_group], labels[in_group]
+        two_sigma2 = 2.0 * cfg.local_sigma_px ** 2
+        r = cfg.patch_radius_px
+        off = np.stack(np.meshgrid(np.arange(-r, r + 1), np.arange(-r, r + 1)), -1)
+        off = off.reshape(-1, 2).astype(np.float64)
+        for i in range(n):
+            q = points[i].astype(np.float64)
+            tpl_patch = cv2.getRectSubPix(template_gray, (2 * r + 1, 2 * r + 1),
+                                          (float(q[0]), float(q[1]))).astype(np.float32)
+            d2 = np.sum((gsrc - q) ** 2, axis=1)
+            w_all = np.exp(-d2 / two_sigma2)
+            candidates = []  # (vote, prediction (2,), rms, support, matches used, ncc)
+            for g in range(len(models)):
+                sel = np.flatnonzero((glab == g) & (d2 <= cfg.local_max_distance_px ** 2))
+                vote = float(w_all[glab == g].sum())
+                if len(sel) >= cfg.local_min_matches:
+                    sel = sel[np.argsort(d2[sel])[:cfg.local_matches]]
+                    coef = _local_affine(gsrc[sel] - q, gdst[sel], w_all[sel])
+                    if coef is None:
+                        continue
+                    coef, rms = coef
+                    pred = coef[2].astype(np.float32)
+                    mapped = off @ coef[:2] + coef[2]
+                    support = min(1.0, float(w_all[sel].sum()) / (0.5 * cfg.local_matches))
+                    used = len(sel)
+                elif vote > 0.5:
+                    # Few matches nearby: the whole part's model, with low support.
+                    hq = np.hstack([q + off, np.ones((len(off), 1))]) @ models[g].T
+                    if np.any(np.abs(hq[:, 2]) < 1e-9):
+                        continue
+                    mapped = hq[:, :2] / hq[:, 2:3]
+                    pred = mapped[len(off) // 2].astype(np.float32)
+                    rms, support, used = cfg.group_ransac_px, 0.25 * min(1.0, vote), cfg.local_min_matches
+                else:
+                    continue
+                ncc = _patch_ncc(tpl_patch, gray, mapped, r)
+                candidates.append((vote, pred, rms, support, used, ncc))
+            if not candidates:
+                continue
+            total_vote = sum(c[0] for c in candidates) + 1e-9
+            chosen = None
+            if prior is not None and prior_ok is not None and prior_ok[i]:
+                dists = [float(np.hypot(*(c[1] - prior[i]))) for c in candidates]
+                j = int(np.argmin(dists))
+                if dists[j] <= cfg.prior_gate_px:
+                    chosen = candidates[j]
+            if chosen is None:
+                chosen = max(candidates, key=lambda c: (c[5] if c[5] is not None else 0.0)
+                             + 0.2 * c[0] / total_vote)
+            vote, pred, rms, support, used, ncc = chosen
+            appearance = 1.0 if ncc is None else float(np.clip(
+                (ncc - cfg.ncc_min) / (cfg.ncc_full - cfg.ncc_min), 0.0, 1.0))
+            out[i] = pred
+            geo[i] = support * math.exp(-0.5 * (rms / cfg.residual_scale_px) ** 2)
+            conf[i] = geo[i] * appearance
+            # Variance of the fitted position: per-match noise (floored by the
+            # assumed SIFT accuracy) over the matches that carry the fit.
+            var[i] = (cfg.anchor_noise_px ** 2 + rms ** 2) / max(1.0, used - 3.0) * 3.0
+            found[i] = True
+        return AnchorResult(out, np.clip(conf, 0, 1), np.clip(geo, 0, 1), var, found,
+                            len(models), len(src))
+
+
+def _patch_ncc(tpl_patch: np.ndarray, gray: np.ndarray, mapped: np.ndarray,
+               r: int) -> float | None:
+    """NCC between a template patch (2r+1, 2r+1) and ``gray`` sampled at ``mapped`` ((2r+1)^2, 2).
+
+    None when the template patch is flat (correlation says nothing there).
+    """
+    side = 2 * r + 1
+    mx = mapped[:, 0].reshape(side, side).astype(np.float32)
+    my = mapped[:, 1].reshape(side, side).astype(np.float32)
+    patch = cv2.remap(gray, mx, my, cv2.INTER_LINEAR,
+                      borderMode=cv2.BORDER_CONSTANT, borderValue=0).astype(np.float32)
+    a = tpl_patch - tpl_patch.mean()
+    b = patch - patch.mean()
+    na, nb = float(np.sqrt((a * a).sum())), float(np.sqrt((b * b).sum()))
+    if na < 1e-3 * side * side:
+        return None
+    if nb < 1e-6:
+        return 0.0
+    return float((a * b).sum() / (na * nb))
+
+
+def _local_affine(rel_src: np.ndarray, dst: np.ndarray,
+                  w: np.ndarray) -> tuple[np.ndarray, float] | None:
+    """Weighted least-squares affine dst ~ A [rel_src, 1]; rel_src (K, 2) centred on the query.
+
+    Returns (coefficients (3, 2): rows map x, y and 1, so row 2 is the query's
+    image; weighted rms residual) or None when degenerate.
+    """
+    k = len(rel_src)
+    x = np.hstack([rel_src.astype(np.float64), np.ones((k, 1))])
+    sw = np.sqrt(np.maximum(w, 1e-6))[:, None]
+    xw = x * sw
+    if np.linalg.matrix_rank(xw, tol=1e-6 * max(1.0, float(np.abs(xw).max()))) < 3:
+        return None
+    coef, *_ = np.linalg.lstsq(xw, dst.astype(np.float64) * sw, rcond=None)
+    resid = x @ coef - dst
+    rms = float(np.sqrt(np.sum(w[:, None] * resid ** 2) / max(1e-9, float(w.sum()))))
+    # With exactly three matches the fit is exact and its residual says
+    # nothing: report the RANSAC-level uncertainty instead.
+    if k <= 3:
+        rms = max(rms, 1.0)
+    return coef, rms
+
+
+class CpuTracker(Correspondence):
+    """The CPU default h_C backend (see the module docstring)."""
+
+    def __init__(self, config: CpuTrackerConfig | None = None) -> None:
+        self.cfg = config if config is not None else CpuTrackerConfig()
+        self._anchor = SiftAnchor(self.cfg)
+        self._lk_params = dict(
+            winSize=(self.cfg.lk_window_px, self.cfg.lk_window_px),
+            maxLevel=self.cfg.lk_pyramid_levels,
+            criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT,
+                      self.cfg.lk_max_iterations, self.cfg.lk_epsilon))
+        self._template_gray: np.ndarray | None = None
+        self._template_points: np.ndarray | None = None
+        self._template_features: _Features | None = None
+        self._prev_gray: np.ndarray | None = None
+        self._points: np.ndarray | None = None
+        self._var: np.ndarray | None = None
+        self._anchor_conf: np.ndarray | None = None
+        self._frames_since_anchor = 0
+        self._frame = 0
+        self.last_anchor: AnchorResult | None = None
+        """Diagnostics of the latest re-anchoring (None before the first)."""
+
+    # ------------------------------------------------------------------ transfer
+    def transfer(self, template_image: np.ndarray, template_points: np.ndarray,
+                 image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Map ``template_points`` (N, 2) on ``template_image`` onto ``image``.
+
+        Both images must have the same size. Returns (points (N, 2) float32,
+        confidence (N,) float32); a point that no match group could place keeps
+        its template position with confidence 0.
+        """
+        tg = check_image(template_image, "template_image")
+        g = check_image(image, "image")
+        check_same_size(tg, g, "template_image", "image")
+        pts = check_points(template_points, tg.shape, "template_points")
+        if len(pts) == 0:
+            return pts, np.zeros(0, np.float32)
+        ft = self._anchor.features(tg, pts)
+        # Unknown motion: search the whole target image.
+        fi = self._anchor.features(g, None)
+        src, dst = self._anchor.match(ft, fi)
+        res = self._anchor.anchor(src, dst, pts, tg, g)
+        out = np.where(res.found[:, None], res.points, pts).astype(np.float32)
+        conf = res.confidence.copy()
+        h, w = g.shape
+        inside = (out[:, 0] >= 0) & (out[:, 0] <= w - 1) & (out[:, 1] >= 0) & (out[:, 1] <= h - 1)
+        conf[~inside] = 0.0
+        out[:, 0] = np.clip(out[:, 0], 0, w - 1)
+        out[:, 1] = np.clip(out[:, 1], 0, h - 1)
+        return out, conf.astype(np.float32)
+
+    # ------------------------------------------------------------------ tracking
+    def reset(self, image: np.ndarray, points: np.ndarray) -> None:
+        """Start tracking ``points`` (N, 2) on ``image``; this image is the re-anchoring template."""
+        g = check_image(image, "image")
+        pts = check_points(points, g.shape, "points")
+        self._template_gray = g
+        self._template_points = pts.copy()
+        self._template_features = (self._anchor.features(g, pts)
+                                   if self.cfg.reanchor_period > 0 and len(pts) else None)
+        self._prev_gray = g
+        self._points = pts.copy()
+        self._var = np.zeros(len(pts), np.float32)
+        self._anchor_conf = np.ones(len(pts), np.float32)
+        self._frames_since_anchor = 0
+        self._frame = 0
+        self.last_anchor = None
+
+    @property
+    def points(self) -> np.ndarray | None:
+        """Current estimates (N, 2) float32, or None before ``reset``."""
+        return None if self._points is None else self._points.copy()
+
+    def update(self, image: np.ndarray) -> TrackResult:
+        """Track into ``image`` (same size as the reset image)."""
+        if self._prev_gray is None or self._points is None:
+            raise CorrespondenceError("update() called before reset(): give the tracker "
+                                      "a first image and its keypoints")
+        g = check_image(image, "image")
+        check_same_size(self._prev_gray, g, "the tracked stream's first image", "image")
+        cfg = self.cfg
+        n = len(self._points)
+        self._frame += 1
+        if n == 0:
+            self._prev_gray = g
+            empty = np.zeros(0, np.float32)
+            return TrackResult(np.zeros((0, 2), np.float32), empty, np.zeros(0, bool))
+
+        prev = self._points.reshape(-1, 1, 2)
+        fwd, st1, _ = cv2.calcOpticalFlowPyrLK(self._prev_gray, g, prev, None, **self._lk_params)
+        bwd, st2, _ = cv2.calcOpticalFlowPyrLK(g, self._prev_gray, fwd, None, **self._lk_params)
+        fwd = fwd.reshape(-1, 2)
+        fb = np.linalg.norm(bwd.reshape(-1, 2) - self._points, axis=1)
+        ok = (st1.ravel() == 1) & (st2.ravel() == 1) & np.isfinite(fb)
+        fb = np.where(ok, fb, np.inf)
+        visible = ok & (fb <= cfg.fb_max_error_px)
+        # A lost point stays where it was last seen until re-anchoring finds it.
+        new_pts = np.where(visible[:, None], fwd, self._points).astype(np.float32)
+        self._var = self._var + np.float32(cfg.lk_drift_std_px ** 2)
+        self._frames_since_anchor += 1
+
+        if cfg.reanchor_period > 0 and self._frame % cfg.reanchor_period == 0:
+            new_pts = self._reanchor(g, new_pts, visible)
+
+        # Points that left the view keep their (outside) estimate, reported
+        # not visible: clipping them to the border would invent a position.
+        h, w = g.shape
+        inside = ((new_pts[:, 0] >= 0) & (new_pts[:, 0] <= w - 1)
+                  & (new_pts[:, 1] >= 0) & (new_pts[:, 1] <= h - 1))
+        visible = visible & inside
+        self._points = new_pts
+        self._prev_gray = g
+
+        fb_term = np.exp(-0.5 * (np.where(np.isfinite(fb), fb, 1e6) / cfg.fb_confidence_scale_px) ** 2)
+        conf = (self._anchor_conf * fb_term
+                * cfg.confidence_decay ** self._frames_since_anchor)
+        conf = np.where(visible, conf, 0.0).astype(np.float32)
+        return TrackResult(new_pts.copy(), np.clip(conf, 0.0, 1.0), visible.copy())
+
+    def _reanchor(self, g: np.ndarray, tracked: np.ndarray, visible: np.ndarray) -> np.ndarray:
+        """Fuse the tracked points (N, 2) with their template re-anchoring; returns (N, 2)."""
+        cfg = self.cfg
+        if self._template_features is None:
+            return tracked
+        feats = self._anchor.features(g, tracked)
+        src, dst = self._anchor.match(self._template_features, feats)
+        res = self._anchor.anchor(src, dst, self._template_points, self._template_gray, g,
+                                  prior=tracked, prior_ok=visible)
+        self.last_anchor = res
+        out = tracked.copy()
+        for i in range(len(out)):
+            if not res.found[i]:
+                continue
+            agree = np.hypot(*(res.points[i] - tracked[i])) <= cfg.prior_gate_px
+            if visible[i] and agree:
+                vt, va = float(self._var[i]), float(res.variance[i])
+                wa = vt / (vt + va)
+                out[i] = tracked[i] + wa * (res.points[i] - tracked[i])
+                self._var[i] = vt * va / (vt + va)
+                self._anchor_conf[i] = max(float(res.confidence[i]), 0.0)
+            elif res.geometric[i] >= cfg.jump_min_confidence:
+                # The track was lost or went astray (e.g. followed an occluder
+                # or a look-alike): the matches around the point say where it
+                # is, even while its own patch is still hidden.
+                out[i] = res.points[i]
+                self._var[i] = res.variance[i]
+                self._anchor_conf[i] = float(res.confidence[i])
+            else:
+                self._anchor_conf[i] *= 0.5
+        self._frames_since_anchor = 0
+        return out
