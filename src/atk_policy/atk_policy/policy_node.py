@@ -341,8 +341,12 @@ def _define_node() -> type:
 
         def _log_transition(self, decision: GateDecision) -> None:
             if decision.state != self._decision.state:
-                log = self.get_logger().info if decision.running else self.get_logger().warning
-                log(f"{self._decision.state.name} -> {decision.state.name}: {decision.reason}")
+                text = f"{self._decision.state.name} -> {decision.state.name}: {decision.reason}"
+                # Two call sites: rclpy refuses one call site logging at two severities.
+                if decision.running:
+                    self.get_logger().info(text)
+                else:
+                    self.get_logger().warning(text)
 
         def _publish_status(self) -> None:
             # Re-evaluated here, so staleness shows even when nothing arrives
