@@ -1,0 +1,425 @@
+"""UR5e + Robotiq 2F driver node (``ur_driver_node``, node name ``ur_driver``).
+
+Subscribes ``joint_target`` (sensor_msgs/JointState, the 6 UR joints by name;
+an empty name list means the 6 positions are in the standard joint order) and
+``gripper_command`` (atk_msgs/GripperCommand). Publishes ``joint_states``
+(sensor_msgs/JointState: the 6 UR joints, rad, then ``gripper``, 0 open .. 1
+closed) and ``diagnostics`` (diagnostic_msgs/DiagnosticArray). Services
+``~/enable`` and ``~/teach_mode`` (std_srvs/SetBool).
+
+The arm starts DISARMED: targets are ignored until ``~/enable`` is called
+with true. A dedicated thread streams servoJ at control_rate_hz (500 Hz
+e-Series, 125 Hz CB3), interpolating towards the newest accepted target
+within the velocity and acceleration limits; every target passes the safety
+rules (docs/robot.md): NaN/inf refused, joint limits clamped, max step and
+TCP workspace box refused, watchdog stop when targets stop arriving,
+protective/emergency stops latched until ``~/enable``. Gripper commands are
+carried out whenever the gripper is active, also in teach mode.
+
+Library: atk_bringup.servo_loop, atk_bringup.safety, atk_bringup.kinematics;
+hardware boundary: atk_bringup.ur_interface.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from atk_bringup import kinematics as kin
+
+GRIPPER_JOINT = "gripper"
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    default: Any
+    description: str
+    range: Optional[tuple[float, float]] = None  # inclusive, per element for lists
+
+
+_CELL = kin.CELL_JOINT_LIMITS
+PARAMS: tuple[Param, ...] = (
+    Param("robot_ip", "192.168.56.101", "IP address of the UR controller (URSim's default shown)."),
+    Param("control_rate_hz", 500.0, "servoJ streaming rate (Hz): 500 for e-Series, 125 for CB3.", (1.0, 500.0)),
+    Param("lookahead_time", 0.1, "servoJ lookahead time (s): larger is smoother but lags more.", (0.03, 0.2)),
+    Param("gain", 300.0, "servoJ proportional gain.", (100.0, 2000.0)),
+    Param("joint_limits_lower", [float(v) for v in _CELL[:, 0]],
+          "Lower joint position limits (rad, 6 values, pan..wrist3); targets are clamped into them.",
+          (-2 * np.pi, 2 * np.pi)),
+    Param("joint_limits_upper", [float(v) for v in _CELL[:, 1]],
+          "Upper joint position limits (rad, 6 values).", (-2 * np.pi, 2 * np.pi)),
+    Param("max_velocity", [1.0] * 6, "Per-joint speed limit of the interpolator (rad/s, 6 values).",
+          (0.01, np.pi)),
+    Param("max_acceleration", [3.0] * 6, "Per-joint acceleration limit of the interpolator (rad/s^2, 6 "
+          "values).", (0.01, 40.0)),
+    Param("max_target_step", 0.3, "Largest change of any joint between consecutive targets (rad); a "
+          "larger jump is refused.", (0.001, np.pi)),
+    Param("workspace_min", [-0.85, -0.85, 0.015], "TCP workspace box lower corner in the robot base frame "
+          "(m, x y z); targets moving the TCP outside are refused.", (-2.0, 2.0)),
+    Param("workspace_max", [0.85, 0.85, 1.0], "TCP workspace box upper corner (m, x y z).", (-2.0, 2.0)),
+    Param("tcp_offset_z", kin.ROBOTIQ_2F85_TCP_Z, "tool0 -> TCP distance along tool0 z (m) used for the "
+          "workspace box (Robotiq 2F-85 pad centre by default; measure on the cell).", (0.0, 0.5)),
+    Param("watchdog_timeout", 0.5, "Stop smoothly when no fresh target arrives for this long (s).",
+          (0.01, 10.0)),
+    Param("stop_deceleration", 2.0, "Joint deceleration of every stop (rad/s^2).", (0.1, 40.0)),
+    Param("rtde_watchdog_min_frequency", 10.0, "RTDE watchdog (Hz): the controller stops the arm when the "
+          "driver's loop runs slower than this (driver crashed or hung).", (1.0, 500.0)),
+    Param("joint_state_rate_hz", 125.0, "Rate of joint_states (Hz).", (1.0, 500.0)),
+    Param("diagnostics_rate_hz", 2.0, "Rate of diagnostics (Hz); state changes are published at once too.",
+          (0.1, 50.0)),
+    Param("gripper_enabled", True, "Drive a Robotiq 2F gripper through its URCap socket."),
+    Param("gripper_port", 63352, "Robotiq URCap socket port on the controller.", (1, 65535)),
+    Param("gripper_speed", 0.5, "Gripper speed cap (0..1]; a command's speed of 0 means this value.",
+          (0.01, 1.0)),
+    Param("gripper_force", 0.3, "Gripper force cap (0..1]; a command's force of 0 means this value.",
+          (0.01, 1.0)),
+    Param("gripper_raw_open", 3, "Raw gripper position read when fully open (0..255).", (0, 255)),
+    Param("gripper_raw_closed", 230, "Raw gripper position read when fully closed (0..255).", (0, 255)),
+)
+_LIST_LENGTHS = {"joint_limits_lower": 6, "joint_limits_upper": 6, "max_velocity": 6,
+                 "max_acceleration": 6, "workspace_min": 3, "workspace_max": 3}
+
+
+class ParameterError(ValueError):
+    """A parameter given at startup is refused; the message quotes it."""
+
+
+def print_help(out=None) -> None:
+    out = sys.stdout if out is None else out
+    out.write("usage: ur_driver_node [--ros-args -p name:=value ... | --params-file ur_driver.yaml]\n\n"
+              f"{__doc__.strip()}\n\nparameters (read-only after start):\n")
+    for p in PARAMS:
+        extra = f" range [{p.range[0]:g}, {p.range[1]:g}]" if p.range else ""
+        out.write(f"  {p.name} (default {p.default!r}{extra})\n      {p.description}\n")
+
+
+def check_param(p: Param, value: Any) -> Optional[str]:
+    """None when ``value`` is acceptable for ``p``, else the refusal message quoting the value."""
+    if isinstance(p.default, bool):
+        return None if isinstance(value, bool) else f"{p.name} must be true or false, got {value!r}"
+    if isinstance(p.default, str):
+        return None if isinstance(value, str) and value else f"{p.name} must be a non-empty string, got {value!r}"
+    if isinstance(p.default, list):
+        n = _LIST_LENGTHS[p.name]
+        try:
+            vals = [float(v) for v in value]
+        except (TypeError, ValueError):
+            return f"{p.name} must be a list of {n} numbers, got {value!r}"
+        if len(vals) != n:
+            return f"{p.name} must have {n} values, got {len(vals)}: {list(value)!r}"
+        items = vals
+    else:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"{p.name} must be a number, got {value!r}"
+        if isinstance(p.default, int) and not isinstance(value, int):
+            return f"{p.name} must be an integer, got {value!r}"
+        items = [float(value)]
+    if p.range is not None:
+        for v in items:
+            if not (np.isfinite(v) and p.range[0] <= v <= p.range[1]):
+                return f"{p.name} must be within [{p.range[0]:.4g}, {p.range[1]:.4g}], got {value!r}"
+    return None
+
+
+def build_configs(params: dict[str, Any]):
+    """Library configs from validated parameters; raises ParameterError naming the field."""
+    from atk_bringup.safety import SafetyLimits
+    from atk_bringup.servo_loop import GripperConfig, ServoConfig
+
+    tcp = np.eye(4)
+    tcp[2, 3] = float(params["tcp_offset_z"])
+    try:
+        limits = SafetyLimits(
+            joint_limits=np.stack([params["joint_limits_lower"], params["joint_limits_upper"]], axis=1),
+            max_velocity=params["max_velocity"], max_acceleration=params["max_acceleration"],
+            max_target_step=float(params["max_target_step"]),
+            workspace_min=params["workspace_min"], workspace_max=params["workspace_max"],
+            tcp_offset=tcp, watchdog_timeout=float(params["watchdog_timeout"]))
+        servo = ServoConfig(control_rate_hz=float(params["control_rate_hz"]),
+                            lookahead_time=float(params["lookahead_time"]), gain=float(params["gain"]),
+                            stop_deceleration=float(params["stop_deceleration"]),
+                            rtde_watchdog_min_frequency=float(params["rtde_watchdog_min_frequency"]))
+        gripper = GripperConfig(speed=float(params["gripper_speed"]), force=float(params["gripper_force"]),
+                                raw_open=int(params["gripper_raw_open"]),
+                                raw_closed=int(params["gripper_raw_closed"]))
+    except ValueError as exc:
+        raise ParameterError(str(exc)) from None
+    return limits, servo, gripper
+
+
+def target_from_joint_state(names: Sequence[str], positions: Sequence[float]) -> tuple[Optional[np.ndarray], str]:
+    """(6,) UR joint target in JOINT_NAMES order from a JointState's names/positions, or (None, why)."""
+    if not names:
+        if len(positions) != kin.N_JOINTS:
+            return None, f"joint_target without names must have 6 positions, got {len(positions)}"
+        return np.asarray(positions, dtype=np.float64), ""
+    if len(names) != len(positions):
+        return None, f"joint_target has {len(names)} names but {len(positions)} positions"
+    index = {n: i for i, n in enumerate(names)}
+    missing = [n for n in kin.JOINT_NAMES if n not in index]
+    if missing:
+        return None, f"joint_target lacks joints {missing} (has {list(names)})"
+    return np.array([positions[index[n]] for n in kin.JOINT_NAMES], dtype=np.float64), ""
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv if argv is None else argv)
+    user_args = argv[1:argv.index("--ros-args")] if "--ros-args" in argv else argv[1:]
+    if "-h" in user_args or "--help" in user_args:
+        print_help()
+        return 0
+    # Imported here so that --help works without a ROS environment.
+    import rclpy
+    from rclpy.executors import ExternalShutdownException
+
+    from atk_bringup.ur_interface import HardwareError
+
+    rclpy.init(args=argv)
+    node = None
+    try:
+        node = _define_node()()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except (ParameterError, HardwareError) as exc:
+        print(f"ur_driver_node: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+def _define_node() -> type:
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+    from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+    from rclpy.node import Node
+    from rclpy.qos import QoSDurabilityPolicy, QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy, \
+        qos_profile_sensor_data
+    from sensor_msgs.msg import JointState
+    from std_srvs.srv import SetBool
+
+    from atk_bringup.servo_loop import DriverState, GripperWorker, ServoLoop
+    from atk_bringup.ur_interface import RobotiqSocketGripper, URBackend, connect_ur
+    from atk_msgs.msg import GripperCommand
+
+    # Commands: reliable so a target is never silently lost, depth 1 because
+    # only the newest target is worth executing (docs/interfaces.md).
+    command_qos = QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=1,
+                             reliability=QoSReliabilityPolicy.RELIABLE, durability=QoSDurabilityPolicy.VOLATILE)
+    # Diagnostics: reliable with a short history so a monitor sees every transition.
+    diag_qos = QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=10,
+                          reliability=QoSReliabilityPolicy.RELIABLE, durability=QoSDurabilityPolicy.VOLATILE)
+    levels = {DriverState.RUNNING: DiagnosticStatus.OK, DriverState.DISARMED: DiagnosticStatus.OK,
+              DriverState.TEACH: DiagnosticStatus.OK, DriverState.WATCHDOG_STOP: DiagnosticStatus.WARN,
+              DriverState.PROTECTIVE_STOP: DiagnosticStatus.ERROR,
+              DriverState.EMERGENCY_STOP: DiagnosticStatus.ERROR,
+              DriverState.DISCONNECTED: DiagnosticStatus.ERROR}
+
+    class _DriverNode(Node):
+        """backend: inject the hardware boundary (tests: ur_stand_in); None connects to robot_ip."""
+
+        def __init__(self, backend: Optional[URBackend] = None, **node_kwargs: Any) -> None:
+            super().__init__("ur_driver", **node_kwargs)
+            self._params: dict[str, Any] = {}
+            for p in PARAMS:
+                desc = ParameterDescriptor(description=p.description, read_only=True)
+                if p.range is not None and isinstance(p.default, float):
+                    desc.floating_point_range = [FloatingPointRange(from_value=float(p.range[0]),
+                                                                    to_value=float(p.range[1]))]
+                elif p.range is not None and isinstance(p.default, int) and not isinstance(p.default, bool):
+                    desc.integer_range = [IntegerRange(from_value=int(p.range[0]), to_value=int(p.range[1]),
+                                                       step=1)]
+                try:
+                    value = self.declare_parameter(p.name, p.default, desc).value
+                except Exception as exc:  # rclpy raises several types for out-of-range/wrong-typed overrides
+                    raise ParameterError(f"parameter {p.name}: {exc}") from None
+                why = check_param(p, value)
+                if why:
+                    raise ParameterError(why)
+                self._params[p.name] = list(value) if isinstance(p.default, list) else value
+            limits, servo_cfg, gripper_cfg = build_configs(self._params)
+            rate = self._params["control_rate_hz"]
+            if rate not in (125.0, 500.0):
+                self.get_logger().warning(f"control_rate_hz={rate!r} is neither 500 (e-Series) nor 125 (CB3)")
+            self.get_logger().info("effective parameters: " + ", ".join(f"{k}={v!r}"
+                                                                         for k, v in self._params.items()))
+            self._ip = self._params["robot_ip"]
+            if backend is None:
+                receive, control = connect_ur(self._ip, rate)
+                gripper = None
+                if self._params["gripper_enabled"]:
+                    gripper = RobotiqSocketGripper(self._ip, int(self._params["gripper_port"]))
+                backend = URBackend(receive, control, gripper)
+            self._backend = backend
+            self._loop = ServoLoop(backend.receive, backend.control, servo_cfg, limits)
+            self._loop.start()
+            self._gripper: Optional[GripperWorker] = None
+            self._gripper_fault = "" if self._params["gripper_enabled"] else "disabled by parameter"
+            self._gripper_cmd = 0.0
+            if self._params["gripper_enabled"] and backend.gripper is not None:
+                try:
+                    worker = GripperWorker(backend.gripper, gripper_cfg)
+                    worker.start()
+                    self._gripper = worker
+                except Exception as exc:  # the arm stays usable; the fault is in diagnostics
+                    self._gripper_fault = f"gripper activation failed: {exc}"
+                    self.get_logger().error(self._gripper_fault)
+            elif self._params["gripper_enabled"]:
+                self._gripper_fault = "no gripper interface"
+            self._last_state = self._loop.state
+
+            self._pub_js = self.create_publisher(JointState, "joint_states", qos_profile_sensor_data)
+            self._pub_diag = self.create_publisher(DiagnosticArray, "diagnostics", diag_qos)
+            self.create_subscription(JointState, "joint_target", self._on_target, command_qos)
+            self.create_subscription(GripperCommand, "gripper_command", self._on_gripper, command_qos)
+            self.create_service(SetBool, "~/enable", self._on_enable)
+            self.create_service(SetBool, "~/teach_mode", self._on_teach)
+            # The loop runs in its own thread; these timers only copy its
+            # snapshot into messages, so the executor never waits on hardware.
+            self.create_timer(1.0 / self._params["joint_state_rate_hz"], self._publish_joint_state)
+            self.create_timer(1.0 / self._params["diagnostics_rate_hz"], self._publish_diagnostics)
+            self.get_logger().info(f"connected to {self._ip}; DISARMED: call ~/enable to arm motion")
+
+        @property
+        def servo_loop(self) -> ServoLoop:
+            return self._loop
+
+        # --- inputs --------------------------------------------------------------
+        def _on_target(self, msg: JointState) -> None:
+            q, why = target_from_joint_state(list(msg.name), list(msg.position))
+            if q is None:
+                self.get_logger().warning(f"joint_target refused: {why}", throttle_duration_sec=1.0)
+                return
+            verdict = self._loop.submit_target(q)
+            if not verdict.accepted or verdict.clamped:
+                self.get_logger().warning(verdict.reason, throttle_duration_sec=1.0)
+
+        def _on_gripper(self, msg: GripperCommand) -> None:
+            if self._gripper is None:
+                self.get_logger().warning(f"gripper_command ignored: {self._gripper_fault}",
+                                          throttle_duration_sec=2.0)
+                return
+            why = self._gripper.command(msg.position, msg.speed, msg.force)
+            if why:
+                self.get_logger().warning(why, throttle_duration_sec=1.0)
+            if np.isfinite(msg.position):
+                self._gripper_cmd = float(np.clip(msg.position, 0.0, 1.0))
+
+        def _on_enable(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
+            ok, message = self._loop.enable() if request.data else self._loop.disable()
+            response.success, response.message = ok, message
+            self._log_result(ok, f"~/enable {request.data}: {message}")
+            self._publish_diagnostics()
+            return response
+
+        def _on_teach(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
+            ok, message = self._loop.set_teach_mode(bool(request.data))
+            response.success, response.message = ok, message
+            self._log_result(ok, f"~/teach_mode {request.data}: {message}")
+            self._publish_diagnostics()
+            return response
+
+        def _log_result(self, ok: bool, text: str) -> None:
+            if ok:
+                self.get_logger().info(text)
+            else:
+                self.get_logger().error(text)
+
+        # --- outputs ---------------------------------------------------------------
+        def _gripper_position(self) -> float:
+            """Measured (0 open .. 1 closed); the last command while no reading exists."""
+            if self._gripper is not None and np.isfinite(self._gripper.position):
+                return self._gripper.position
+            return self._gripper_cmd
+
+        def _publish_joint_state(self) -> None:
+            st = self._loop.status()
+            msg = JointState()
+            msg.header.stamp = self.get_clock().now().to_msg()
+            msg.name = [*kin.JOINT_NAMES, GRIPPER_JOINT]
+            msg.position = [*(float(v) for v in st.q_measured), self._gripper_position()]
+            msg.velocity = [*(float(v) for v in st.qd_measured), 0.0]
+            self._pub_js.publish(msg)
+            self._drain_events()
+            if st.state != self._last_state:
+                self._last_state = st.state
+                self._publish_diagnostics()
+
+        def _drain_events(self) -> None:
+            log = self.get_logger()
+            # rclpy ties a severity to each call site, hence one call per level.
+            for ev in self._loop.pop_events():
+                if ev.level == "info":
+                    log.info(ev.message)
+                elif ev.level == "warn":
+                    log.warning(ev.message)
+                else:
+                    log.error(ev.message)
+
+        def _publish_diagnostics(self) -> None:
+            st = self._loop.status()
+            arm = DiagnosticStatus(name="ur_driver: arm", hardware_id=str(self._ip))
+            arm.level = levels[st.state]
+            if arm.level == DiagnosticStatus.OK and st.overruns:
+                arm.level = DiagnosticStatus.WARN
+            arm.message = f"{st.state.value}: {st.last_message}"
+            from atk_bringup.ur_interface import ROBOT_MODES, SAFETY_MODES
+            values = {
+                "state": st.state.value,
+                "robot_mode": ROBOT_MODES.get(st.robot_mode, str(st.robot_mode)),
+                "safety_mode": SAFETY_MODES.get(st.safety_mode, str(st.safety_mode)),
+                "safety_status_bits": hex(st.safety_status_bits),
+                "target_age_s": f"{st.target_age_s:.3f}",
+                "cycles": str(st.cycles),
+                "cycle_overruns": str(st.overruns),
+                "max_cycle_ms": f"{st.max_cycle_s * 1e3:.2f}",
+                "refused_targets": str(st.refused_targets),
+                "clamped_targets": str(st.clamped_targets),
+            }
+            arm.values = [KeyValue(key=k, value=v) for k, v in values.items()]
+            grip = DiagnosticStatus(name="ur_driver: gripper", hardware_id=str(self._ip))
+            error = self._gripper.error if self._gripper is not None else self._gripper_fault
+            if self._gripper is None and not self._params["gripper_enabled"]:
+                grip.level, grip.message = DiagnosticStatus.OK, "disabled by parameter"
+            elif error:
+                grip.level, grip.message = DiagnosticStatus.ERROR, error
+            else:
+                grip.level, grip.message = DiagnosticStatus.OK, "active"
+            grip.values = [KeyValue(key="position", value=f"{self._gripper_position():.3f}")]
+            msg = DiagnosticArray()
+            msg.header.stamp = self.get_clock().now().to_msg()
+            msg.status = [arm, grip]
+            self._pub_diag.publish(msg)
+
+        def destroy_node(self) -> None:
+            try:
+                self._loop.shutdown(timeout_s=2.0)
+            finally:
+                if self._gripper is not None:
+                    self._gripper.shutdown()
+                for handle in (self._backend.control, self._backend.receive, self._backend.gripper):
+                    if handle is not None:
+                        try:
+                            handle.disconnect()
+                        except Exception as exc:  # noqa: BLE001 - best effort on the way out
+                            self.get_logger().warning(f"disconnect failed: {exc}")
+                super().destroy_node()
+
+    return _DriverNode
+
+
+def __getattr__(name: str):  # DriverNode is built lazily so that importing this module needs no ROS
+    if name == "DriverNode":
+        cls = _define_node()
+        globals()["DriverNode"] = cls
+        return cls
+    raise AttributeError(name)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""Driver node over real DDS with the stand-in robot injected at the ur_rtde boundary.
+
+Also: the opt-in hardware test (``-m hardware``, needs ATK_UR_IP).
+"""
+from __future__ import annotations
+
+import io
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from atk_bringup import driver_node
+from atk_bringup import kinematics as kin
+
+WAIT_S = 10.0  # generous: the CI machine is shared
+
+
+def test_help_needs_no_ros(capsys):
+    assert driver_node.main(["ur_driver_node", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "robot_ip" in out and "watchdog_timeout" in out and "~/enable" in out
+
+
+def test_param_checks_quote_bad_values():
+    by_name = {p.name: p for p in driver_node.PARAMS}
+    assert "0.5" in driver_node.check_param(by_name["lookahead_time"], 0.5)
+    assert "6 values, got 5" in driver_node.check_param(by_name["max_velocity"], [1.0] * 5)
+    assert driver_node.check_param(by_name["max_velocity"], [1.0] * 6) is None
+    assert "nan" in driver_node.check_param(by_name["max_target_step"], float("nan"))
+    params = {p.name: p.default for p in driver_node.PARAMS}
+    params["workspace_min"], params["workspace_max"] = [0.0, 0.0, 1.0], [1.0, 1.0, 0.5]
+    with pytest.raises(driver_node.ParameterError, match="workspace_min"):
+        driver_node.build_configs(params)
+
+
+def test_target_conversion():
+    names = list(reversed(kin.JOINT_NAMES))
+    q, why = driver_node.target_from_joint_state(names, [6, 5, 4, 3, 2, 1])
+    np.testing.assert_array_equal(q, [1, 2, 3, 4, 5, 6])
+    assert driver_node.target_from_joint_state([], [0.0] * 6)[0] is not None
+    assert "lacks" in driver_node.target_from_joint_state(names[:5], [0.0] * 5)[1]
+    assert "positions" in driver_node.target_from_joint_state(names, [0.0] * 5)[1]
+
+
+@pytest.fixture
+def ros_graph():
+    rclpy = pytest.importorskip("rclpy")
+    from rclpy.executors import MultiThreadedExecutor
+
+    from atk_bringup.ur_interface import URBackend
+    from atk_bringup.ur_stand_in import StandInGripper, StandInRobot
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    robot = StandInRobot(follow=1.0, realtime=True)
+    robot.period_s = 1.0 / 250.0
+    gripper = StandInGripper()
+    from rclpy.parameter import Parameter
+    node = driver_node.DriverNode(
+        backend=URBackend(robot, robot, gripper), context=context,
+        parameter_overrides=[Parameter("control_rate_hz", value=250.0),
+                             Parameter("joint_state_rate_hz", value=100.0),
+                             Parameter("gripper_raw_open", value=0),
+                             Parameter("gripper_raw_closed", value=255)])
+    client = rclpy.create_node("driver_test_client", context=context)
+    executor = MultiThreadedExecutor(context=context)
+    executor.add_node(node)
+    executor.add_node(client)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    try:
+        yield node, client, robot, gripper
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        client.destroy_node()
+        rclpy.shutdown(context=context)
+        spinner.join(timeout=5.0)
+
+
+def _wait_for(predicate, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.01)  # polling a condition with a deadline, not synchronising on time
+
+
+def test_node_enable_publishes_and_follows(ros_graph):
+    from rclpy.qos import QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy, qos_profile_sensor_data
+    from sensor_msgs.msg import JointState
+    from std_srvs.srv import SetBool
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    from atk_msgs.msg import GripperCommand
+
+    node, client, robot, gripper = ros_graph
+    qos = QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=1, reliability=QoSReliabilityPolicy.RELIABLE)
+    pub_target = client.create_publisher(JointState, "joint_target", qos)
+    pub_grip = client.create_publisher(GripperCommand, "gripper_command", qos)
+    latest: dict[str, JointState] = {}
+    got_js = threading.Event()
+    diags: list[DiagnosticArray] = []
+
+    def on_js(msg):
+        latest["js"] = msg
+        got_js.set()
+
+    client.create_subscription(JointState, "joint_states", on_js, qos_profile_sensor_data)
+    client.create_subscription(DiagnosticArray, "diagnostics", diags.append, 10)
+    enable = client.create_client(SetBool, "ur_driver/enable")
+    assert enable.wait_for_service(timeout_sec=WAIT_S), "ur_driver/enable not available"
+    assert got_js.wait(WAIT_S), "no joint_states"
+    js = latest["js"]
+    assert list(js.name) == [*kin.JOINT_NAMES, "gripper"]
+    np.testing.assert_allclose(js.position[:6], kin.HOME_Q)
+
+    _wait_for(lambda: pub_target.get_subscription_count() > 0, WAIT_S, "driver subscribed to joint_target")
+    target = kin.HOME_Q + np.array([0.05, -0.05, 0.05, 0.0, 0.05, 0.1])
+
+    def send(q):
+        msg = JointState()
+        msg.header.stamp = client.get_clock().now().to_msg()
+        msg.name = list(kin.JOINT_NAMES)
+        msg.position = [float(v) for v in q]
+        pub_target.publish(msg)
+
+    # Disarmed: the target is ignored, the stand-in never sees servoJ.
+    send(target)
+    _wait_for(lambda: node.servo_loop.status().refused_targets >= 1, WAIT_S, "refusal while disarmed")
+    assert robot.servoj_calls == []
+
+    fut = enable.call_async(SetBool.Request(data=True))
+    _wait_for(fut.done, WAIT_S, "enable response")
+    assert fut.result().success, fut.result().message
+
+    def reached():
+        send(target)  # keeps the watchdog fed, as a policy would
+        return np.max(np.abs(np.array(latest["js"].position[:6]) - target)) < 1e-3
+
+    _wait_for(reached, WAIT_S, "joint_states to reach the target")
+
+    # NaN target: refused, the arm stays.
+    refused = node.servo_loop.status().refused_targets
+    send(np.full(6, np.nan))
+    _wait_for(lambda: node.servo_loop.status().refused_targets > refused, WAIT_S, "NaN refusal")
+    np.testing.assert_allclose(robot.q, target, atol=1e-3)
+
+    _wait_for(lambda: pub_grip.get_subscription_count() > 0, WAIT_S, "driver subscribed to gripper_command")
+    cmd = GripperCommand(position=1.0, speed=0.0, force=0.0)
+    pub_grip.publish(cmd)
+    assert gripper.moved.wait(WAIT_S), "gripper command not carried out"
+    _wait_for(lambda: latest["js"].position[6] == pytest.approx(1.0), WAIT_S, "gripper joint state at 1")
+
+    # Stop sending: the watchdog stops the arm and diagnostics say so.
+    assert robot.stop_event.wait(WAIT_S), "watchdog did not stop the arm"
+    _wait_for(lambda: any(s.level == s.WARN and "watchdog" in s.message
+                          for d in diags for s in d.status), WAIT_S, "watchdog diagnostics")
+
+
+def test_bad_parameter_refused_with_message(ros_graph):
+    from rclpy.parameter import Parameter
+
+    from atk_bringup.ur_interface import URBackend
+    from atk_bringup.ur_stand_in import StandInRobot
+
+    node, client, _, _ = ros_graph
+    robot = StandInRobot(realtime=False)
+    with pytest.raises(driver_node.ParameterError, match="max_velocity"):
+        driver_node.DriverNode(backend=URBackend(robot, robot, None), context=node.context,
+                               parameter_overrides=[Parameter("max_velocity", value=[1.0] * 5)])
+
+
+@pytest.mark.hardware
+@pytest.mark.skipif("ATK_UR_IP" not in os.environ, reason="set ATK_UR_IP to a UR controller or URSim")
+def test_real_controller_holds_position():
+    """Against a real controller or URSim: connect, enable, hold still for 1 s, disable.
+
+    The arm is only ever commanded to where it already is.
+    """
+    from atk_bringup.safety import SafetyLimits
+    from atk_bringup.servo_loop import DriverState, ServoConfig, ServoLoop
+    from atk_bringup.ur_interface import connect_ur
+
+    receive, control = connect_ur(os.environ["ATK_UR_IP"], 500.0)
+    q_start = np.array(receive.getActualQ())
+    lim = np.stack([q_start - 1.0, q_start + 1.0], axis=1).clip(-2 * np.pi, 2 * np.pi)
+    loop = ServoLoop(receive, control, ServoConfig(), SafetyLimits(joint_limits=lim, watchdog_timeout=2.0,
+                                                                   workspace_min=[-2, -2, -2],
+                                                                   workspace_max=[2, 2, 2]))
+    loop.start()
+    try:
+        ok, msg = loop.enable()
+        assert ok, msg
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            assert loop.submit_target(q_start).accepted
+            time.sleep(0.05)  # a 20 Hz "policy"
+        assert loop.state == DriverState.RUNNING
+        np.testing.assert_allclose(receive.getActualQ(), q_start, atol=2e-3)
+        assert loop.status().overruns < 10
+    finally:
+        loop.disable()
+        loop.shutdown()
+        control.stopScript()
+        control.disconnect()
+        receive.disconnect()
