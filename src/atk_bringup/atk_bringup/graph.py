@@ -271,12 +271,16 @@ def source_config_dir() -> Path:
 
 
 def config_path(file_name: str) -> Path:
-    """Path of a parameter file: the installed share folder first, then the source tree.
+    """Path of a parameter file: $ATK_CONFIG_DIR, the installed share folder, then the source tree.
 
-    The source tree is the fallback for a checkout whose newest config file
-    was added after the last ``colcon build``.
+    ATK_CONFIG_DIR (optional) holds site-specific copies that take precedence
+    (e.g. a robot PC's calibrated camera.yaml). The source tree is the
+    fallback for a checkout whose newest config file was added after the
+    last ``colcon build``.
     """
     candidates = []
+    if os.environ.get("ATK_CONFIG_DIR"):
+        candidates.append(Path(os.environ["ATK_CONFIG_DIR"]) / file_name)
     try:
         from ament_index_python.packages import get_package_share_directory, PackageNotFoundError
         try:

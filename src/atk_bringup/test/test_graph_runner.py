@@ -1,0 +1,193 @@
+"""graph.py resolution and the launch-free runner (atk-graph)."""
+from __future__ import annotations
+
+import io
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from atk_bringup import runner
+from atk_bringup.graph import (GRAPHS, GraphError, ResolvedProcess, all_param_files, config_path,
+                               find_node_executable, node_command, resolve, source_config_dir)
+
+START_TIMEOUT_S = 30.0  # a node's first output line (torch import + model load on a loaded 2-core machine)
+
+
+@pytest.fixture
+def config_dir(tmp_path, monkeypatch) -> Path:
+    """Every parameter file resolvable: real ones copied, ones not written yet stood in for."""
+    d = tmp_path / "config"
+    d.mkdir()
+    for name in all_param_files():
+        try:
+            (d / name).write_bytes(config_path(name).read_bytes())
+        except GraphError:
+            (d / name).write_text("{}\n")
+    monkeypatch.setenv("ATK_CONFIG_DIR", str(d))
+    return d
+
+
+def _fake(pkg: str, exe: str) -> str:
+    return f"/opt/fake/{pkg}/{exe}"
+
+
+def test_every_parameter_file_exists_in_the_package():
+    missing = [f for f in all_param_files() if not (source_config_dir() / f).is_file()]
+    assert not missing, f"graphs refer to parameter files not in atk_bringup/config: {missing}"
+
+
+def test_resolve_deploy_in_sim(config_dir):
+    procs = resolve(GRAPHS["deploy"], {"sim": "true", "model": "/models/a b", "log_level": "debug"},
+                    find_executable=_fake)
+    assert [p.name for p in procs] == ["sim", "tracker", "policy"]
+    policy = next(p for p in procs if p.name == "policy")
+    assert policy.cmd == ("/opt/fake/atk_policy/policy_node", "--ros-args", "-r", "__node:=policy",
+                          "--params-file", str(config_dir / "policy.yaml"),
+                          "-p", 'model_dir:="/models/a b"', "-p", "use_sim_time:=false", "--log-level", "debug")
+    tracker = next(p for p in procs if p.name == "tracker")
+    assert "backend:=\"cpu\"" in " ".join(tracker.cmd)
+    # the simulator is the clock source: never told to follow /clock
+    assert not any("use_sim_time" in part for part in procs[0].cmd)
+
+
+def test_resolve_deploy_on_the_robot(config_dir):
+    procs = resolve(GRAPHS["deploy"], {"robot_ip": "10.0.0.2", "camera": "video", "video": "/v.mp4",
+                                       "use_sim_time": "false"}, find_executable=_fake)
+    assert [p.name for p in procs] == ["camera", "tracker", "policy", "ur_driver"]
+    driver = " ".join(procs[-1].cmd)
+    assert 'robot_ip:="10.0.0.2"' in driver and str(config_dir / "ur_driver.yaml") in driver
+    camera = " ".join(procs[0].cmd)
+    assert 'source:="video"' in camera and 'video_path:="/v.mp4"' in camera
+    assert [p.name for p in resolve(GRAPHS["deploy"], {"camera": "none"}, find_executable=_fake)] == \
+        ["tracker", "policy", "ur_driver"]
+
+
+def test_resolve_record_with_node_or_bag(config_dir, tmp_path):
+    procs = resolve(GRAPHS["record"], {"sim": "true", "depth": "true"}, find_executable=_fake)
+    assert [p.name for p in procs] == ["sim", "recorder"]
+    assert "record_depth:=true" in procs[1].cmd
+    procs = resolve(GRAPHS["record"], {"recorder": "bag", "bag_dir": str(tmp_path)}, find_executable=_fake,
+                    find_process=lambda prog: f"/usr/bin/{prog}")
+    bag = procs[-1]
+    assert bag.name == "rosbag_record" and bag.cwd == str(tmp_path)
+    assert bag.cmd[:5] == ("/usr/bin/ros2", "bag", "record", "-s", "mcap")
+    assert "camera/color/image_raw" in bag.cmd and "joint_target" in bag.cmd
+    assert "camera/depth/image_raw" not in bag.cmd
+
+
+def test_bag_recording_without_ros2_cli_says_what_to_do(config_dir, monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(GraphError, match="recorder:=node"):
+        resolve(GRAPHS["record"], {"recorder": "bag"}, find_executable=_fake)
+
+
+@pytest.mark.parametrize("values,match", [
+    ({"sim": "maybe"}, "sim:='maybe'.*true, false"),
+    ({"simm": "true"}, "no argument 'simm'.*sim, model"),
+    ({"log_level": "verbose"}, "debug, info, warn, error"),
+])
+def test_bad_arguments_are_refused(config_dir, values, match):
+    with pytest.raises(GraphError, match=match):
+        resolve(GRAPHS["deploy"], values, find_executable=_fake)
+
+
+def test_missing_executable_is_a_clear_error():
+    with pytest.raises(GraphError, match="'no_such_node'.*setup.sh"):
+        find_node_executable("atk_policy", "no_such_node")
+    with pytest.raises(GraphError, match="package 'no_such_pkg' not found"):
+        find_node_executable("no_such_pkg", "x")
+
+
+def test_missing_parameter_file_names_where_it_looked(monkeypatch, tmp_path):
+    monkeypatch.setenv("ATK_CONFIG_DIR", str(tmp_path))
+    with pytest.raises(GraphError, match="no_such.yaml.*not found"):
+        config_path("no_such.yaml")
+
+
+def test_help_lists_arguments_with_defaults_and_choices(capsys):
+    assert runner.main(["deploy", "--help"]) == 0
+    out = capsys.readouterr().out
+    for text in ("sim {true, false} (default: 'false')", "tracker_backend {cpu, cotracker}",
+                 "camera {kinect, video, none}", "robot_ip", "model", "log_level {debug, info, warn, error}",
+                 "policy: atk_policy/policy_node"):
+        assert text in out
+    assert runner.main(["deploy", "sim:=maybe", "--dry-run"]) == 2
+    assert "must be one of true, false" in capsys.readouterr().err
+
+
+class _Lines(io.TextIOBase):
+    """Collects the runner's output; wait() blocks until a line contains a text."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.cond = threading.Condition()
+
+    def write(self, s: str) -> int:
+        with self.cond:
+            self.lines.extend(s.splitlines())
+            self.cond.notify_all()
+        return len(s)
+
+    def wait(self, text: str, timeout_s: float) -> str:
+        with self.cond:
+            if not self.cond.wait_for(lambda: any(text in line for line in self.lines), timeout=timeout_s):
+                raise AssertionError(f"no output line containing {text!r} within {timeout_s} s:\n"
+                                     + "\n".join(self.lines[-30:]))
+            return next(line for line in self.lines if text in line)
+
+
+def _model(tmp_path: Path) -> Path:
+    import torch
+
+    from atk_policy.artifact import save_policy
+    from atk_policy.config import ModelConfig
+    from atk_policy.model import KeypointPolicy, Normalisation
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    norm = Normalisation.from_data(rng.normal(size=(16, 7)).astype(np.float32),
+                                   rng.normal(size=(16, 7)).astype(np.float32))
+    return save_policy(tmp_path / "model", KeypointPolicy(3, (64, 48), ModelConfig(hidden=(8,)), norm),
+                       np.zeros((48, 64, 3), np.uint8))
+
+
+def test_runner_starts_the_policy_node_and_stops_it_cleanly(tmp_path):
+    model = _model(tmp_path)
+    spec = next(n for n in GRAPHS["deploy"].nodes if n.name == "policy")
+    cmd = node_command(spec, {"model": str(model), "use_sim_time": "false", "log_level": "info"},
+                       find_node_executable(spec.package, spec.executable))
+    out = _Lines()
+    r = runner.GraphRunner([ResolvedProcess("policy", cmd)], out=out)
+    r.start()
+    try:
+        out.wait("[policy]", START_TIMEOUT_S)
+        line = out.wait("loaded model", START_TIMEOUT_S)
+        assert line.startswith("[policy] ")
+        assert r.running() == ["policy"] and not r.exited.is_set()
+    finally:
+        t0 = time.monotonic()
+        codes = r.stop()
+    assert codes == {"policy": 0}, "\n".join(out.lines)
+    assert time.monotonic() - t0 < r.timeouts.sigterm_timeout_s  # stopped by SIGINT, no escalation
+    assert r.first_exit is None
+
+
+def test_runner_reports_a_process_that_exits_on_its_own():
+    out = _Lines()
+    r = runner.GraphRunner([
+        ResolvedProcess("sleeper", (sys.executable, "-c", "import time; time.sleep(60)")),
+        ResolvedProcess("crasher", (sys.executable, "-c", "print('boom'); raise SystemExit(3)")),
+    ], out=out, timeouts=runner.StopTimeouts(2.0, 2.0))
+    r.start()
+    try:
+        assert r.exited.wait(timeout=START_TIMEOUT_S)
+        out.wait("[crasher] boom", START_TIMEOUT_S)
+        assert r.first_exit == ("crasher", 3)
+    finally:
+        codes = r.stop()
+    assert codes["crasher"] == 3 and codes["sleeper"] != 0  # the sleeper was stopped by a signal
+    assert any("process 'crasher' exited with code 3" in line for line in out.lines)
