@@ -36,6 +36,21 @@ def test_param_checks_quote_bad_values():
         driver_node.build_configs(params)
 
 
+def test_parameter_file_is_complete_and_valid():
+    import yaml
+    from pathlib import Path
+
+    path = Path(driver_node.__file__).resolve().parents[1] / "config" / "ur_driver.yaml"
+    values = yaml.safe_load(path.read_text())["ur_driver"]["ros__parameters"]
+    by_name = {p.name: p for p in driver_node.PARAMS}
+    assert set(values) == set(by_name)
+    for name, value in values.items():
+        assert driver_node.check_param(by_name[name], value) is None, name
+        assert type(value) is type(by_name[name].default), name  # ROS parameter types must match
+    limits, servo, _ = driver_node.build_configs(values)
+    assert servo.control_rate_hz == 500.0 and limits.watchdog_timeout == 0.5
+
+
 def test_target_conversion():
     names = list(reversed(kin.JOINT_NAMES))
     q, why = driver_node.target_from_joint_state(names, [6, 5, 4, 3, 2, 1])
