@@ -17,6 +17,7 @@ from a plain list of points plus a template image path.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -147,6 +148,13 @@ def load_model_template(model_dir: str | Path) -> KeypointTemplate:
                             "keypoints.ids, keypoints.canonical_xy, template_image, "
                             "image_size") from exc
     image = read_rgb(model_dir / str(image_name))
+    expected_sha = meta.get("template_sha256")
+    if expected_sha:
+        actual = hashlib.sha256((model_dir / str(image_name)).read_bytes()).hexdigest()
+        if actual != expected_sha:
+            raise TemplateError(f"{model_dir / str(image_name)} does not match model.json's "
+                                "template_sha256: the template was replaced after training; "
+                                "re-export the model")
     if (not isinstance(size, (list, tuple)) or len(size) != 2
             or [int(s) for s in size] != [image.shape[1], image.shape[0]]):
         raise TemplateError(f"{meta_path}: image_size {size!r} does not match "

@@ -32,6 +32,8 @@ from atk_perception.keypoint_template import KeypointTemplate
 T = TypeVar("T")
 
 SIZE_MISMATCH_POLICIES = ("rescale", "refuse")
+#: Smallest frame side the session accepts (the h_C backends' own minimum).
+MIN_FRAME_SIZE = 16
 
 
 class TrackerState(IntEnum):
@@ -207,6 +209,9 @@ class TrackingSession:
     def process(self, image: np.ndarray, stamp_s: float) -> SessionOutput:
         """Handle one frame: ``image`` (H, W, 3) uint8 RGB taken at ``stamp_s``."""
         t0 = time.perf_counter()
+        problem = self._frame_problem(image)
+        if problem:  # before any state change: a bad frame must not end a good track
+            return self.report_bad_frame(problem)
         notes: list[str] = []
         if self._pending_note:
             notes.append(self._pending_note)
@@ -284,6 +289,17 @@ class TrackingSession:
         return np.asarray(pts, np.float32), np.asarray(conf, np.float32)
 
     # ------------------------------------------------------------ internals
+    @staticmethod
+    def _frame_problem(image: np.ndarray) -> str:
+        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 \
+                or image.shape[2] != 3:
+            return (f"expected an (H, W, 3) uint8 RGB frame, got "
+                    f"{getattr(image, 'shape', type(image).__name__)} {getattr(image, 'dtype', '')}")
+        if image.shape[0] < MIN_FRAME_SIZE or image.shape[1] < MIN_FRAME_SIZE:
+            return (f"frame of {image.shape[1]}x{image.shape[0]} pixels is empty or too small "
+                    f"to track in (need at least {MIN_FRAME_SIZE}x{MIN_FRAME_SIZE})")
+        return ""
+
     def _template_for(self, size: tuple[int, int]) -> KeypointTemplate:
         tpl = self.template
         if tpl.size == size:

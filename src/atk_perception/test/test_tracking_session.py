@@ -1,0 +1,225 @@
+"""The tracker's state machine with the real CPU h_C on real photographs
+warped by known motions (ground truth)."""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from atk_perception.backends import make_correspondence
+from atk_perception.keypoint_template import KeypointTemplate
+from atk_perception.tracking_session import (
+    LatestFrameSlot, SessionConfig, TrackerState, TrackingSession)
+
+DATA = Path(__file__).resolve().parents[3] / "tests" / "data" / "images"
+TOL_PX = 2.0
+
+
+@pytest.fixture(scope="module")
+def scene() -> tuple[np.ndarray, np.ndarray]:
+    """rubberwhale1 (388, 584, 3) RGB and 8 textured keypoints (8, 2) away from borders."""
+    img = cv2.cvtColor(cv2.imread(str(DATA / "rubberwhale1.png")), cv2.COLOR_BGR2RGB)
+    g = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+    h, w = g.shape
+    pts = cv2.goodFeaturesToTrack(g, 200, 0.01, 30).reshape(-1, 2)
+    keep = (pts[:, 0] > 60) & (pts[:, 0] < w - 60) & (pts[:, 1] > 60) & (pts[:, 1] < h - 60)
+    return img, pts[keep][:8].astype(np.float32)
+
+
+def warp(img: np.ndarray, pts: np.ndarray, t: float) -> tuple[np.ndarray, np.ndarray]:
+    """Frame t of a known motion (rotation 0.3 deg/frame about the centre plus a
+    drift of (1.2, 0.6) px/frame) and the keypoints' true positions (N, 2)."""
+    h, w = img.shape[:2]
+    a = cv2.getRotationMatrix2D((w / 2, h / 2), 0.3 * t, 1.0)
+    a[:, 2] += (1.2 * t, 0.6 * t)
+    frame = cv2.warpAffine(img, a, (w, h), borderMode=cv2.BORDER_REFLECT)
+    return frame, (pts @ a[:, :2].T + a[:, 2]).astype(np.float32)
+
+
+def session(scene, **cfg) -> TrackingSession:
+    img, pts = scene
+    tpl = KeypointTemplate(img, pts, tuple(range(10, 18)), tuple(f"kp{i}" for i in range(8)))
+    return TrackingSession(make_correspondence("cpu"), tpl, SessionConfig(**cfg))
+
+
+def test_config_refuses_bad_values_naming_the_field() -> None:
+    for kwargs, field in [({"min_point_confidence": 1.5}, "min_point_confidence"),
+                          ({"lost_after_frames": 0}, "lost_after_frames"),
+                          ({"frame_timeout_s": 0.0}, "frame_timeout_s"),
+                          ({"template_size_mismatch": "stretch"}, "template_size_mismatch")]:
+        with pytest.raises(ValueError, match=f"^{field}:"):
+            SessionConfig(**kwargs)
+
+
+def test_latest_frame_slot_keeps_newest_and_counts_drops() -> None:
+    slot: LatestFrameSlot[int] = LatestFrameSlot()
+    assert slot.take() is None
+    for i in range(5):
+        slot.put(i)
+    assert slot.take() == 4 and slot.dropped == 4 and slot.take() is None
+    slot.put(5)
+    assert slot.take() == 5 and slot.dropped == 4
+
+    # Producer and consumer threads: every item is either taken or counted.
+    taken: list[int] = []
+    done = threading.Event()
+
+    def consume() -> None:
+        while not done.is_set() or slot_b.received != len(taken) + slot_b.dropped:
+            item = slot_b.take()
+            if item is not None:
+                taken.append(item)
+
+    slot_b: LatestFrameSlot[int] = LatestFrameSlot()
+    th = threading.Thread(target=consume)
+    th.start()
+    for i in range(20000):
+        slot_b.put(i)
+    done.set()
+    th.join(timeout=10.0)
+    assert not th.is_alive()
+    assert len(taken) + slot_b.dropped == 20000 and taken == sorted(taken)
+
+
+def test_first_frame_transfers_then_tracks_ground_truth(scene) -> None:
+    s = session(scene)
+    img, pts = scene
+    assert s.state == TrackerState.INITIALISING
+    errors = []
+    for t in range(12):
+        frame, gt = warp(img, pts, t + 2)
+        out = s.process(frame, stamp_s=0.05 * t)
+        if t == 0:
+            assert "transferred from the template" in out.message
+        assert out.state == TrackerState.TRACKING, out.message
+        assert out.image_size == (584, 388)
+        errors.append(np.abs(out.points - gt).max())
+    assert max(errors) < TOL_PX, errors
+    assert out.confidence.min() >= 0.5 and out.visible.all()
+
+
+def test_lost_on_garbage_then_recovers(scene) -> None:
+    img, pts = scene
+    s = session(scene, lost_after_frames=2, retransfer_every_n_frames=3)
+    s.process(warp(img, pts, 1)[0], 0.0)
+    rng = np.random.default_rng(7)
+    states, messages = [], []
+    for k in range(4):
+        out = s.process(rng.integers(0, 255, img.shape, dtype=np.uint8), 0.05 * (k + 1))
+        states.append(out.state)
+        messages.append(out.message)
+    assert TrackerState.LOST in states, messages
+    first_lost = states.index(TrackerState.LOST)
+    assert first_lost <= 2 and "tracking lost" in messages[first_lost]
+    # The object is back: a transfer is retried at most every 3 frames.
+    frame, gt = warp(img, pts, 4)
+    for k in range(4):
+        out = s.process(frame, 0.3 + 0.05 * k)
+        if out.state == TrackerState.TRACKING:
+            break
+    assert out.state == TrackerState.TRACKING, out.message
+    assert np.abs(out.points - gt).max() < TOL_PX
+
+
+def test_low_confidence_keypoints_are_named_in_the_message(scene) -> None:
+    img, pts = scene
+    s = session(scene, min_confident_fraction=0.1)
+    frame, _ = warp(img, pts, 1)
+    s.process(frame, 0.0)
+    frame, gt = warp(img, pts, 2)
+    hidden = frame.copy()
+    x, y = gt[0].round().astype(int)
+    hidden[y - 25:y + 25, x - 25:x + 25] = 0  # occlude kp0 only
+    out = s.process(hidden, 0.05)
+    assert out.state == TrackerState.TRACKING
+    assert (not out.visible[0]) or out.confidence[0] < 0.5
+    assert "kp0" in out.message and "below confidence 0.5" in out.message
+    assert len(out.points) == 8  # reported, not dropped
+
+
+def test_reset_with_explicit_points(scene) -> None:
+    img, pts = scene
+    s = session(scene)
+    frame, gt = warp(img, pts, 1)
+    s.process(frame, 0.0)
+    ok, msg = s.request_reset(gt[:3], [10, 11, 12])
+    assert not ok and "must be exactly the model's ids" in msg
+    outside = gt.copy()
+    outside[2] = (700.0, 10.0)
+    ok, msg = s.request_reset(outside, list(range(10, 18)))
+    assert not ok and "outside the 584x388 frame" in msg
+    # Given in reverse id order: the session reorders them by the model's ids.
+    ok, msg = s.request_reset(gt[::-1], list(range(17, 9, -1)))
+    assert ok, msg
+    frame2, gt2 = warp(img, pts, 2)
+    out = s.process(frame2, 0.05)
+    assert out.state == TrackerState.TRACKING and "tracking the given keypoints" in out.message
+    assert np.abs(out.points - gt2).max() < TOL_PX
+
+
+def test_frames_stop_and_restart(scene) -> None:
+    img, pts = scene
+    s = session(scene, frame_timeout_s=0.5)
+    assert s.check_stalled(10.0) is None  # no frame ever: nothing to report yet
+    s.process(warp(img, pts, 1)[0], 100.0)
+    assert s.check_stalled(0.2) is None
+    out = s.check_stalled(0.8)
+    assert out.state == TrackerState.LOST and "no camera frames for 0.8 s" in out.message
+    assert s.check_stalled(5.0) is None  # reported once per stall
+    frame, gt = warp(img, pts, 9)  # the scene moved meanwhile (8 frames of motion)
+    out = s.process(frame, 105.0)
+    assert out.state == TrackerState.TRACKING
+    assert "frames resumed after 5.00 s" in out.message
+    assert np.abs(out.points - gt).max() < TOL_PX
+
+
+def test_stamp_jumps_and_resolution_changes_retransfer(scene) -> None:
+    img, pts = scene
+    s = session(scene, max_frame_gap_s=0.5)
+    s.process(warp(img, pts, 1)[0], 10.0)
+    out = s.process(warp(img, pts, 2)[0], 12.0)
+    assert "jumped by 2.00 s" in out.message and out.state == TrackerState.TRACKING
+    out = s.process(warp(img, pts, 3)[0], 1.0)
+    assert "went backwards by 11.00 s" in out.message
+    frame, gt = warp(img, pts, 4)
+    small = cv2.resize(frame, (292, 194), interpolation=cv2.INTER_AREA)
+    out = s.process(small, 1.05)
+    assert "frame size changed from 584x388 to 292x194" in out.message
+    assert out.state == TrackerState.TRACKING and out.image_size == (292, 194)
+    gt_small = (gt + 0.5) * 0.5 - 0.5
+    assert np.abs(out.points - gt_small).max() < TOL_PX
+
+
+def test_template_size_mismatch_policies(scene) -> None:
+    img, pts = scene
+    frame, gt = warp(img, pts, 1)
+    small = cv2.resize(frame, (292, 194), interpolation=cv2.INTER_AREA)
+    refuse = session(scene, template_size_mismatch="refuse")
+    out = refuse.process(small, 0.0)
+    assert out.state == TrackerState.LOST
+    assert "template is 584x388 but camera frames are 292x194" in out.message
+    assert refuse.state == TrackerState.INITIALISING
+    wide = np.zeros((194, 400, 3), np.uint8)
+    out = session(scene).process(wide, 0.0)
+    assert "aspect ratios differ" in out.message and out.state == TrackerState.LOST
+    out = session(scene).process(small, 0.0)
+    assert out.state == TrackerState.TRACKING, out.message
+    assert np.abs(out.points - ((gt + 0.5) * 0.5 - 0.5)).max() < TOL_PX
+
+
+def test_bad_frames_are_reported_without_losing_the_track(scene) -> None:
+    img, pts = scene
+    s = session(scene)
+    s.process(warp(img, pts, 1)[0], 0.0)
+    out = s.report_bad_frame("unsupported image encoding 'yuv422'")
+    assert out.state == TrackerState.LOST and "frame skipped: unsupported" in out.message
+    assert s.state == TrackerState.TRACKING
+    out = s.process(np.zeros((4, 4, 3), np.uint8), 0.05)  # too small for h_C
+    assert out.state == TrackerState.LOST and out.message.startswith("frame skipped")
+    frame, gt = warp(img, pts, 2)
+    out = s.process(frame, 0.1)
+    assert out.state == TrackerState.TRACKING
+    assert np.abs(out.points - gt).max() < TOL_PX
