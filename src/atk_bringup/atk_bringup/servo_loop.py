@@ -198,7 +198,10 @@ class ServoLoop:
                 self.cycle()
             except Exception as exc:  # noqa: BLE001 - the loop must report, never die silently
                 with self._lock:
-                    self._safe_stop(DriverState.DISCONNECTED, f"servo loop error: {exc!r}")
+                    # Report once; a fault that repeats every period must not flood the log.
+                    if self._state != DriverState.DISCONNECTED:
+                        self._safe_stop(DriverState.DISCONNECTED,
+                                        f"servo loop error: {exc!r}; fix the cause, then call ~/enable")
             elapsed = time.perf_counter() - t0
             with self._lock:
                 self._max_cycle = max(self._max_cycle, elapsed)

@@ -4,7 +4,6 @@ Also: the opt-in hardware test (``-m hardware``, needs ATK_UR_IP).
 """
 from __future__ import annotations
 
-import io
 import os
 import threading
 import time
@@ -175,6 +174,17 @@ def test_node_enable_publishes_and_follows(ros_graph):
     _wait_for(lambda: any(s.level == s.WARN and "watchdog" in s.message
                           for d in diags for s in d.status), WAIT_S, "watchdog diagnostics")
 
+    # Teach mode over the service: freedrive on, then off leaves it disarmed.
+    teach = client.create_client(SetBool, "ur_driver/teach_mode")
+    assert teach.wait_for_service(timeout_sec=WAIT_S), "ur_driver/teach_mode not available"
+    fut = teach.call_async(SetBool.Request(data=True))
+    _wait_for(fut.done, WAIT_S, "teach_mode response")
+    assert fut.result().success and robot.teach
+    fut = teach.call_async(SetBool.Request(data=False))
+    _wait_for(fut.done, WAIT_S, "teach_mode off response")
+    assert fut.result().success and not robot.teach
+    assert node.servo_loop.state.value == "disarmed"
+
 
 def test_bad_parameter_refused_with_message(ros_graph):
     from rclpy.parameter import Parameter
@@ -223,3 +233,64 @@ def test_real_controller_holds_position():
         control.stopScript()
         control.disconnect()
         receive.disconnect()
+
+
+def test_unreachable_controller_exits_with_operator_message():
+    import subprocess
+    import sys
+
+    # Nothing listens on the RTDE port of localhost: connection refused at once.
+    proc = subprocess.run([sys.executable, "-m", "atk_bringup.driver_node", "--ros-args",
+                           "-p", "robot_ip:=127.0.0.1"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert "could not connect to the UR controller at '127.0.0.1'" in proc.stderr
+    assert "Remote Control" in proc.stderr
+
+
+def test_robotiq_socket_client_speaks_the_urcap_protocol():
+    """Our client against a local server that answers like the Robotiq URCap."""
+    import socket
+
+    from atk_bringup.ur_interface import HardwareError, RobotiqSocketGripper
+
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    port = server.getsockname()[1]
+    state = {"STA": 0, "POS": 0, "FLT": 0}
+    received: list[str] = []
+
+    def serve():
+        conn, _ = server.accept()
+        with conn, conn.makefile("rw", newline="\n") as f:
+            for line in f:
+                line = line.strip()
+                received.append(line)
+                words = line.split()
+                if words[0] == "SET":
+                    pairs = dict(zip(words[1::2], map(int, words[2::2])))
+                    if pairs.get("ACT") == 1:
+                        state["STA"] = 3
+                    if "POS" in pairs and pairs.get("GTO") == 1:
+                        state["POS"] = min(pairs["POS"], 228)  # fingers stop on an object
+                    f.write("ack\n")
+                elif words[0] == "GET":
+                    f.write(f"{words[1]} {state[words[1]]}\n")
+                f.flush()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    gripper = RobotiqSocketGripper("127.0.0.1", port, timeout_s=5.0)
+    try:
+        assert not gripper.is_active()
+        gripper.activate(timeout_s=5.0)
+        assert gripper.is_active()
+        gripper.move(300, 128, -5)  # clipped to 0..255
+        assert received[-1] == "SET POS 255 SPE 128 FOR 0 GTO 1"
+        assert gripper.get_current_position() == 228
+    finally:
+        gripper.disconnect()
+        server.close()
+    thread.join(timeout=5.0)
+    with pytest.raises(HardwareError, match="could not reach"):
+        RobotiqSocketGripper("127.0.0.1", port, timeout_s=1.0)

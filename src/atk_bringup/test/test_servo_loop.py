@@ -5,6 +5,8 @@ threads); one test runs the real loop thread.
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -256,3 +258,27 @@ def test_gripper_worker_sends_newest_command_and_normalises():
     finally:
         worker.shutdown()
     assert gripper.position == 255
+
+
+def test_repeated_loop_error_is_reported_once():
+    robot = StandInRobot(follow=1.0, realtime=True)
+    robot.period_s = 1.0 / 250.0
+    calls = {"n": 0}
+    broken = threading.Event()
+
+    def failing_qd():
+        calls["n"] += 1
+        if calls["n"] > 20:
+            broken.set()
+        raise RuntimeError("RTDE read failed")
+
+    loop = ServoLoop(robot, robot, ServoConfig(control_rate_hz=250.0), SafetyLimits())
+    robot.getActualQd = failing_qd
+    loop.start()
+    try:
+        assert broken.wait(timeout=5.0), "loop did not keep running after an error"
+    finally:
+        loop.shutdown(timeout_s=2.0)
+    assert loop.state == DriverState.DISARMED  # shutdown
+    errors = [e for e in loop.pop_events() if "RTDE read failed" in e.message]
+    assert len(errors) == 1
