@@ -452,8 +452,9 @@ class BagConversionConfig:
     namespace; a string ("" for none, "robot1") selects that namespace.
     skip_failed: skip episodes labelled success: false; require_label: skip
     bags without episode.yaml.
-    frame_cache_size: decoded frames kept per episode; prefetch: frames read
-    per bag access when a frame is missed (sequential reads stay cheap).
+    frame_cache_mb: budget of the process-wide cache of decoded frames (all
+    episodes together); prefetch: frames read in one pass over the bag when a
+    sequential pass misses (see BagFrames).
     """
 
     topics: BagTopics = field(default_factory=BagTopics)
@@ -471,7 +472,7 @@ class BagConversionConfig:
     require_label: bool = False
     joint_names: tuple[str, ...] = UR_JOINT_NAMES
     gripper_joint: str = GRIPPER_JOINT
-    frame_cache_size: int = 32
+    frame_cache_mb: float = 256.0
     prefetch: int = 8
     distro: Literal["kilted", "jazzy"] = "kilted"
 
@@ -506,10 +507,11 @@ class BagConversionConfig:
         if not self.gripper_joint or self.gripper_joint in self.joint_names:
             raise ValueError(f"BagConversionConfig.gripper_joint must be a name not among the arm joints, "
                              f"got {self.gripper_joint!r}")
-        if not (isinstance(self.frame_cache_size, int) and self.frame_cache_size >= 1):
-            raise ValueError(f"BagConversionConfig.frame_cache_size must be >= 1, got {self.frame_cache_size!r}")
-        if not (isinstance(self.prefetch, int) and 1 <= self.prefetch <= self.frame_cache_size):
-            raise ValueError(f"BagConversionConfig.prefetch must be in [1, frame_cache_size], "
+        if not (isinstance(self.frame_cache_mb, (int, float)) and 0 <= self.frame_cache_mb <= 1e6):
+            raise ValueError(f"BagConversionConfig.frame_cache_mb must be in [0, 1e6] MB, "
+                             f"got {self.frame_cache_mb!r}")
+        if not (isinstance(self.prefetch, int) and 1 <= self.prefetch <= 256):
+            raise ValueError(f"BagConversionConfig.prefetch must be an integer in [1, 256], "
                              f"got {self.prefetch!r}")
 
 
@@ -602,39 +604,125 @@ def _decode_image(msg: Any, msgtype: str) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
+class _FrameCache:
+    """Decoded frames of every BagFrames in the process, least recently used evicted.
+
+    One byte budget for all episodes, so a training set of hundreds of bags
+    holds at most ``budget`` bytes of decoded images whatever the access order.
+    """
+
+    def __init__(self, budget_bytes: int) -> None:
+        self.budget = int(budget_bytes)
+        self.used = 0
+        self._items: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[int, int]) -> np.ndarray | None:
+        with self._lock:
+            img = self._items.get(key)
+            if img is not None:
+                self._items.move_to_end(key)
+            return img
+
+    def put(self, key: tuple[int, int], img: np.ndarray) -> None:
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self.used -= old.nbytes
+            self._items[key] = img
+            self.used += img.nbytes
+            while self.used > self.budget and len(self._items) > 1:
+                _, dropped = self._items.popitem(last=False)
+                self.used -= dropped.nbytes
+
+    def set_budget(self, budget_bytes: int) -> None:
+        with self._lock:
+            self.budget = int(budget_bytes)
+            while self.used > self.budget and self._items:
+                _, dropped = self._items.popitem(last=False)
+                self.used -= dropped.nbytes
+
+
+FRAME_CACHE = _FrameCache(256 * 2**20)
+
+
+class _ReaderPool:
+    """A few open bag readers, reused across frame reads (opening an MCAP bag
+    parses its whole chunk index, which costs more than decoding a frame).
+
+    At most ``max_open`` stay open (least recently used closed), so hundreds
+    of episodes never exhaust file handles. A reader is checked out for
+    exclusive use. After a fork the child forgets its parent's readers
+    (shared file offsets would corrupt both).
+    """
+
+    def __init__(self, max_open: int = 8) -> None:
+        self.max_open = max_open
+        self._open: OrderedDict[Path, Reader] = OrderedDict()
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+
+    def checkout(self, path: Path) -> Reader:
+        with self._lock:
+            if self._pid != os.getpid():
+                self._open, self._pid = OrderedDict(), os.getpid()
+            reader = self._open.pop(path, None)
+        return reader if reader is not None else _open_reader(path)
+
+    def checkin(self, path: Path, reader: Reader) -> None:
+        with self._lock:
+            if self._pid != os.getpid():
+                return
+            old = self._open.pop(path, None)
+            self._open[path] = reader
+            excess = [self._open.popitem(last=False)[1] for _ in range(max(0, len(self._open) - self.max_open))]
+        for r in ([old] if old is not None else []) + excess:
+            r.close()
+
+
+READERS = _ReaderPool()
+_frame_tokens = iter(range(1, 2**62))
+_token_lock = threading.Lock()
+
+
+def _new_token() -> int:
+    with _token_lock:
+        return next(_frame_tokens)
+
+
 class BagFrames:
     """Colour frames of one episode, decoded from the bag when indexed.
 
     ``frames[t]`` is (H, W, 3) uint8 RGB. Holds the bag path and, per frame,
-    the message's (log time ns, rank among messages with that log time); the
-    bag is opened on first access (and reopened after pickling, so worker
-    processes can use it). A miss reads ``prefetch`` frames onward in one
-    pass and keeps up to ``cache_size`` decoded frames (least recently used
-    evicted), so a sequential pass reads each message once.
+    the message's (log time ns, rank among messages with that log time);
+    readers come from a small process-wide pool (:data:`READERS`), so
+    hundreds of episodes never exhaust file handles, and the object pickles
+    as that data, so worker processes can use it. Decoded frames go to the process-wide :data:`FRAME_CACHE`. A
+    miss right after frame t-1 (a sequential pass) reads ``prefetch`` frames
+    onward in one pass over the bag; any other miss reads just that frame.
     """
 
     def __init__(self, bag: str | os.PathLike, topic: str, msgtype: str,
                  keys: Sequence[tuple[int, int]], image_size: tuple[int, int],
-                 cache_size: int = 32, prefetch: int = 8, distro: str = "kilted") -> None:
+                 prefetch: int = 8, distro: str = "kilted") -> None:
         self.bag = Path(bag)
         self.topic = topic
         self.msgtype = msgtype
         self.keys = [(int(a), int(b)) for a, b in keys]
         self.image_size = (int(image_size[0]), int(image_size[1]))
-        self.cache_size = int(cache_size)
         self.prefetch = int(prefetch)
         self.distro = distro
         self._init_runtime()
 
     def _init_runtime(self) -> None:
         self._lock = threading.Lock()
-        self._reader: Reader | None = None
-        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
-        self.reads = 0  # bag passes, for tests and benchmarks
+        self._token = _new_token()
+        self._last = -1
+        self.reads = 0  # passes over the bag, for tests and benchmarks
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        for k in ("_lock", "_reader", "_cache"):
+        for k in ("_lock", "_token", "_last"):
             state.pop(k, None)
         return state
 
@@ -645,20 +733,6 @@ class BagFrames:
     def __len__(self) -> int:
         return len(self.keys)
 
-    def close(self) -> None:
-        """Close the bag (it reopens on the next access)."""
-        with self._lock:
-            if self._reader is not None:
-                self._reader.close()
-                self._reader = None
-
-    def __del__(self) -> None:
-        try:
-            if self._reader is not None:
-                self._reader.close()
-        except Exception:  # noqa: BLE001 - interpreter shutdown
-            pass
-
     def __getitem__(self, t: int) -> np.ndarray:
         n = len(self.keys)
         t = int(t)
@@ -667,41 +741,47 @@ class BagFrames:
         if not 0 <= t < n:
             raise IndexError(f"frame index {t} out of range for {n} frames")
         with self._lock:
-            if t in self._cache:
-                self._cache.move_to_end(t)
-                return self._cache[t]
-            self._fill(t)
-            return self._cache[t]
+            img = FRAME_CACHE.get((self._token, t))
+            if img is None:
+                img = self._fill(t, self.prefetch if t == self._last + 1 else 1)
+            self._last = t
+            return img
 
-    def _fill(self, t: int) -> None:
-        last = min(t + self.prefetch, len(self.keys)) - 1
-        wanted = {self.keys[i]: i for i in range(t, last + 1) if i not in self._cache or i == t}
-        if self._reader is None:
-            self._reader = _open_reader(self.bag)
+    def _fill(self, t: int, count: int) -> np.ndarray:
+        last = min(t + count, len(self.keys)) - 1
+        wanted = {self.keys[i]: i for i in range(t, last + 1)}
         store = make_typestore(self.distro)  # type: ignore[arg-type]
         start, stop = self.keys[t][0], self.keys[last][0] + 1
         rank: dict[int, int] = {}
+        found: np.ndarray | None = None
         self.reads += 1
-        for conn, ts, data in _raw_messages(self._reader, {self.topic: self.msgtype}, start, stop):
-            r = rank.get(ts, 0)
-            rank[ts] = r + 1
-            i = wanted.get((ts, r))
-            if i is None:
-                continue
-            w, h = self.image_size
-            img = _decode_image(store.deserialize_cdr(data, conn.msgtype), conn.msgtype)
-            if img.shape != (h, w, 3):
-                raise BagError(f"{self.bag}: frame {i} on {self.topic} is {img.shape[1]}x{img.shape[0]}, "
-                               f"the episode's frames are {w}x{h}")
-            self._cache[i] = img
-            self._cache.move_to_end(i)
-        if t not in self._cache:
+        reader = READERS.checkout(self.bag)
+        try:
+            for conn, ts, data in _raw_messages(reader, {self.topic: self.msgtype}, start, stop):
+                r = rank.get(ts, 0)
+                rank[ts] = r + 1
+                i = wanted.get((ts, r))
+                if i is None:
+                    continue
+                w, h = self.image_size
+                img = _decode_image(store.deserialize_cdr(data, conn.msgtype), conn.msgtype)
+                if img.shape != (h, w, 3):
+                    raise BagError(f"{self.bag}: frame {i} on {self.topic} is {img.shape[1]}x{img.shape[0]}, "
+                                   f"the episode's frames are {w}x{h}")
+                if i == t:
+                    found = img
+                else:
+                    FRAME_CACHE.put((self._token, i), img)
+        except BaseException:
+            reader.close()
+            raise
+        READERS.checkin(self.bag, reader)
+        if found is None:
             raise BagError(f"{self.bag}: frame {t} (log time {self.keys[t][0]} ns) on {self.topic} "
                            f"was not found on re-reading; was the bag modified?")
-        # Keep frame t most recent so eviction of the prefetched tail never drops it.
-        self._cache.move_to_end(t)
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
+        # Frame t goes in last, as the most recently used.
+        FRAME_CACHE.put((self._token, t), found)
+        return found
 
 
 # --------------------------------------------------------------------------- alignment
@@ -1017,7 +1097,7 @@ def _convert_bag(bag: Path, cfg: BagConversionConfig, store: Typestore,
 
     frames = BagFrames(bag, chosen["image"].name, chosen["image"].msgtype,
                        [keys_sorted[i] for i in sel], image_size,
-                       cache_size=cfg.frame_cache_size, prefetch=cfg.prefetch, distro=cfg.distro)
+                       prefetch=cfg.prefetch, distro=cfg.distro)
     meta: dict = {
         "bag": str(bag), "storage": info.storage, "files": list(info.files),
         "topics": {k: t.name for k, t in chosen.items()},
@@ -1058,6 +1138,7 @@ def load_episodes(paths: str | os.PathLike | Iterable[str | os.PathLike], *,
         paths = [paths]
     bags, not_bags = find_bags(paths)
     store = make_typestore(cfg.distro)
+    FRAME_CACHE.set_budget(int(cfg.frame_cache_mb * 2**20))
     report = ConversionReport(config={k: (v.__dict__ if isinstance(v, BagTopics) else v)
                                       for k, v in cfg.__dict__.items()})
     for p, why in not_bags:

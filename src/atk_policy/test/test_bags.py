@@ -136,18 +136,37 @@ def test_write_then_load_round_trip_keeps_content(tmp_path):
 
 def test_frames_are_decoded_lazily_and_read_in_prefetched_passes(tmp_path):
     _, images, *_ = _write(tmp_path / "ep", seed=2, T=20)
-    cfg = BagConversionConfig(frame_cache_size=8, prefetch=4)
-    (ep,), _ = load_episodes(tmp_path / "ep", config=cfg)
+    (ep,), _ = load_episodes(tmp_path / "ep", config=BagConversionConfig(prefetch=4))
     assert ep.frames.reads == 0  # loading decoded no frame
     for t in range(20):
         np.testing.assert_array_equal(ep.frames[t], images[t])
-    assert ep.frames.reads == 5  # 20 frames / prefetch 4
+    assert ep.frames.reads == 5  # a sequential pass: 20 frames / prefetch 4
     np.testing.assert_array_equal(ep.frames[-1], images[-1])
     assert ep.frames.reads == 5  # still cached
-    clone = pickle.loads(pickle.dumps(ep.frames))
-    np.testing.assert_array_equal(clone[3], images[3])
+    clone = pickle.loads(pickle.dumps(ep.frames))  # a worker process's copy: own cache entries
+    for k, t in enumerate((3, 11, 7)):  # random access reads only the frame asked for
+        np.testing.assert_array_equal(clone[t], images[t])
+        assert clone.reads == k + 1
     with pytest.raises(IndexError):
         ep.frames[20]
+
+
+def test_the_frame_cache_keeps_to_its_byte_budget(tmp_path):
+    _, images, *_ = _write(tmp_path / "ep", seed=2, T=20)
+    frame_bytes = images[0].nbytes
+    try:
+        (ep,), _ = load_episodes(tmp_path / "ep", config=BagConversionConfig(
+            prefetch=4, frame_cache_mb=6 * frame_bytes / 2**20))
+        for t in range(20):
+            np.testing.assert_array_equal(ep.frames[t], images[t])
+        assert bags.FRAME_CACHE.used <= 6 * frame_bytes
+        reads = ep.frames.reads
+        ep.frames[0]  # evicted long ago: read again
+        assert ep.frames.reads == reads + 1
+        ep.frames[19]  # among the newest six: cached
+        assert ep.frames.reads == reads + 1
+    finally:
+        bags.FRAME_CACHE.set_budget(int(BagConversionConfig().frame_cache_mb * 2**20))
 
 
 def test_sqlite3_episode_bag_round_trip(tmp_path):
@@ -374,7 +393,7 @@ def test_config_rejects_bad_values_naming_the_field():
     with pytest.raises(ValueError, match="joint_state_alignment"):
         BagConversionConfig(joint_state_alignment="cubic")
     with pytest.raises(ValueError, match="prefetch"):
-        BagConversionConfig(prefetch=100, frame_cache_size=8)
+        BagConversionConfig(prefetch=0)
     with pytest.raises(ValueError, match="BagTopics.image"):
         BagTopics(image="")
     with pytest.raises(ValueError, match="EpisodeLabel.success"):
