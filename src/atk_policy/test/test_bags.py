@@ -398,3 +398,32 @@ def test_config_rejects_bad_values_naming_the_field():
         BagTopics(image="")
     with pytest.raises(ValueError, match="EpisodeLabel.success"):
         EpisodeLabel(success="yes")
+
+
+def _rosidl_hash(msgtype: str) -> str | None:
+    """The RIHS01 hash rosidl generated for ``msgtype`` in an installed share folder."""
+    import json
+    import os
+
+    pkg, _, name = msgtype.split("/")
+    for prefix in filter(None, os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep)):
+        f = Path(prefix) / "share" / pkg / "msg" / f"{name}.json"
+        if f.is_file():
+            return json.loads(f.read_text())["type_hashes"][0]["hash_string"]
+    return None
+
+
+def test_written_bags_carry_the_type_hashes_rosidl_generates(tmp_path):
+    _write(tmp_path / "ep")
+    meta = yaml.safe_load((tmp_path / "ep" / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
+    hashes = {t["topic_metadata"]["type"]: t["topic_metadata"]["type_description_hash"]
+              for t in meta["topics_with_message_count"]}
+    checked = 0
+    for msgtype, written in hashes.items():
+        expected = _rosidl_hash(msgtype)
+        if expected is not None:
+            assert written == expected, msgtype
+            checked += 1
+    if checked == 0:
+        pytest.skip("no rosidl-generated type descriptions on AMENT_PREFIX_PATH (source env.sh)")
+    assert checked == len(hashes)  # the workspace has them all: sensor_msgs and atk_msgs
