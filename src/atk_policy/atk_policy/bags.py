@@ -1008,6 +1008,8 @@ def _convert_bag(bag: Path, cfg: BagConversionConfig, store: Typestore,
     notes = entry.notes
     entry.images = len(img_keys)
     for key, n in zero_stamps.items():
+        if n < 2:  # one stamp of 0 is a simulation's t = 0
+            continue
         notes.append(f"{chosen[key].name}: {n} messages with a zero header stamp "
                      f"(set stamp_source='receive' if the publisher leaves stamps unset)")
     if nan_counts:

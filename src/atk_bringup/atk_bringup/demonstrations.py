@@ -1,0 +1,77 @@
+"""Scripted-expert demonstrations in simulation, written as rosbag2 bags (ROS-free).
+
+Each episode becomes one MCAP bag with the topics and message types of a
+real recording (see docs/recording.md) and its ``episode.yaml`` label, so
+training reads simulated and real demonstrations through the same
+:func:`atk_policy.bags.load_episodes`.
+
+Per control step t (sim time s, offset by ``stamp_offset_s``): the camera
+image and camera info, the measured joint states, and the expert's joint
+target and gripper command, all stamped with the observation's time (the
+command carries its observation's stamp, as the policy node does).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from atk_policy.bags import CameraInfoData, EpisodeBagWriter, EpisodeLabel
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    """One recorded demonstration: its bag, outcome and length."""
+
+    path: Path
+    success: bool
+    steps: int
+    message: str = ""
+
+
+def record_expert_episode(env, out_dir: str | Path, *, task: str, seed: int,
+                          perturbations: Sequence[str] = (), max_steps: int | None = None,
+                          stamp_offset_s: float = 0.0, with_depth: bool = False,
+                          namespace: str = "") -> DemoResult:
+    """Run the privileged scripted expert of ``env`` (an atk_bringup.sim.env.SimEnv
+    with rendering on) for one episode and write it to the bag ``out_dir``.
+
+    The episode runs until the task succeeds, the time limit passes, or
+    ``max_steps`` control steps. The last observation (no action follows it)
+    is not written. Returns where the bag is and whether the task succeeded.
+    """
+    if max_steps is not None and max_steps < 1:
+        raise ValueError(f"max_steps must be >= 1 or None, got {max_steps!r}")
+    if stamp_offset_s < 0:
+        raise ValueError(f"stamp_offset_s must be >= 0, got {stamp_offset_s!r}")
+    obs = env.reset(task=task, seed=int(seed), perturbations=tuple(perturbations))
+    if obs.rgb.size == 0:
+        raise ValueError("the simulator renders no images (SimConfig.render is False); demonstrations need them")
+    h, w = obs.rgb.shape[:2]
+    k = np.asarray(env.intrinsics, np.float64)
+    info = CameraInfoData(w, h, tuple(k.reshape(-1)))
+    steps = 0
+    writer = EpisodeBagWriter(out_dir, with_depth=with_depth, namespace=namespace)
+    try:
+        while not env.done and (max_steps is None or steps < max_steps):
+            stamp = stamp_offset_s + float(obs.time)
+            action = np.asarray(env.expert_action(), np.float64)
+            writer.write_image(stamp, obs.rgb, info)
+            if with_depth:
+                writer.write_depth(stamp, obs.depth_mm)
+            writer.write_joint_state(stamp, obs.joint_positions)
+            writer.write_command(stamp, action[:6], float(np.clip(action[6], 0.0, 1.0)))
+            obs = env.step(action)
+            steps += 1
+    except BaseException:
+        writer.abort()
+        raise
+    success = bool(env.success())
+    message = getattr(env, "episode_message", "") or ""
+    label = EpisodeLabel(success=success, task=task, seed=int(seed), perturbations=list(perturbations),
+                         source="sim_expert", note=message,
+                         extra={"steps": steps, "control_hz": float(env.config.control_hz)})
+    path = writer.close(label)
+    return DemoResult(path, success, steps, message)
