@@ -80,11 +80,11 @@ def fields_to_array(encoding: str, height: int, width: int, step: int,
     Raises :class:`ImageConversionError` for an unsupported encoding, an
     empty image, or a ``data`` length that does not match ``height * step``.
     """
-    info = _encoding_info(encoding)
     height, width, step = int(height), int(width), int(step)
-    if height <= 0 or width <= 0:
+    if height <= 0 or width <= 0:  # first: an unset message has no encoding either
         raise ImageConversionError(
-            f"empty image: {width}x{height} pixels ({encoding})")
+            f"empty image: {width}x{height} pixels (encoding {encoding!r})")
+    info = _encoding_info(encoding)
     row_bytes = width * info.channels * info.dtype.itemsize
     if step < row_bytes:
         raise ImageConversionError(

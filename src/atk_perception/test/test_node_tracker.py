@@ -1,0 +1,409 @@
+"""Tracker node over real DDS: a subprocess runs the node, this process feeds
+frames (a synthetic sequence with known motion cut from a real photograph,
+and the real video tests/data/images/tree.avi) and checks what comes back.
+
+Every wait is on a message, a match count or a service future, with a named
+timeout; nothing sleeps.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+from atk_msgs.msg import Keypoint, KeypointArray  # noqa: E402
+from atk_msgs.srv import ResetTracker, TransferKeypoints  # noqa: E402
+from rclpy.qos import qos_profile_sensor_data  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
+
+from atk_perception.image_conversion import array_to_imgmsg  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[3] / "tests" / "data" / "images"
+TOL_PX = 2.0
+STARTUP_TIMEOUT_S = 20.0
+REPLY_TIMEOUT_S = 5.0
+N_KP = 8
+
+
+# ---------------------------------------------------------------- test data
+def _scene() -> tuple[np.ndarray, np.ndarray]:
+    """A 320x240 crop of a real photograph (rubberwhale1) and 8 textured keypoints."""
+    img = cv2.cvtColor(cv2.imread(str(DATA / "rubberwhale1.png")), cv2.COLOR_BGR2RGB)
+    img = np.ascontiguousarray(img[60:300, 120:440])
+    g = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+    pts = cv2.goodFeaturesToTrack(g, 100, 0.01, 25).reshape(-1, 2)
+    keep = (pts[:, 0] > 40) & (pts[:, 0] < 280) & (pts[:, 1] > 40) & (pts[:, 1] < 200)
+    return img, pts[keep][:N_KP].astype(np.float32)
+
+
+SCENE_IMG, SCENE_PTS = _scene()
+
+
+def warp(t: float) -> tuple[np.ndarray, np.ndarray]:
+    """Frame of a known motion: 0.3 deg/frame rotation plus (0.8, 0.5) px/frame."""
+    h, w = SCENE_IMG.shape[:2]
+    a = cv2.getRotationMatrix2D((w / 2, h / 2), 0.3 * t, 1.0)
+    a[:, 2] += (0.8 * t, 0.5 * t)
+    frame = cv2.warpAffine(SCENE_IMG, a, (w, h), borderMode=cv2.BORDER_REFLECT)
+    return frame, (SCENE_PTS @ a[:, :2].T + a[:, 2]).astype(np.float32)
+
+
+def _model_dir(folder: Path) -> Path:
+    """A model artifact folder of the shape the trainer writes (model.json + template.png)."""
+    cv2.imwrite(str(folder / "template.png"), cv2.cvtColor(SCENE_IMG, cv2.COLOR_RGB2BGR))
+    doc = {"format_version": 1, "kind": "atk-keypoint-policy", "image_size": [320, 240],
+           "keypoints": {"ids": list(range(100, 100 + N_KP)),
+                         "names": [f"corner{i}" for i in range(N_KP)],
+                         "canonical_xy": SCENE_PTS.tolist()},
+           "template_image": "template.png"}
+    (folder / "model.json").write_text(json.dumps(doc))
+    return folder
+
+
+# ---------------------------------------------------------------- DDS plumbing
+class Harness:
+    """Test-side node: publishes frames, collects keypoint arrays, calls services."""
+
+    def __init__(self, ns: str) -> None:
+        self.ctx = rclpy.context.Context()
+        rclpy.init(context=self.ctx)
+        self.node = rclpy.create_node("tracker_test_client", namespace=ns, context=self.ctx)
+        self.executor = rclpy.executors.SingleThreadedExecutor(context=self.ctx)
+        self.executor.add_node(self.node)
+        self.pub = self.node.create_publisher(Image, "camera/color/image_raw",
+                                              qos_profile_sensor_data)
+        self.received: list[KeypointArray] = []
+        self.overlays: list[Image] = []
+        self.sub = self.node.create_subscription(KeypointArray, "keypoints", self.received.append,
+                                                 qos_profile_sensor_data)
+        self.overlay_sub = self.node.create_subscription(Image, "keypoints/overlay",
+                                                         self.overlays.append,
+                                                         qos_profile_sensor_data)
+        self.reset = self.node.create_client(ResetTracker, "tracker/reset")
+        self.transfer = self.node.create_client(TransferKeypoints, "tracker/transfer")
+        self.stamp_ns = 1_000 * 10**9
+
+    def wait_for(self, predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
+            self.executor.spin_once(timeout_sec=0.05)
+
+    def next_stamp(self, dt_s: float = 0.05):
+        self.stamp_ns += int(dt_s * 1e9)
+        return self.stamp_ns
+
+    def frame_msg(self, rgb: np.ndarray, stamp_ns: int, encoding: str = "rgb8") -> Image:
+        from std_msgs.msg import Header
+
+        header = Header(frame_id="camera_color_optical_frame")
+        header.stamp.sec, header.stamp.nanosec = divmod(stamp_ns, 10**9)
+        arr = rgb if encoding == "rgb8" else cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+        return array_to_imgmsg(arr, "rgb8" if encoding == "rgb8" else "bgr8", header)
+
+    def reply_for(self, stamp_ns: int) -> KeypointArray | None:
+        for m in self.received:
+            if m.header.stamp.sec * 10**9 + m.header.stamp.nanosec == stamp_ns:
+                return m
+        return None
+
+    def send_and_wait(self, msg: Image) -> KeypointArray:
+        """Publish a frame and wait for the keypoints with its stamp (lock-step).
+        Best-effort transport may lose a frame: it is sent again, at most twice."""
+        stamp = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+        for _attempt in range(3):
+            self.pub.publish(msg)
+            try:
+                self.wait_for(lambda: self.reply_for(stamp) is not None, REPLY_TIMEOUT_S / 2,
+                              f"keypoints for the frame stamped {stamp} ns")
+                return self.reply_for(stamp)
+            except TimeoutError:
+                continue
+        raise TimeoutError(f"no keypoints for the frame stamped {stamp} ns after 3 sends")
+
+    def call(self, client, request, what: str):
+        self.wait_for(client.service_is_ready, STARTUP_TIMEOUT_S, f"service {what}")
+        future = client.call_async(request)
+        self.wait_for(future.done, REPLY_TIMEOUT_S * 2, f"reply of {what}")
+        return future.result()
+
+    def close(self) -> None:
+        self.node.destroy_node()
+        rclpy.shutdown(context=self.ctx)
+
+
+def start_tracker(ns: str, log: Path, *params: str) -> subprocess.Popen:
+    args = [sys.executable, "-m", "atk_perception.tracker_node", "--ros-args",
+            "-r", f"__ns:={ns}"]
+    for p in params:
+        args += ["-p", p]
+    return subprocess.Popen(args, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+
+def stop(proc: subprocess.Popen) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            return proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait(timeout=5)
+    return proc.returncode
+
+
+@pytest.fixture(scope="module")
+def tracker(tmp_path_factory):
+    """One tracker node for the module (startup costs seconds) and its harness."""
+    folder = tmp_path_factory.mktemp("model")
+    ns = f"/trk{os.getpid()}"
+    log = folder / "tracker.log"
+    proc = start_tracker(ns, log, f"model_dir:={_model_dir(folder)}", "frame_timeout_s:=0.6",
+                         "max_frame_gap_s:=0.5", "lost_after_frames:=2",
+                         "retransfer_every_n_frames:=1")
+    h = Harness(ns)
+    try:
+        h.wait_for(lambda: h.pub.get_subscription_count() > 0 and h.sub.get_publisher_count() > 0
+                   or proc.poll() is not None, STARTUP_TIMEOUT_S, "the tracker node's topics")
+        if proc.poll() is not None:
+            pytest.fail(f"tracker node exited with {proc.returncode}:\n{log.read_text()}")
+        h.proc, h.log = proc, log
+        yield h
+    finally:
+        h.close()
+        rc = stop(proc)
+        print(log.read_text()[-3000:])
+        assert rc in (0, -signal.SIGINT), f"tracker exit code {rc}"
+
+
+def _positions(msg: KeypointArray) -> np.ndarray:
+    return np.array([[k.x, k.y] for k in msg.keypoints], np.float32)
+
+
+# ---------------------------------------------------------------- tests
+def test_tracks_synthetic_motion_with_source_stamps(tracker: Harness) -> None:
+    h = tracker
+    for t in range(14):
+        frame, gt = warp(t + 1)
+        stamp = h.next_stamp()
+        reply = h.send_and_wait(h.frame_msg(frame, stamp, "bgr8" if t % 2 else "rgb8"))
+        assert reply.header.stamp.sec * 10**9 + reply.header.stamp.nanosec == stamp
+        assert reply.header.frame_id == "camera_color_optical_frame"
+        assert len(reply.keypoints) == N_KP
+        assert [k.id for k in reply.keypoints] == list(range(100, 100 + N_KP))
+        assert reply.keypoints[3].name == "corner3"
+        assert reply.state == KeypointArray.STATE_TRACKING, reply.message
+        assert (reply.image_width, reply.image_height) == (320, 240)
+        err = np.abs(_positions(reply) - gt).max()
+        assert err < TOL_PX, f"frame {t}: error {err:.2f} px ({reply.message})"
+        assert reply.processing_time_s > 0
+    assert reply.frames_dropped == 0  # lock-step: nothing to drop
+
+
+def test_real_video_lock_step(tracker: Harness) -> None:
+    """Real hand-held video (tree.avi), 25 frames forward then back to the first:
+    one reply per frame with its stamp, the same positions as the library run
+    in this process on the same frames, and forward-backward closure."""
+    h = tracker
+    cap = cv2.VideoCapture(str(DATA / "tree.avi"))
+    frames = []
+    while True:
+        ok, bgr = cap.read()
+        if not ok:
+            break
+        frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    assert len(frames) == 68
+    seq = [frames[i] for i in list(range(25)) + list(range(23, -1, -1))]
+    g = cv2.cvtColor(frames[0], cv2.COLOR_RGB2GRAY)
+    start = cv2.goodFeaturesToTrack(g, N_KP, 0.01, 30).reshape(-1, 2).astype(np.float32)
+    # Track points of the video's first frame: a reset with explicit points.
+    req = ResetTracker.Request(keypoints=[
+        Keypoint(id=100 + i, x=float(x), y=float(y)) for i, (x, y) in enumerate(start)])
+    res = h.call(h.reset, req, "tracker/reset")
+    assert res.success, res.message
+    sent, replies = [], []
+    for rgb in seq:
+        sent.append(h.next_stamp(1 / 15))
+        replies.append(h.send_and_wait(h.frame_msg(rgb, sent[-1])))
+    assert "tracking the given keypoints" in replies[0].message
+    stamps = [r.header.stamp.sec * 10**9 + r.header.stamp.nanosec for r in replies]
+    assert stamps == sent
+    assert all(len(r.keypoints) == N_KP for r in replies)
+    assert all(r.state == KeypointArray.STATE_TRACKING for r in replies), \
+        [r.message for r in replies if r.state != KeypointArray.STATE_TRACKING][:3]
+
+    # The same frames through the library directly (what the node must do).
+    from atk_perception.backends import make_correspondence
+    from atk_perception.keypoint_template import KeypointTemplate
+    from atk_perception.tracking_session import SessionConfig, TrackingSession
+
+    ids = tuple(range(100, 100 + N_KP))
+    lib = TrackingSession(make_correspondence("cpu"),
+                          KeypointTemplate(SCENE_IMG, SCENE_PTS, ids, tuple(map(str, ids))),
+                          SessionConfig())
+    lib.request_reset(start, list(ids))
+    for k, (rgb, reply) in enumerate(zip(seq, replies)):
+        ref = lib.process(rgb, k / 15)
+        # RANSAC inside h_C is randomised: equal up to a fraction of a pixel.
+        assert np.abs(_positions(reply) - ref.points).max() < 1.0, f"frame {k}"
+        np.testing.assert_allclose([kp.confidence for kp in reply.keypoints],
+                                   ref.confidence, atol=0.25)
+    # Ground truth we do know on a real video: back at the first frame, the
+    # keypoints must be back where they started.
+    err = np.abs(_positions(replies[-1]) - start).max()
+    assert err < 2.0, f"forward-backward error {err:.2f} px"
+
+
+def test_newest_frame_only_and_drop_counter(tracker: Harness) -> None:
+    h = tracker
+    h.send_and_wait(h.frame_msg(warp(0)[0], h.next_stamp(1.0)))  # re-transfer after the gap
+    before = h.received[-1].frames_dropped
+    sent = []
+    n_before = len(h.received)
+    for t in range(30):  # as fast as possible: faster than h_C on 2 shared cores
+        stamp = h.next_stamp(0.01)
+        sent.append(stamp)
+        h.pub.publish(h.frame_msg(warp(t * 0.2)[0], stamp))
+    h.wait_for(lambda: h.reply_for(sent[-1]) is not None, REPLY_TIMEOUT_S * 2,
+               "keypoints for the newest frame of the burst")
+    burst = h.received[n_before:]
+    stamps = [m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for m in burst]
+    assert stamps == sorted(stamps)  # never an older frame after a newer one
+    assert set(stamps) <= set(sent)
+    dropped = h.reply_for(sent[-1]).frames_dropped - before
+    assert dropped >= 1, "a 30-frame burst should overrun the tracker"
+    assert len(burst) + dropped <= 30
+
+
+def test_reset_service(tracker: Harness) -> None:
+    h = tracker
+    res = h.call(h.reset, ResetTracker.Request(), "tracker/reset")
+    assert res.success and "next frame" in res.message
+    frame, gt = warp(3)
+    reply = h.send_and_wait(h.frame_msg(frame, h.next_stamp()))
+    assert reply.state == KeypointArray.STATE_TRACKING
+    assert "reset requested" in reply.message
+    assert np.abs(_positions(reply) - gt).max() < TOL_PX
+    bad = ResetTracker.Request(keypoints=[Keypoint(id=7, x=1.0, y=1.0)])
+    res = h.call(h.reset, bad, "tracker/reset")
+    assert not res.success and "ids [7]" in res.message
+
+
+def test_transfer_service(tracker: Harness) -> None:
+    h = tracker
+    frame, gt = warp(6)
+    req = TransferKeypoints.Request(image=h.frame_msg(frame, h.next_stamp()))
+    res = h.call(h.transfer, req, "tracker/transfer")
+    assert res.success, res.message
+    assert [k.id for k in res.keypoints] == list(range(100, 100 + N_KP))
+    pos = np.array([[k.x, k.y] for k in res.keypoints])
+    assert np.abs(pos - gt).max() < TOL_PX
+    assert all(0.0 <= k.confidence <= 1.0 for k in res.keypoints)
+    empty = TransferKeypoints.Request()
+    res = h.call(h.transfer, empty, "tracker/transfer")
+    assert not res.success and "empty image" in res.message
+
+
+def test_frames_stop_and_restart(tracker: Harness) -> None:
+    h = tracker
+    frame, _ = warp(4)
+    last = h.send_and_wait(h.frame_msg(frame, h.next_stamp()))
+    last_stamp = last.header.stamp.sec * 10**9 + last.header.stamp.nanosec
+    n = len(h.received)
+    # No more frames: the node reports LOST once, stamped with the last frame.
+    h.wait_for(lambda: any(m.state == KeypointArray.STATE_LOST for m in h.received[n:]),
+               REPLY_TIMEOUT_S, "a LOST report after frames stopped")
+    lost = next(m for m in h.received[n:] if m.state == KeypointArray.STATE_LOST)
+    assert "no camera frames" in lost.message
+    assert lost.header.stamp.sec * 10**9 + lost.header.stamp.nanosec == last_stamp
+    assert len(lost.keypoints) == N_KP
+    frame, gt = warp(9)
+    reply = h.send_and_wait(h.frame_msg(frame, h.next_stamp(2.0)))
+    assert reply.state == KeypointArray.STATE_TRACKING
+    assert "frames resumed" in reply.message
+    assert np.abs(_positions(reply) - gt).max() < TOL_PX
+
+
+def test_bad_images_are_reported_and_the_node_keeps_running(tracker: Harness) -> None:
+    h = tracker
+    frame, gt = warp(10)
+    h.send_and_wait(h.frame_msg(frame, h.next_stamp()))
+    odd = h.frame_msg(frame, h.next_stamp())
+    odd.encoding = "yuv422"
+    reply = h.send_and_wait(odd)
+    assert reply.state == KeypointArray.STATE_LOST and "unsupported image encoding" in reply.message
+    short = h.frame_msg(frame, h.next_stamp())
+    short.data = short.data[:1000]
+    reply = h.send_and_wait(short)
+    assert "truncated" in reply.message
+    depth = h.frame_msg(frame, h.next_stamp())
+    depth.encoding, depth.step = "16UC1", depth.width * 2
+    depth.data = depth.data[:depth.height * depth.step]
+    reply = h.send_and_wait(depth)
+    assert "not a colour image" in reply.message
+    frame, gt = warp(11)
+    reply = h.send_and_wait(h.frame_msg(frame, h.next_stamp()))
+    assert reply.state == KeypointArray.STATE_TRACKING, reply.message
+    assert np.abs(_positions(reply) - gt).max() < TOL_PX
+    assert h.proc.poll() is None
+
+
+def test_overlay_is_published_with_the_source_stamp(tracker: Harness) -> None:
+    h = tracker
+    h.wait_for(lambda: h.overlay_sub.get_publisher_count() > 0, REPLY_TIMEOUT_S,
+               "the overlay publisher")
+    frame, _ = warp(12)
+    stamp = h.next_stamp()
+    h.send_and_wait(h.frame_msg(frame, stamp))
+
+    def overlay() -> Image | None:
+        return next((o for o in h.overlays
+                     if o.header.stamp.sec * 10**9 + o.header.stamp.nanosec == stamp), None)
+
+    h.wait_for(lambda: overlay() is not None, REPLY_TIMEOUT_S, "the overlay of the frame")
+    ov = overlay()
+    assert ov.encoding == "rgb8" and (ov.width, ov.height) == (320, 240)
+    pixels = np.frombuffer(ov.data, np.uint8).reshape(240, 320, 3)
+    assert np.abs(pixels.astype(int) - frame).sum() > 0  # something was drawn
+
+
+# ---------------------------------------------------------------- startup
+def test_help_needs_no_ros() -> None:
+    out = subprocess.run([sys.executable, "-m", "atk_perception.tracker_node", "--help"],
+                         capture_output=True, text=True, timeout=30,
+                         env={k: v for k, v in os.environ.items() if k != "ROS_DOMAIN_ID"})
+    assert out.returncode == 0
+    for name in ("backend", "model_dir", "min_point_confidence", "frame_timeout_s"):
+        assert f"  {name} (default" in out.stdout
+
+
+@pytest.mark.parametrize("params, match", [
+    (["backend:=cotracker", "points:=[10.0, 10.0]", "template_image:=%s"],
+     "needs a local CoTracker3 checkpoint"),
+    (["backend:=cotracker", "checkpoint:=/nonexistent/scaled_online.pth",
+      "points:=[10.0, 10.0]", "template_image:=%s"], "not found"),
+    (["points:=[10.0, 10.0, 5000.0, 1.0]", "template_image:=%s"], "outside the 584x388"),
+    (["min_point_confidence:=1.5", "model_dir:=/tmp"], "min_point_confidence"),
+    ([], "model_dir or points"),
+])
+def test_startup_errors_are_clear(tmp_path: Path, params: list[str], match: str) -> None:
+    params = [p.replace("%s", str(DATA / "rubberwhale1.png")) for p in params]
+    log = tmp_path / "log.txt"
+    proc = start_tracker(f"/bad{os.getpid()}", log, *params)
+    try:
+        rc = proc.wait(timeout=30)
+    finally:
+        stop(proc)
+    text = log.read_text()
+    assert rc != 0 and match in text, text[-2000:]
