@@ -92,7 +92,12 @@ class Observation:
 
 
 class SimEnv:
-    """One simulated cell: a task scene, its camera, its expert."""
+    """One simulated cell: a task scene, its camera, its expert.
+
+    With rendering on, use an instance from the thread that created it: the
+    EGL context behind the renderer is bound to that thread (the sim node
+    gives the env its own thread for this reason).
+    """
 
     def __init__(self, config: SimConfig | None = None) -> None:
         self.config = config or SimConfig()

@@ -117,14 +117,14 @@ def apply_ro(m: mujoco.MjModel, d: mujoco.MjData, idx: ModelIndex, rng: np.rando
 def apply_light(m: mujoco.MjModel, rng: np.random.Generator, snap: VisualSnapshot) -> None:
     """Change the key light's intensity, colour and direction, and the ambient level."""
     key = 0  # the first light is the key light (model.build_mjcf)
-    intensity = rng.uniform(0.35, 1.4)
-    tint = rng.uniform(0.7, 1.0, size=3)
+    intensity = rng.uniform(0.2, 1.6)
+    tint = rng.uniform(0.55, 1.0, size=3)
     tint /= tint.max()
     m.light_diffuse[key] = snap.light_diffuse[key] * intensity * tint / max(snap.light_diffuse[key].max(), 1e-6) * 0.6
     azimuth = rng.uniform(-np.pi, np.pi)
     elevation = np.deg2rad(rng.uniform(30.0, 85.0))
     m.light_dir[key] = (np.cos(elevation) * np.cos(azimuth), np.cos(elevation) * np.sin(azimuth),
                         -np.sin(elevation))
-    amb = rng.uniform(0.5, 1.3)
+    amb = rng.uniform(0.3, 1.4)
     m.vis.headlight.ambient[:] = np.clip(snap.head_ambient * amb * tint, 0.0, 1.0)
     m.vis.headlight.diffuse[:] = np.clip(snap.head_diffuse * rng.uniform(0.5, 1.3), 0.0, 1.0)

@@ -242,9 +242,19 @@ class GlassLidTask(Task):
         top = 2 * self.POT_HH
         sr, sh = self.STEM
         kr, kh = self.KNOB
+        # steel rim: a ring of short capsules around the glass (visual only)
+        n_rim = 24
+        rim = "\n".join(
+            f'      <geom type="capsule" fromto="{self.LID_R * np.cos(a0):.5f} {self.LID_R * np.sin(a0):.5f} 0 '
+            f'{self.LID_R * np.cos(a1):.5f} {self.LID_R * np.sin(a1):.5f} 0" size="0.0035" '
+            f'material="steel_rim" contype="0" conaffinity="0" mass="0.002"/>'
+            for a0, a1 in ((2 * np.pi * k / n_rim, 2 * np.pi * (k + 1) / n_rim) for k in range(n_rim)))
         world = f"""
     <body name="pot" pos="0.5 0 {self.POT_HH}">
       <geom class="object" name="pot" type="cylinder" size="{self.POT_R} {self.POT_HH}" material="pot"/>
+      <!-- the pot's dark inside, seen through the glass lid -->
+      <geom name="pot_inside" type="cylinder" pos="0 0 {self.POT_HH + 0.001}" size="{self.POT_R - 0.006} 0.0005"
+            rgba="0.12 0.1 0.09 1" contype="0" conaffinity="0"/>
       <geom class="object" type="box" pos="{self.POT_R + 0.02} 0 {self.POT_HH * 0.6}" size="0.025 0.012 0.006"
             rgba="0.1 0.1 0.1 1"/>
       <geom class="object" type="box" pos="{-self.POT_R - 0.02} 0 {self.POT_HH * 0.6}" size="0.025 0.012 0.006"
@@ -254,9 +264,7 @@ class GlassLidTask(Task):
       <freejoint name="lid"/>
       <geom class="object" name="lid_glass" type="cylinder" size="{self.LID_R} {self.LID_HH}"
             material="glass" mass="0.25"/>
-      <geom class="object" name="lid_rim" type="cylinder" pos="0 0 {-self.LID_HH * 0.5}"
-            size="{self.LID_R + 0.003} {self.LID_HH * 0.5}" material="steel_rim" mass="0.05"
-            contype="0" conaffinity="0"/>
+{rim}
       <geom class="object" name="lid_stem" type="cylinder" pos="0 0 {self.LID_HH + sh}" size="{sr} {sh}"
             material="steel_rim" mass="0.01"/>
       <geom class="object" name="lid_knob" type="cylinder" pos="0 0 {self.LID_HH + 2 * sh + kh}"

@@ -1,0 +1,427 @@
+"""MuJoCo simulator node (``sim_node``, node name ``sim``): stands in for the
+camera node and the UR driver.
+
+Publishes ``camera/color/image_raw`` (rgb8), ``camera/depth/image_raw``
+(16UC1 mm, registered to colour), ``camera/color/camera_info`` (the true
+pinhole intrinsics), ``joint_states`` (6 UR joints, rad, then ``gripper``
+0 open .. 1 closed), ``sim/episode`` (atk_msgs/EpisodeStatus, latched) and
+``/clock`` (sim time, monotonic across episodes, for use_sim_time).
+Subscribes ``joint_target`` (sensor_msgs/JointState) and ``gripper_command``
+(atk_msgs/GripperCommand); without any target it holds the last one (the
+home pose after a reset). Service ``~/reset_episode`` (atk_msgs/ResetEpisode)
+starts an episode with a task, seed and perturbation set.
+
+realtime=true steps one control period per control period of wall time;
+realtime=false steps as fast as the CPU allows (batch work: use it with
+expert=true or with consumers on use_sim_time). expert=true drives the arm
+with the privileged scripted expert and publishes its actions on
+joint_target / gripper_command, so a recorder captures demonstrations
+through the ROS graph; auto_reset starts the next seed when an episode ends.
+
+Library: atk_bringup.sim (SimEnv); this file only converts messages.
+"""
+from __future__ import annotations
+
+import queue
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from atk_bringup import kinematics as kin
+from atk_bringup.driver_node import target_from_joint_state
+
+GRIPPER_JOINT = "gripper"
+INIT_TIMEOUT_S = 60.0    # model compile + first render (EGL start-up is slow on a loaded machine)
+RESET_TIMEOUT_S = 30.0   # one reset: settle physics + render
+STOP_TIMEOUT_S = 5.0
+TASK_CHOICES = ("sushi", "glass_lid", "clock_button")          # atk_bringup.sim.tasks.TASKS
+PERTURBATION_CHOICES = ("RP", "RB", "RO", "LIGHT")            # atk_bringup.sim.perturbations
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    default: Any
+    description: str
+    range: Optional[tuple[float, float]] = None
+
+
+PARAMS: tuple[Param, ...] = (
+    Param("task", "sushi", f"Task of the first episode, one of {list(TASK_CHOICES)}."),
+    Param("seed", 0, "Seed of the first episode.", (0, 2 ** 31 - 1)),
+    Param("perturbations", [""], f"Perturbations of the first episode, any of {list(PERTURBATION_CHOICES)} "
+          "([''] = none)."),
+    Param("width", 640, "Image width (px).", (16, 4096)),
+    Param("height", 480, "Image height (px).", (16, 4096)),
+    Param("control_hz", 10.0, "Control rate (Hz): one step, one set of images per period; must divide "
+          "the 500 Hz physics rate.", (0.5, 500.0)),
+    Param("realtime", True, "true: pace steps to the wall clock; false: step as fast as the CPU allows."),
+    Param("publish_depth", True, "Render and publish camera/depth/image_raw (costs a second render pass)."),
+    Param("expert", False, "Drive the arm with the scripted expert (and publish its actions) instead of "
+          "following joint_target / gripper_command."),
+    Param("auto_reset", False, "When an episode is done, start the next one (seed + 1, same task and "
+          "perturbations)."),
+    Param("frame_id", "camera_color_optical_frame", "frame_id of the images and camera info."),
+    Param("episode_status_hz", 1.0, "Rate of periodic sim/episode updates (also sent at once on reset, "
+          "success and end).", (0.1, 100.0)),
+)
+
+
+class ParameterError(ValueError):
+    """A parameter given at startup is refused; the message quotes it."""
+
+
+def print_help(out=None) -> None:
+    out = sys.stdout if out is None else out
+    out.write("usage: sim_node [--ros-args -p name:=value ... | --params-file sim.yaml]\n\n"
+              f"{__doc__.strip()}\n\nparameters (read-only after start):\n")
+    for p in PARAMS:
+        extra = f" range [{p.range[0]:g}, {p.range[1]:g}]" if p.range else ""
+        out.write(f"  {p.name} (default {p.default!r}{extra})\n      {p.description}\n")
+
+
+def check_param(p: Param, value: Any) -> Optional[str]:
+    """None when ``value`` is acceptable for ``p``, else the refusal message quoting the value."""
+    if isinstance(p.default, bool):
+        return None if isinstance(value, bool) else f"{p.name} must be true or false, got {value!r}"
+    if p.name == "task":
+        return None if value in TASK_CHOICES else f"task must be one of {list(TASK_CHOICES)}, got {value!r}"
+    if p.name == "perturbations":
+        bad = [v for v in value if v and v not in PERTURBATION_CHOICES]
+        return (f"perturbations must be any of {list(PERTURBATION_CHOICES)}, got {list(value)!r}"
+                if bad else None)
+    if isinstance(p.default, str):
+        return None if isinstance(value, str) and value else f"{p.name} must be a non-empty string, got {value!r}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"{p.name} must be a number, got {value!r}"
+    if isinstance(p.default, int) and not isinstance(value, int):
+        return f"{p.name} must be an integer, got {value!r}"
+    if p.range is not None and not (np.isfinite(value) and p.range[0] <= value <= p.range[1]):
+        return f"{p.name} must be within [{p.range[0]:g}, {p.range[1]:g}], got {value!r}"
+    return None
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv if argv is None else argv)
+    user_args = argv[1:argv.index("--ros-args")] if "--ros-args" in argv else argv[1:]
+    if "-h" in user_args or "--help" in user_args:
+        print_help()
+        return 0
+    import rclpy
+    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+
+    rclpy.init(args=argv)
+    node = None
+    try:
+        node = _define_node()()
+        executor = MultiThreadedExecutor()
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except ParameterError as exc:
+        print(f"sim_node: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+def _define_node() -> type:
+    from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+    from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+    from rclpy.node import Node
+    from rclpy.qos import QoSDurabilityPolicy, QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy, \
+        qos_profile_sensor_data
+    from rosgraph_msgs.msg import Clock
+    from sensor_msgs.msg import CameraInfo, Image, JointState
+
+    from atk_bringup.sim.env import SimConfig, SimEnv
+    from atk_msgs.msg import EpisodeStatus, GripperCommand
+    from atk_msgs.srv import ResetEpisode
+
+    # Commands: reliable, keep last 1: only the newest target is worth executing.
+    command_qos = QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=1,
+                             reliability=QoSReliabilityPolicy.RELIABLE)
+    # Episode status is latched state: a late joiner (recorder) gets the current episode.
+    latched_qos = QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=1,
+                             reliability=QoSReliabilityPolicy.RELIABLE,
+                             durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
+    # /clock: the profile rclpy's TimeSource subscribes with (best effort, depth 1).
+    clock_qos = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.BEST_EFFORT)
+
+    def stamp_of(t: float):
+        from builtin_interfaces.msg import Time
+        sec = int(np.floor(t))
+        return Time(sec=sec, nanosec=int(round((t - sec) * 1e9)) % 1_000_000_000)
+
+    class _SimNode(Node):
+        def __init__(self, **node_kwargs: Any) -> None:
+            super().__init__("sim", **node_kwargs)
+            self._params: dict[str, Any] = {}
+            for p in PARAMS:
+                desc = ParameterDescriptor(description=p.description, read_only=True)
+                if p.range is not None and isinstance(p.default, float):
+                    desc.floating_point_range = [FloatingPointRange(from_value=float(p.range[0]),
+                                                                    to_value=float(p.range[1]))]
+                elif p.range is not None and isinstance(p.default, int) and not isinstance(p.default, bool):
+                    desc.integer_range = [IntegerRange(from_value=int(p.range[0]), to_value=int(p.range[1]),
+                                                       step=1)]
+                try:
+                    value = self.declare_parameter(p.name, p.default, desc).value
+                except Exception as exc:  # rclpy raises several types for bad overrides
+                    raise ParameterError(f"parameter {p.name}: {exc}") from None
+                why = check_param(p, value)
+                if why:
+                    raise ParameterError(why)
+                self._params[p.name] = list(value) if isinstance(p.default, list) else value
+            prm = self._params
+            try:
+                cfg = SimConfig(width=int(prm["width"]), height=int(prm["height"]),
+                                control_hz=float(prm["control_hz"]), render_depth=bool(prm["publish_depth"]))
+            except ValueError as exc:
+                raise ParameterError(str(exc)) from None
+            self.get_logger().info("effective parameters: " + ", ".join(f"{k}={v!r}" for k, v in prm.items()))
+            self._cfg = cfg
+            self._env: Optional[SimEnv] = None   # owned by the stepping thread (EGL is per thread)
+            self._target_lock = threading.Lock()
+            self._clock_offset = 0.0            # sim time of the current episode's t = 0
+            self._target: Optional[np.ndarray] = None   # (7,) newest command, None = hold home
+            self._last_status = (None, None)
+            self._last_status_wall = 0.0
+            self._requests: queue.Queue = queue.Queue()
+
+            self._pub_rgb = self.create_publisher(Image, "camera/color/image_raw", qos_profile_sensor_data)
+            self._pub_info = self.create_publisher(CameraInfo, "camera/color/camera_info", qos_profile_sensor_data)
+            self._pub_depth = self.create_publisher(Image, "camera/depth/image_raw", qos_profile_sensor_data)
+            self._pub_js = self.create_publisher(JointState, "joint_states", qos_profile_sensor_data)
+            self._pub_episode = self.create_publisher(EpisodeStatus, "sim/episode", latched_qos)
+            self._pub_clock = self.create_publisher(Clock, "/clock", clock_qos)
+            self._pub_target = self.create_publisher(JointState, "joint_target", command_qos)
+            self._pub_grip = self.create_publisher(GripperCommand, "gripper_command", command_qos)
+            self.create_subscription(JointState, "joint_target", self._on_target, command_qos)
+            self.create_subscription(GripperCommand, "gripper_command", self._on_gripper, command_qos)
+            # The reset service waits for the stepping thread; its own group lets
+            # a multi-threaded executor keep serving the topics meanwhile.
+            self.create_service(ResetEpisode, "~/reset_episode", self._on_reset,
+                                callback_group=MutuallyExclusiveCallbackGroup())
+
+            self._stop = threading.Event()
+            self._ready = threading.Event()
+            self._init_error: Optional[BaseException] = None
+            # One thread owns the simulator: it steps, renders (the EGL context
+            # is bound to the thread that made it) and serves reset requests, so
+            # the executor is never blocked by physics or rendering.
+            self._thread = threading.Thread(target=self._run, name="sim_stepper", daemon=True)
+            self._thread.start()
+            if not self._ready.wait(INIT_TIMEOUT_S):
+                raise RuntimeError(f"simulator did not start within INIT_TIMEOUT_S={INIT_TIMEOUT_S} s")
+            if self._init_error is not None:
+                raise ParameterError(f"simulator start failed: {self._init_error}")
+            self.get_logger().info(
+                f"simulating task {prm['task']!r} seed {prm['seed']} perturbations "
+                f"{[p for p in prm['perturbations'] if p]} "
+                f"({'real time' if prm['realtime'] else 'as fast as possible'})")
+
+        # --- inputs ----------------------------------------------------------
+        def _on_target(self, msg: JointState) -> None:
+            if self._params["expert"]:
+                return  # our own expert's actions echo back here
+            q, why = target_from_joint_state(list(msg.name), list(msg.position))
+            if q is None or not np.all(np.isfinite(q)):
+                self.get_logger().warning(f"joint_target refused: {why or 'NaN or inf'}",
+                                          throttle_duration_sec=1.0)
+                return
+            with self._target_lock:
+                base = self._current_target()
+                base[:6] = q
+                self._target = base
+
+        def _on_gripper(self, msg: GripperCommand) -> None:
+            if self._params["expert"]:
+                return
+            if not np.isfinite(msg.position):
+                self.get_logger().warning(f"gripper_command refused: position {msg.position!r}",
+                                          throttle_duration_sec=1.0)
+                return
+            with self._target_lock:
+                base = self._current_target()
+                base[6] = float(np.clip(msg.position, 0.0, 1.0))
+                self._target = base
+
+        def _current_target(self) -> np.ndarray:
+            if self._target is not None:
+                return self._target.copy()
+            return np.concatenate([kin.HOME_Q, [0.0]])
+
+        def _on_reset(self, request, response):
+            job = {"request": request, "done": threading.Event(), "ok": False, "message": ""}
+            self._requests.put(job)
+            if not job["done"].wait(RESET_TIMEOUT_S):
+                response.success = False
+                response.message = f"the simulator did not reset within RESET_TIMEOUT_S={RESET_TIMEOUT_S} s"
+            else:
+                response.success, response.message = job["ok"], job["message"]
+            if response.success:
+                self.get_logger().info(f"episode reset: {response.message}")
+            else:
+                self.get_logger().error(f"~/reset_episode refused: {response.message}")
+            return response
+
+        # --- stepping thread ---------------------------------------------------
+        def _run(self) -> None:
+            prm = self._params
+            try:
+                self._env = SimEnv(self._cfg)
+                obs = self._env.reset(task=prm["task"], seed=int(prm["seed"]),
+                                      perturbations=tuple(p for p in prm["perturbations"] if p))
+                self._publish(obs, force_status=True)
+            except Exception as exc:  # noqa: BLE001 - reported by __init__
+                self._init_error = exc
+                self._ready.set()
+                return
+            self._ready.set()
+            period = 1.0 / self._cfg.control_hz
+            next_tick = time.monotonic()
+            try:
+                while not self._stop.is_set():
+                    if prm["realtime"]:
+                        next_tick += period
+                        while not self._stop.is_set():
+                            delay = next_tick - time.monotonic()
+                            if delay <= 0:
+                                break
+                            try:
+                                self._serve_reset(self._requests.get(timeout=delay))
+                            except queue.Empty:
+                                pass
+                        if next_tick < time.monotonic() - 1.0:
+                            next_tick = time.monotonic()   # fell far behind: do not race to catch up
+                    while not self._requests.empty():
+                        self._serve_reset(self._requests.get_nowait())
+                    if self._stop.is_set():
+                        break
+                    try:
+                        self._tick()
+                    except Exception as exc:  # noqa: BLE001 - report, keep the node alive
+                        self.get_logger().error(f"simulation step failed: {exc}", throttle_duration_sec=1.0)
+                        self._stop.wait(period)
+            finally:
+                self._env.close()
+
+        def _serve_reset(self, job: dict) -> None:
+            req, env = job["request"], self._env
+            try:
+                t0 = env.time
+                obs = env.reset(task=req.task or env.task, seed=int(req.seed),
+                                perturbations=tuple(p for p in req.perturbations if p))
+                self._clock_offset += t0 + 1.0 / self._cfg.control_hz
+                with self._target_lock:
+                    self._target = None
+                self._publish(obs, force_status=True)
+                job["ok"] = True
+                job["message"] = env.episode_message or (
+                    f"task {env.task!r} seed {env.seed} perturbations {list(env.perturbations)}")
+            except ValueError as exc:
+                job["ok"], job["message"] = False, str(exc)
+            finally:
+                job["done"].set()
+
+        def _tick(self) -> None:
+            env = self._env
+            if env.done and self._params["auto_reset"]:
+                t0 = env.time
+                obs = env.reset(seed=env.seed + 1, perturbations=env.perturbations)
+                self._clock_offset += t0 + 1.0 / self._cfg.control_hz
+                with self._target_lock:
+                    self._target = None
+                self._publish(obs, force_status=True)
+                return
+            if self._params["expert"]:
+                action = env.expert_action()
+                self._publish_action(action, self._clock_offset + env.time)
+            else:
+                with self._target_lock:
+                    action = self._current_target()
+            obs = env.step(action)
+            self._publish(obs)
+
+        # --- outputs -------------------------------------------------------------
+        def _publish_action(self, action: np.ndarray, t: float) -> None:
+            stamp = stamp_of(t)  # the stamp of the observation the action was computed from
+            js = JointState()
+            js.header.stamp = stamp
+            js.name = list(kin.JOINT_NAMES)
+            js.position = [float(v) for v in action[:6]]
+            self._pub_target.publish(js)
+            g = GripperCommand(position=float(action[6]), speed=0.5, force=0.5)
+            g.header.stamp = stamp
+            self._pub_grip.publish(g)
+
+        def _publish(self, obs, force_status: bool = False) -> None:
+            env = self._env
+            t = self._clock_offset + obs.time
+            stamp = stamp_of(t)
+            self._pub_clock.publish(Clock(clock=stamp))
+            fid = self._params["frame_id"]
+            h, w = obs.rgb.shape[:2]
+            img = Image(height=h, width=w, encoding="rgb8", is_bigendian=0, step=3 * w)
+            img.header.stamp, img.header.frame_id = stamp, fid
+            img.data = obs.rgb.tobytes()
+            self._pub_rgb.publish(img)
+            k = env.intrinsics
+            info = CameraInfo(height=h, width=w, distortion_model="plumb_bob")
+            info.header.stamp, info.header.frame_id = stamp, fid
+            info.d = [0.0] * 5
+            info.k = [float(v) for v in k.ravel()]
+            info.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+            info.p = [k[0, 0], 0.0, k[0, 2], 0.0, 0.0, k[1, 1], k[1, 2], 0.0, 0.0, 0.0, 1.0, 0.0]
+            self._pub_info.publish(info)
+            if obs.depth_mm.size:
+                dep = Image(height=h, width=w, encoding="16UC1", step=2 * w,
+                            is_bigendian=int(sys.byteorder == "big"))
+                dep.header.stamp, dep.header.frame_id = stamp, fid
+                dep.data = obs.depth_mm.tobytes()
+                self._pub_depth.publish(dep)
+            js = JointState()
+            js.header.stamp = stamp
+            js.name = [*kin.JOINT_NAMES, GRIPPER_JOINT]
+            js.position = [float(v) for v in obs.joint_positions]
+            js.velocity = [float(v) for v in env.joint_velocities()]
+            self._pub_js.publish(js)
+            status = (env.done, env.success())
+            now = time.monotonic()
+            if (force_status or status != self._last_status
+                    or now - self._last_status_wall >= 1.0 / self._params["episode_status_hz"]):
+                self._last_status, self._last_status_wall = status, now
+                msg = EpisodeStatus(task=env.task, seed=env.seed, perturbations=list(env.perturbations),
+                                    step=env.steps, done=status[0], success=status[1],
+                                    message=env.episode_message)
+                msg.header.stamp = stamp
+                self._pub_episode.publish(msg)
+
+        def destroy_node(self) -> None:
+            self._stop.set()
+            if self._thread.is_alive():
+                self._thread.join(timeout=STOP_TIMEOUT_S)
+            super().destroy_node()
+
+    return _SimNode
+
+
+def __getattr__(name: str):  # SimNode is built lazily so that importing this module needs no ROS
+    if name == "SimNode":
+        cls = _define_node()
+        globals()["SimNode"] = cls
+        return cls
+    raise AttributeError(name)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
