@@ -73,6 +73,12 @@ class ParamFromArg:
     param: str
     arg: str
     kind: str = "str"  # one of "str", "bool", "int", "float"
+    # When the argument's value is "auto", take the value of this argument instead.
+    auto_from: Optional[str] = None
+
+    def value(self, values: Mapping[str, str]) -> str:
+        v = values[self.arg]
+        return values[self.auto_from] if self.auto_from is not None and v == "auto" else v
 
     def __post_init__(self) -> None:
         if self.kind not in ("str", "bool", "int", "float"):
@@ -116,6 +122,7 @@ class Graph:
             used = [w.arg for w in item.when]
             if isinstance(item, NodeSpec):
                 used += [p.arg for p in item.params_from_args]
+                used += [p.auto_from for p in item.params_from_args if p.auto_from]
             if isinstance(item, ProcessSpec):
                 used += [a for a in _placeholders(item.cmd)] + ([item.cwd_arg] if item.cwd_arg else [])
             for arg in used:
@@ -136,13 +143,12 @@ def _placeholders(cmd: Sequence[str]) -> list[str]:
 
 # --- the declaration -------------------------------------------------------
 
-def _common_args(use_sim_time_default: str = "false") -> tuple[LaunchArgument, ...]:
-    return (
-        LaunchArgument("use_sim_time", use_sim_time_default,
-                       "Nodes follow the /clock topic published by the simulator instead of the wall clock.",
-                       BOOL_CHOICES),
-        LaunchArgument("log_level", "info", "Log level of every node.", LOG_LEVELS),
-    )
+_USE_SIM_TIME_ARG = LaunchArgument(
+    "use_sim_time", "auto", "Nodes follow the /clock topic instead of the wall clock; auto: when sim:=true "
+    "(the simulator stamps its images with sim time and publishes /clock).", ("auto", "true", "false"))
+_LOG_LEVEL_ARG = LaunchArgument("log_level", "info", "Log level of every node.", LOG_LEVELS)
+_TASK_ARG = LaunchArgument("task", "sushi", "Simulated task (sim:=true).", ("sushi", "glass_lid", "clock_button"))
+_SEED_ARG = LaunchArgument("seed", "0", "Seed of the first simulated episode (sim:=true).")
 
 
 _SIM_ARG = LaunchArgument("sim", "false", "Run in the MuJoCo simulator instead of the real camera and UR arm "
@@ -153,7 +159,7 @@ _CAMERA_ARG = LaunchArgument("camera", "kinect", "Camera source on the real robo
 _VIDEO_ARG = LaunchArgument("video", "", "Video file played as the camera with camera:=video.")
 _ROBOT_IP_ARG = LaunchArgument("robot_ip", "192.168.56.101", "IP address of the UR controller (URSim's default "
                                "shown). Ignored with sim:=true.")
-_SIM_TIME = ParamFromArg("use_sim_time", "use_sim_time", "bool")
+_SIM_TIME = ParamFromArg("use_sim_time", "use_sim_time", "bool", auto_from="sim")
 
 _REAL = When("sim", "false")
 _SIMULATED = When("sim", "true")
@@ -162,13 +168,15 @@ _SIMULATED = When("sim", "true")
 def _sim_node(when: tuple[When, ...]) -> NodeSpec:
     # The simulator is the clock source (it publishes /clock), so it never
     # follows use_sim_time itself.
-    return NodeSpec("atk_bringup", "sim_node", "sim", ("sim.yaml",), (), (), when,
-                    "MuJoCo simulation of the UR5e cell: camera, joint states, episodes.")
+    return NodeSpec("atk_bringup", "sim_node", "sim", ("sim.yaml",),
+                    (ParamFromArg("task", "task"), ParamFromArg("seed", "seed", "int"),
+                     ParamFromArg("expert", "expert", "bool")), (), when,
+                    "MuJoCo simulation of the UR5e cell: camera, joint states, /clock, episodes.")
 
 
 def _camera_node() -> NodeSpec:
     return NodeSpec("atk_perception", "camera_node", "camera", ("camera.yaml",),
-                    (ParamFromArg("source", "camera"), ParamFromArg("video_path", "video"), _SIM_TIME), (),
+                    (ParamFromArg("backend", "camera"), ParamFromArg("video_path", "video"), _SIM_TIME), (),
                     (_REAL, When("camera", "none", negate=True)), "Colour (and depth) frames from the camera.")
 
 
@@ -190,7 +198,12 @@ DEPLOY = Graph(
                        ("cpu", "cotracker")),
         _CAMERA_ARG,
         _VIDEO_ARG,
-        *_common_args(),
+        _TASK_ARG,
+        _SEED_ARG,
+        LaunchArgument("expert", "false", "sim:=true: the scripted expert drives the arm instead of the policy "
+                       "(to compare; the policy's targets are then ignored).", BOOL_CHOICES),
+        _USE_SIM_TIME_ARG,
+        _LOG_LEVEL_ARG,
     ),
     (
         _sim_node((_SIMULATED,)),
@@ -224,7 +237,12 @@ RECORD = Graph(
                        "CLI and rosbag2).", ("node", "bag")),
         LaunchArgument("bag_dir", "bags", "Folder the bags are written to (must exist with recorder:=bag)."),
         LaunchArgument("depth", "false", "Also record camera/depth/image_raw.", BOOL_CHOICES),
-        *_common_args(),
+        _TASK_ARG,
+        _SEED_ARG,
+        LaunchArgument("expert", "true", "sim:=true: the scripted expert demonstrates (false: drive the simulated "
+                       "arm yourself through joint_target).", BOOL_CHOICES),
+        _USE_SIM_TIME_ARG,
+        _LOG_LEVEL_ARG,
     ),
     (
         _sim_node((_SIMULATED,)),
@@ -249,7 +267,13 @@ SIM = Graph(
     "sim",
     "The MuJoCo simulator alone (camera, joint states, /clock, episodes), e.g. to drive it by hand or with "
     "another graph.",
-    (*_common_args(),),
+    (
+        _TASK_ARG,
+        _SEED_ARG,
+        LaunchArgument("expert", "false", "The scripted expert drives the arm (false: it follows joint_target).",
+                       BOOL_CHOICES),
+        _LOG_LEVEL_ARG,
+    ),
     (_sim_node(()),),
 )
 
@@ -354,7 +378,7 @@ def node_command(node: NodeSpec, values: Mapping[str, str], executable: str) -> 
     for f in node.param_files:
         cmd += ["--params-file", str(config_path(f))]
     for p in node.params_from_args:
-        value = format_param_value(values[p.arg], p.kind, f"argument {p.arg} (parameter {node.name}.{p.param})")
+        value = format_param_value(p.value(values), p.kind, f"argument {p.arg} (parameter {node.name}.{p.param})")
         cmd += ["-p", f"{p.param}:={value}"]
     for src, dst in node.remappings:
         cmd += ["-r", f"{src}:={dst}"]

@@ -11,7 +11,8 @@ Mapping from the declaration:
 * :class:`~atk_bringup.graph.NodeSpec` -> ``launch_ros.actions.Node`` with
   the parameter files (resolved to paths exactly as the runner resolves
   them), typed parameter overrides ``ParameterValue(LaunchConfiguration(arg),
-  value_type=...)``, remappings and ``ros_arguments=['--log-level', ...]``;
+  value_type=...)`` (an ``IfElseSubstitution`` for an argument whose
+  value ``auto`` defers to another, e.g. use_sim_time -> sim), remappings and ``ros_arguments=['--log-level', ...]``;
 * each :class:`~atk_bringup.graph.When` -> ``IfCondition(EqualsSubstitution
   (LaunchConfiguration(arg), value))`` (``NotEqualsSubstitution`` when
   negated); a node with several is nested in one ``GroupAction`` per extra
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from atk_bringup.graph import Graph, When, config_path
+from atk_bringup.graph import Graph, ParamFromArg, When, config_path
 
 _TYPES = {"str": str, "bool": bool, "int": int, "float": float}
 
@@ -32,7 +33,8 @@ def build_launch_description(graph: Graph) -> Any:
     from launch import LaunchDescription
     from launch.actions import DeclareLaunchArgument, ExecuteProcess, GroupAction
     from launch.conditions import IfCondition
-    from launch.substitutions import EqualsSubstitution, LaunchConfiguration, NotEqualsSubstitution
+    from launch.substitutions import EqualsSubstitution, IfElseSubstitution, LaunchConfiguration, \
+        NotEqualsSubstitution
     from launch_ros.actions import Node
     from launch_ros.parameter_descriptions import ParameterValue
 
@@ -50,6 +52,13 @@ def build_launch_description(graph: Graph) -> Any:
             action = GroupAction([action], condition=condition(w))
         return action
 
+    def arg_value(p: ParamFromArg) -> Any:
+        if p.auto_from is None:
+            return LaunchConfiguration(p.arg)
+        # use_sim_time:=auto follows sim:=...
+        return IfElseSubstitution(EqualsSubstitution(LaunchConfiguration(p.arg), "auto"),
+                                  LaunchConfiguration(p.auto_from), LaunchConfiguration(p.arg))
+
     entities: list[Any] = []
     for a in graph.arguments:
         kwargs = {"default_value": a.default, "description": a.description}
@@ -60,7 +69,7 @@ def build_launch_description(graph: Graph) -> Any:
     for n in graph.nodes:
         parameters: list[Any] = [str(config_path(f)) for f in n.param_files]
         if n.params_from_args:
-            parameters.append({p.param: ParameterValue(LaunchConfiguration(p.arg), value_type=_TYPES[p.kind])
+            parameters.append({p.param: ParameterValue(arg_value(p), value_type=_TYPES[p.kind])
                                for p in n.params_from_args})
 
         def make_node(cond, n=n, parameters=parameters):

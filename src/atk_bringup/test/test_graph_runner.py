@@ -47,21 +47,28 @@ def test_resolve_deploy_in_sim(config_dir):
     policy = next(p for p in procs if p.name == "policy")
     assert policy.cmd == ("/opt/fake/atk_policy/policy_node", "--ros-args", "-r", "__node:=policy",
                           "--params-file", str(config_dir / "policy.yaml"),
-                          "-p", 'model_dir:="/models/a b"', "-p", "use_sim_time:=false", "--log-level", "debug")
+                          "-p", 'model_dir:="/models/a b"', "-p", "use_sim_time:=true", "--log-level", "debug")
     tracker = next(p for p in procs if p.name == "tracker")
     assert "backend:=\"cpu\"" in " ".join(tracker.cmd)
     # the simulator is the clock source: never told to follow /clock
     assert not any("use_sim_time" in part for part in procs[0].cmd)
+    assert {'task:="sushi"', "seed:=0", "expert:=false"} <= set(procs[0].cmd)
+    # use_sim_time:=auto follows sim; an explicit value wins
+    procs = resolve(GRAPHS["deploy"], {"sim": "true", "use_sim_time": "false"}, find_executable=_fake)
+    assert "use_sim_time:=false" in procs[-1].cmd
+    with pytest.raises(GraphError, match="seed.*number"):
+        resolve(GRAPHS["deploy"], {"sim": "true", "seed": "x1"}, find_executable=_fake)
 
 
 def test_resolve_deploy_on_the_robot(config_dir):
     procs = resolve(GRAPHS["deploy"], {"robot_ip": "10.0.0.2", "camera": "video", "video": "/v.mp4",
                                        "use_sim_time": "false"}, find_executable=_fake)
     assert [p.name for p in procs] == ["camera", "tracker", "policy", "ur_driver"]
+    assert all("use_sim_time:=false" in p.cmd for p in procs)
     driver = " ".join(procs[-1].cmd)
     assert 'robot_ip:="10.0.0.2"' in driver and str(config_dir / "ur_driver.yaml") in driver
     camera = " ".join(procs[0].cmd)
-    assert 'source:="video"' in camera and 'video_path:="/v.mp4"' in camera
+    assert 'backend:="video"' in camera and 'video_path:="/v.mp4"' in camera
     assert [p.name for p in resolve(GRAPHS["deploy"], {"camera": "none"}, find_executable=_fake)] == \
         ["tracker", "policy", "ur_driver"]
 
@@ -69,6 +76,7 @@ def test_resolve_deploy_on_the_robot(config_dir):
 def test_resolve_record_with_node_or_bag(config_dir, tmp_path):
     procs = resolve(GRAPHS["record"], {"sim": "true", "depth": "true"}, find_executable=_fake)
     assert [p.name for p in procs] == ["sim", "recorder"]
+    assert "expert:=true" in procs[0].cmd  # the scripted expert demonstrates
     assert "record_depth:=true" in procs[1].cmd
     procs = resolve(GRAPHS["record"], {"recorder": "bag", "bag_dir": str(tmp_path)}, find_executable=_fake,
                     find_process=lambda prog: f"/usr/bin/{prog}")

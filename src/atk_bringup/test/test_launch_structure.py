@@ -34,7 +34,8 @@ def _fake_modules() -> dict[str, types.ModuleType]:
         "launch": ["LaunchDescription"],
         "launch.actions": ["DeclareLaunchArgument", "ExecuteProcess", "GroupAction"],
         "launch.conditions": ["IfCondition", "UnlessCondition"],
-        "launch.substitutions": ["EqualsSubstitution", "NotEqualsSubstitution", "LaunchConfiguration"],
+        "launch.substitutions": ["EqualsSubstitution", "NotEqualsSubstitution", "LaunchConfiguration",
+                                 "IfElseSubstitution"],
         "launch_ros": [],
         "launch_ros.actions": ["Node"],
         "launch_ros.parameter_descriptions": ["ParameterValue"],
@@ -95,7 +96,17 @@ def decompile(ld: _Rec) -> dict:
                 else:
                     for name, value in p.items():
                         assert type(value).__name__ == "ParameterValue"
-                        overrides.append((name, _config_arg(value.args[0]), value.kwargs["value_type"].__name__))
+                        sub = value.args[0]
+                        if type(sub).__name__ == "IfElseSubstitution":
+                            # IfElse(Equals(arg, "auto"), other, arg): "auto" defers to another argument
+                            cond, if_value, else_value = sub.args
+                            arg = _config_arg(cond.args[0])
+                            assert type(cond).__name__ == "EqualsSubstitution" and cond.args[1] == "auto"
+                            assert _config_arg(else_value) == arg
+                            overrides.append((name, arg, value.kwargs["value_type"].__name__,
+                                              _config_arg(if_value)))
+                        else:
+                            overrides.append((name, _config_arg(sub), value.kwargs["value_type"].__name__, None))
             assert [_config_arg(a) if isinstance(a, _Rec) else a for a in kw["ros_arguments"]] == \
                 ["--log-level", "log_level"]
             out["nodes"].append(dict(package=kw["package"], executable=kw["executable"], name=kw["name"],
@@ -118,7 +129,7 @@ def expected(graph: Graph) -> dict:
     return {
         "arguments": [(a.name, a.default, a.description, a.choices) for a in graph.arguments],
         "nodes": [dict(package=n.package, executable=n.executable, name=n.name, files=list(n.param_files),
-                       overrides=[(p.param, p.arg, p.kind) for p in n.params_from_args],
+                       overrides=[(p.param, p.arg, p.kind, p.auto_from) for p in n.params_from_args],
                        remappings=list(n.remappings), when=list(n.when)) for n in graph.nodes],
         "processes": [dict(name=p.name, cmd=list(p.cmd), cwd=p.cwd_arg, when=list(p.when)) for p in graph.processes],
     }
