@@ -72,12 +72,11 @@ class CaptureLoop:
     message)`` whenever the camera's health changes.
     """
 
-    def __init__(self, source: CameraSource, publish, report, log, frame_timeout_s: float,
+    def __init__(self, source: CameraSource, publish, report, frame_timeout_s: float,
                  reopen_after_s: float, retry: RetryPolicy) -> None:
         self.source = source
         self.publish = publish
         self.report = report
-        self.log = log
         self.frame_timeout_s = frame_timeout_s
         self.reopen_after_s = reopen_after_s
         self.retry = retry
@@ -193,7 +192,7 @@ def _build_node_class():
                     resolution=p["resolution"], fps=p["fps"], depth_mode=p["depth_mode"],
                     exposure_us=p["exposure_us"], device_id=p["device_id"])
                 self._loop = CaptureLoop(source, self._publish_frame, self._set_status,
-                                         self.get_logger(), p["frame_timeout_s"],
+                                         p["frame_timeout_s"],
                                          p["reopen_after_s"],
                                          RetryPolicy(p["retry_initial_s"], p["retry_max_s"]))
                 self._thread = threading.Thread(target=self._loop.run, name="camera-capture",
