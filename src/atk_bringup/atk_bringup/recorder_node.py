@@ -51,6 +51,8 @@ PARAMS = [
     ParamSpec("record_depth", False, f"Also record {DEPTH_TOPIC}."),
     ParamSpec("bag_prefix", "episode", "Bag folder names: <bag_prefix>_<UTC date-time>_<NNN>."),
     ParamSpec("storage", "mcap", "rosbag2 storage of the bags.", choices=("mcap", "sqlite3")),
+    ParamSpec("compress", False, "zstd-compress the bags (MCAP chunks; sqlite3: each message). Costs CPU "
+              "while recording; camera images of a scene shrink a few times."),
     ParamSpec("task", "", "Task name written into episode.yaml (overridden by sim/episode when recorded)."),
     ParamSpec("keyboard", False, "Also start/end episodes from the terminal: s=start, y=success, n=failure."),
 ]
@@ -107,7 +109,7 @@ class RecorderNode(Node):
         self._topic_of = {spec.name: name for spec, (name, _) in zip(specs, resolved)}
         self._kind_of = {name: spec.kind for spec, (name, _) in zip(specs, resolved)}
         self.recorder = EpisodeRecorder(Path(p["output_dir"]), resolved, prefix=p["bag_prefix"],
-                                        storage=p["storage"])
+                                        storage=p["storage"], compress=p["compress"])
         self._last_episode_status: bytes | None = None
         self._episode_topic = next((n for n, t in resolved if t == "atk_msgs/msg/EpisodeStatus"), None)
         from atk_msgs.srv import EndEpisode

@@ -19,8 +19,8 @@ from typing import Literal, Sequence
 from rosbags.interfaces import Qos
 from rosbags.rosbag2 import StoragePlugin, Writer, WriterError
 
-from atk_policy.bags import (BAG_VERSION, COMMAND_QOS, SENSOR_QOS, EpisodeLabel, _qos, make_typestore,
-                             write_label)
+from atk_policy.bags import (BAG_VERSION, COMMAND_QOS, SENSOR_QOS, EpisodeLabel, _enable_compression, _qos,
+                             make_typestore, write_label)
 
 #: Types of the topics in docs/interfaces.md, by relative name.
 KNOWN_TOPIC_TYPES: dict[str, str] = {
@@ -154,6 +154,7 @@ class EpisodeRecorder:
     topics: list[tuple[str, str]]  # (absolute topic name, msgtype)
     prefix: str = "episode"
     storage: Literal["mcap", "sqlite3"] = "mcap"
+    compress: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _open: _Open | None = field(default=None, repr=False)
     _index: int = 0
@@ -202,6 +203,8 @@ class EpisodeRecorder:
             plugin = StoragePlugin.MCAP if self.storage == "mcap" else StoragePlugin.SQLITE3
             try:
                 writer = Writer(path, version=BAG_VERSION, storage_plugin=plugin)
+                if self.compress:
+                    _enable_compression(writer, self.storage)
                 writer.open()
                 conns = {}
                 for topic, msgtype in self.topics:

@@ -43,10 +43,12 @@ def test_parse_topics_known_custom_and_refused():
         parse_topics(["joint_states", "joint_states"])
 
 
-def test_episode_recorder_writes_raw_bytes_one_bag_per_episode(tmp_path):
+@pytest.mark.parametrize("storage,compress", [("mcap", False), ("mcap", True), ("sqlite3", True)])
+def test_episode_recorder_writes_raw_bytes_one_bag_per_episode(tmp_path, storage, compress):
     store = make_typestore()
     String = store.types["std_msgs/msg/String"]
-    rec = EpisodeRecorder(tmp_path, [("/chatter", "std_msgs/msg/String")], prefix="demo")
+    rec = EpisodeRecorder(tmp_path, [("/chatter", "std_msgs/msg/String")], prefix="demo", storage=storage,
+                          compress=compress)
     assert rec.write("/chatter", 1, b"ignored") is False and rec.dropped_outside == 1
     paths = []
     for ep in range(2):

@@ -1192,6 +1192,15 @@ def _ns_topic(namespace: str, name: str) -> str:
     return "/" + (f"{ns}/" if ns else "") + name.strip("/")
 
 
+def _enable_compression(writer: Writer, storage: str) -> None:
+    """zstd chunk compression (MCAP's own, as `ros2 bag record --storage-preset-profile
+    zstd_fast` writes it); sqlite3 bags compress each message instead."""
+    from rosbags.rosbag2 import CompressionFormat, CompressionMode
+
+    mode = CompressionMode.STORAGE if storage == "mcap" else CompressionMode.MESSAGE
+    writer.set_compression(mode, CompressionFormat.ZSTD)
+
+
 class EpisodeBagWriter:
     """Write one episode as a rosbag2 bag (MCAP unless told sqlite3), message by message.
 
@@ -1208,7 +1217,7 @@ class EpisodeBagWriter:
                  namespace: str = "", camera_frame_id: str = "camera_color_optical_frame",
                  joint_names: Sequence[str] = UR_JOINT_NAMES, gripper_joint: str = GRIPPER_JOINT,
                  with_depth: bool = False, receive_delay_s: float = 0.0,
-                 storage: Literal["mcap", "sqlite3"] = "mcap",
+                 storage: Literal["mcap", "sqlite3"] = "mcap", compress: bool = False,
                  distro: Literal["kilted", "jazzy"] = "kilted") -> None:
         if len(joint_names) != 6:
             raise ValueError(f"joint_names must be the 6 UR joints, got {list(joint_names)}")
@@ -1227,6 +1236,8 @@ class EpisodeBagWriter:
             raise ValueError(f"storage must be 'mcap' or 'sqlite3', got {storage!r}")
         try:
             self._writer = Writer(self.path, version=BAG_VERSION, storage_plugin=plugins[storage])
+            if compress:
+                _enable_compression(self._writer, storage)
             self._writer.open()
         except WriterError as exc:
             raise BagError(f"cannot create bag {self.path}: {exc}") from exc
@@ -1388,7 +1399,7 @@ def write_episode_bag(out_dir: str | os.PathLike, *, stamps: np.ndarray, images:
                       command_stamps: np.ndarray | None = None,
                       depth: Sequence[np.ndarray] | None = None, namespace: str = "",
                       topics: BagTopics = BagTopics(), receive_delay_s: float = 0.0,
-                      storage: Literal["mcap", "sqlite3"] = "mcap",
+                      storage: Literal["mcap", "sqlite3"] = "mcap", compress: bool = False,
                       distro: Literal["kilted", "jazzy"] = "kilted") -> Path:
     """Write a simulated episode as a bag a real recording could not be told from.
 
@@ -1398,7 +1409,8 @@ def write_episode_bag(out_dir: str | os.PathLike, *, stamps: np.ndarray, images:
     image stamps); joint_targets: (C, 6) rad and gripper_commands: (C,) 0..1
     at ``command_stamps`` (C,) (default: the image stamps, as the expert
     stamps a command with its observation's stamp); depth: optional T arrays
-    (H, W) uint16 mm. Messages are written in time order. Returns the bag folder.
+    (H, W) uint16 mm; compress: zstd (MCAP chunks, sqlite3 messages).
+    Messages are written in time order. Returns the bag folder.
     """
     stamps = np.asarray(stamps, np.float64).reshape(-1)
     js = np.asarray(joint_states, np.float64)
@@ -1421,7 +1433,8 @@ def write_episode_bag(out_dir: str | os.PathLike, *, stamps: np.ndarray, images:
     events = sorted([(t, 0, i) for i, t in enumerate(stamps)] + [(t, 1, i) for i, t in enumerate(js_t)]
                     + [(t, 2, i) for i, t in enumerate(cm_t)])
     writer = EpisodeBagWriter(out_dir, topics=topics, namespace=namespace, with_depth=depth is not None,
-                              receive_delay_s=receive_delay_s, storage=storage, distro=distro)
+                              receive_delay_s=receive_delay_s, storage=storage, compress=compress,
+                              distro=distro)
     try:
         for t, kind, i in events:
             if kind == 0:

@@ -427,3 +427,19 @@ def test_written_bags_carry_the_type_hashes_rosidl_generates(tmp_path):
     if checked == 0:
         pytest.skip("no rosidl-generated type descriptions on AMENT_PREFIX_PATH (source env.sh)")
     assert checked == len(hashes)  # the workspace has them all: sensor_msgs and atk_msgs
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_compressed_bags_round_trip(tmp_path, storage):
+    stamps, images, joints, targets, grip = _episode_data(12, T=15)
+    images[:] = images[0] // 8 * 8  # a compressible scene
+    ci = CameraInfoData.pinhole(W, H, 30.0)
+    kw = dict(stamps=stamps, images=images, camera_info=ci, joint_states=joints, joint_targets=targets,
+              gripper_commands=grip, storage=storage)
+    write_episode_bag(tmp_path / "plain", **kw)
+    write_episode_bag(tmp_path / "zstd", compress=True, **kw)
+    size = {k: sum(f.stat().st_size for f in (tmp_path / k).iterdir()) for k in ("plain", "zstd")}
+    assert size["zstd"] < size["plain"]
+    (ep,), _ = load_episodes(tmp_path / "zstd")
+    np.testing.assert_array_equal(ep.frames[7], images[7])
+    np.testing.assert_allclose(ep.proprio, joints, atol=1e-6)
