@@ -61,14 +61,12 @@ def test_real_split_bag_is_read_across_all_files():
     info = inspect_bag(DATA / "wbag_mcap")
     assert info.files == tuple(f"wbag_{i}.mcap" for i in range(5))
     counts: dict[str, int] = {}
-    last_file_seen = False
     for topic, ts, msg in read_messages(DATA / "wbag_mcap"):
         counts[topic] = counts.get(topic, 0) + 1
         assert isinstance(msg.data, str)
+    # every message of every file: the counts metadata.yaml gives per topic
     assert counts == {t.name: t.count for t in info.topics}
     assert sum(counts.values()) == info.message_count == 6074
-    last_file_seen = counts["AAA"] == 804
-    assert last_file_seen
 
 
 def test_real_bag_types_missing_from_the_typestore_come_from_the_bag():
