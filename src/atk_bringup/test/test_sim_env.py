@@ -226,3 +226,18 @@ def test_expert_success_rate_50_episodes(blind_env, task):
         blind_env.reset(task=task, seed=seed, perturbations=("RP",))
         ok += run_expert(blind_env)
     assert ok >= 48, f"{task}: expert succeeded in {ok}/50 episodes (need >= 95%)"
+
+
+def test_pictures_command_writes_one_png_per_task_and_set(tmp_path):
+    import cv2
+
+    from atk_bringup.sim import pictures
+
+    assert pictures.main(["--out", str(tmp_path), "--tasks", "sushi", "glass_lid", "--sets", "none", "RB,RO",
+                          "--width", "64", "--height", "48"]) == 0
+    files = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert files == ["glass_lid__RB-RO__seed0.png", "glass_lid__none__seed0.png",
+                     "sushi__RB-RO__seed0.png", "sushi__none__seed0.png"]
+    assert cv2.imread(str(tmp_path / files[0])).shape == (48, 64, 3)
+    with pytest.raises(SystemExit):
+        pictures.main(["--sets", "RP,NOPE"])

@@ -1,0 +1,177 @@
+"""Sim node over real DDS: reset service, images, camera info, joint states,
+a joint target that moves the arm, the latched episode status, /clock, and
+the expert mode."""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from atk_bringup import kinematics as kin
+from atk_bringup import sim_node
+
+WAIT_S = 20.0  # generous: the CI machine is shared and EGL start-up is slow
+
+
+def test_help_needs_no_ros(capsys):
+    assert sim_node.main(["sim_node", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "reset_episode" in out and "realtime" in out and "expert" in out
+
+
+def test_param_checks_quote_bad_values():
+    by_name = {p.name: p for p in sim_node.PARAMS}
+    assert "'cook'" in sim_node.check_param(by_name["task"], "cook")
+    assert "DARK" in sim_node.check_param(by_name["perturbations"], ["RP", "DARK"])
+    assert sim_node.check_param(by_name["perturbations"], [""]) is None
+    assert "8" in sim_node.check_param(by_name["width"], 8)
+    assert sim_node.check_param(by_name["realtime"], "yes") is not None
+
+
+def test_parameter_file_is_complete_and_valid():
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(sim_node.__file__).resolve().parents[1] / "config" / "sim.yaml"
+    values = yaml.safe_load(path.read_text())["sim"]["ros__parameters"]
+    by_name = {p.name: p for p in sim_node.PARAMS}
+    assert set(values) == set(by_name)
+    for name, value in values.items():
+        assert sim_node.check_param(by_name[name], value) is None, name
+        assert type(value) is type(by_name[name].default), name
+
+
+def _wait_for(predicate, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.01)  # polling a condition with a deadline, not synchronising on time
+
+
+@pytest.fixture
+def graph(request):
+    rclpy = pytest.importorskip("rclpy")
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.parameter import Parameter
+
+    params = {"width": 160, "height": 120, "task": "clock_button", **getattr(request, "param", {})}
+    overrides = [Parameter(name, value=value) for name, value in params.items()]
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = sim_node.SimNode(context=context, parameter_overrides=overrides)
+    client = rclpy.create_node("sim_test_client", context=context)
+    executor = MultiThreadedExecutor(context=context)
+    executor.add_node(node)
+    executor.add_node(client)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    try:
+        yield node, client
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        client.destroy_node()
+        rclpy.shutdown(context=context)
+        spinner.join(timeout=5.0)
+
+
+def _collect(client):
+    from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy, qos_profile_sensor_data
+    from rosgraph_msgs.msg import Clock
+    from sensor_msgs.msg import CameraInfo, Image, JointState
+
+    from atk_msgs.msg import EpisodeStatus
+
+    latest: dict[str, object] = {}
+    events = {k: threading.Event() for k in ("rgb", "depth", "info", "js", "episode", "clock")}
+
+    def keep(key):
+        def cb(msg):
+            latest[key] = msg
+            events[key].set()
+        return cb
+
+    client.create_subscription(Image, "camera/color/image_raw", keep("rgb"), qos_profile_sensor_data)
+    client.create_subscription(Image, "camera/depth/image_raw", keep("depth"), qos_profile_sensor_data)
+    client.create_subscription(CameraInfo, "camera/color/camera_info", keep("info"), qos_profile_sensor_data)
+    client.create_subscription(JointState, "joint_states", keep("js"), qos_profile_sensor_data)
+    latched = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE,
+                         durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
+    client.create_subscription(EpisodeStatus, "sim/episode", keep("episode"), latched)
+    client.create_subscription(Clock, "/clock", keep("clock"),
+                               QoSProfile(depth=1, reliability=QoSReliabilityPolicy.BEST_EFFORT))
+    return latest, events
+
+
+def test_node_publishes_resets_and_follows_targets(graph):
+    from rclpy.qos import QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy
+    from sensor_msgs.msg import JointState
+
+    from atk_msgs.msg import GripperCommand
+    from atk_msgs.srv import ResetEpisode
+
+    node, client = graph
+    latest, events = _collect(client)
+    for key, ev in events.items():
+        assert ev.wait(WAIT_S), f"nothing on {key}"
+    rgb, depth, info, js = latest["rgb"], latest["depth"], latest["info"], latest["js"]
+    assert (rgb.width, rgb.height, rgb.encoding) == (160, 120, "rgb8") and len(rgb.data) == 160 * 120 * 3
+    assert depth.encoding == "16UC1" and len(depth.data) == 160 * 120 * 2
+    depth_mm = np.frombuffer(bytes(depth.data), np.uint16)
+    assert 300 < np.median(depth_mm) < 2000   # table about 0.5-1 m from the camera
+    fy = 60.0 / np.tan(np.deg2rad(45.0) / 2)
+    np.testing.assert_allclose(info.k, [fy, 0, 79.5, 0, fy, 59.5, 0, 0, 1])
+    assert list(js.name) == [*kin.JOINT_NAMES, "gripper"]
+    np.testing.assert_allclose(js.position[:6], kin.HOME_Q, atol=0.01)
+    assert latest["episode"].task == "clock_button"
+
+    # reset service: new task and seed, status follows; bad task refused
+    reset = client.create_client(ResetEpisode, "sim/reset_episode")
+    assert reset.wait_for_service(timeout_sec=WAIT_S), "sim/reset_episode not available"
+    fut = reset.call_async(ResetEpisode.Request(task="sushi", seed=3, perturbations=["RP", "RB"]))
+    _wait_for(fut.done, WAIT_S, "reset response")
+    assert fut.result().success, fut.result().message
+    _wait_for(lambda: latest["episode"].task == "sushi" and latest["episode"].seed == 3, WAIT_S,
+              "sim/episode of the new episode")
+    assert list(latest["episode"].perturbations) == ["RP", "RB"]
+    fut = reset.call_async(ResetEpisode.Request(task="cook", seed=0))
+    _wait_for(fut.done, WAIT_S, "reset response to a bad task")
+    assert not fut.result().success and "sushi" in fut.result().message
+
+    # a joint target moves the arm there; a gripper command closes it
+    qos = QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=1, reliability=QoSReliabilityPolicy.RELIABLE)
+    pub = client.create_publisher(JointState, "joint_target", qos)
+    pub_grip = client.create_publisher(GripperCommand, "gripper_command", qos)
+    _wait_for(lambda: pub.get_subscription_count() > 0 and pub_grip.get_subscription_count() > 0, WAIT_S,
+              "sim subscribed to joint_target and gripper_command")
+    target = kin.HOME_Q + np.array([0.2, -0.1, 0.1, 0.0, 0.1, 0.3])
+    pub.publish(JointState(name=list(kin.JOINT_NAMES), position=[float(v) for v in target]))
+    pub_grip.publish(GripperCommand(position=1.0, speed=0.5, force=0.5))
+    _wait_for(lambda: np.max(np.abs(np.array(latest["js"].position[:6]) - target)) < 0.01, WAIT_S,
+              "joint_states to reach the target")
+    _wait_for(lambda: latest["js"].position[6] > 0.9, WAIT_S, "gripper closed")
+    # /clock advances with the simulation
+    t0 = latest["clock"].clock.sec + latest["clock"].clock.nanosec * 1e-9
+    _wait_for(lambda: latest["clock"].clock.sec + latest["clock"].clock.nanosec * 1e-9 > t0 + 0.25, WAIT_S,
+              "/clock to advance")
+
+
+@pytest.mark.parametrize("graph", [{"expert": True, "realtime": False, "publish_depth": False}],
+                         indirect=True)
+def test_expert_mode_succeeds_and_publishes_actions(graph):
+    from rclpy.qos import QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy
+    from sensor_msgs.msg import JointState
+
+    node, client = graph
+    latest, events = _collect(client)
+    targets: list[JointState] = []
+    qos = QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=1, reliability=QoSReliabilityPolicy.RELIABLE)
+    client.create_subscription(JointState, "joint_target", targets.append, qos)
+    assert events["episode"].wait(WAIT_S), "no sim/episode"
+    _wait_for(lambda: "episode" in latest and latest["episode"].done, WAIT_S * 3, "the expert episode to end")
+    assert latest["episode"].success, latest["episode"].message
+    assert targets and list(targets[-1].name) == list(kin.JOINT_NAMES)
