@@ -211,54 +211,67 @@ def test_tracks_synthetic_motion_with_source_stamps(tracker: Harness) -> None:
     assert reply.frames_dropped == 0  # lock-step: nothing to drop
 
 
-def test_real_video_lock_step(tracker: Harness) -> None:
-    """Real hand-held video (tree.avi), 25 frames forward then back to the first:
-    one reply per frame with its stamp, the same positions as the library run
-    in this process on the same frames, and forward-backward closure."""
-    h = tracker
+def _tree_frames() -> list[np.ndarray]:
     cap = cv2.VideoCapture(str(DATA / "tree.avi"))
     frames = []
     while True:
         ok, bgr = cap.read()
         if not ok:
-            break
+            return frames
         frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+
+
+def test_real_video_lock_step(tmp_path: Path) -> None:
+    """Real hand-held video (tree.avi), 25 frames forward then back to the first,
+    through a tracker whose template is the video's first frame (points +
+    template_image): one reply per frame with its stamp, the same positions as
+    the library run in this process, and forward-backward closure.
+
+    min_confident_fraction 0 keeps the state TRACKING whatever the confidences
+    (which vary with h_C's randomised RANSAC): this test is about the node
+    doing exactly what the library does, the state machine is tested above."""
+    frames = _tree_frames()
     assert len(frames) == 68
     seq = [frames[i] for i in list(range(25)) + list(range(23, -1, -1))]
     g = cv2.cvtColor(frames[0], cv2.COLOR_RGB2GRAY)
     start = cv2.goodFeaturesToTrack(g, N_KP, 0.01, 30).reshape(-1, 2).astype(np.float32)
-    # Track points of the video's first frame: a reset with explicit points.
-    req = ResetTracker.Request(keypoints=[
-        Keypoint(id=100 + i, x=float(x), y=float(y)) for i, (x, y) in enumerate(start)])
-    res = h.call(h.reset, req, "tracker/reset")
-    assert res.success, res.message
-    sent, replies = [], []
-    for rgb in seq:
-        sent.append(h.next_stamp(1 / 15))
-        replies.append(h.send_and_wait(h.frame_msg(rgb, sent[-1])))
-    assert "tracking the given keypoints" in replies[0].message
+    cv2.imwrite(str(tmp_path / "tree0.png"), cv2.cvtColor(frames[0], cv2.COLOR_RGB2BGR))
+    ns = f"/tree{os.getpid()}"
+    log = tmp_path / "tracker.log"
+    flat = ", ".join(f"{v:.1f}" for v in start.ravel())
+    proc = start_tracker(ns, log, f"template_image:={tmp_path / 'tree0.png'}",
+                         f"points:=[{flat}]", "min_confident_fraction:=0.0")
+    h = Harness(ns)
+    try:
+        h.wait_for(lambda: h.pub.get_subscription_count() > 0 and h.sub.get_publisher_count() > 0
+                   or proc.poll() is not None, STARTUP_TIMEOUT_S, "the tracker node's topics")
+        assert proc.poll() is None, log.read_text()
+        sent, replies = [], []
+        for rgb in seq:
+            sent.append(h.next_stamp(1 / 15))
+            replies.append(h.send_and_wait(h.frame_msg(rgb, sent[-1])))
+    finally:
+        h.close()
+        stop(proc)
+    assert "transferred from the template" in replies[0].message
     stamps = [r.header.stamp.sec * 10**9 + r.header.stamp.nanosec for r in replies]
     assert stamps == sent
     assert all(len(r.keypoints) == N_KP for r in replies)
-    assert all(r.state == KeypointArray.STATE_TRACKING for r in replies), \
-        [r.message for r in replies if r.state != KeypointArray.STATE_TRACKING][:3]
+    assert [k.name for k in replies[0].keypoints] == [f"kp{i:02d}" for i in range(N_KP)]
+    assert all(r.state == KeypointArray.STATE_TRACKING for r in replies)
 
     # The same frames through the library directly (what the node must do).
     from atk_perception.backends import make_correspondence
-    from atk_perception.keypoint_template import KeypointTemplate
+    from atk_perception.keypoint_template import load_points_template
     from atk_perception.tracking_session import SessionConfig, TrackingSession
 
-    ids = tuple(range(100, 100 + N_KP))
     lib = TrackingSession(make_correspondence("cpu"),
-                          KeypointTemplate(SCENE_IMG, SCENE_PTS, ids, tuple(map(str, ids))),
-                          SessionConfig())
-    lib.request_reset(start, list(ids))
+                          load_points_template(np.round(start, 1), tmp_path / "tree0.png"),
+                          SessionConfig(min_confident_fraction=0.0))
     for k, (rgb, reply) in enumerate(zip(seq, replies)):
         ref = lib.process(rgb, k / 15)
         # RANSAC inside h_C is randomised: equal up to a fraction of a pixel.
         assert np.abs(_positions(reply) - ref.points).max() < 1.0, f"frame {k}"
-        np.testing.assert_allclose([kp.confidence for kp in reply.keypoints],
-                                   ref.confidence, atol=0.25)
     # Ground truth we do know on a real video: back at the first frame, the
     # keypoints must be back where they started.
     err = np.abs(_positions(replies[-1]) - start).max()
