@@ -65,8 +65,12 @@ class CpuTrackerConfig:
     reanchor_period: int = 5
     """Re-anchor every this many frames (1 = every frame, 0 = never: plain LK)."""
     reanchor_radius_px: float = 160.0
-    """SIFT features are taken within this distance of the points (0 = whole image)."""
-    sift_features: int = 2500
+    """Re-anchoring searches SIFT features in the points' bounding box grown by this (0 = whole image)."""
+    reanchor_sift_pixels: int = 120_000
+    """Re-anchoring detects SIFT on the searched region downscaled to at most this many pixels (0 = full resolution). SIFT cost grows with the pixel count; 120k keeps 640x480 at ~0.6x scale and leaves 320x240 untouched."""
+    transfer_sift_scale: float = 1.0
+    """``transfer`` detects SIFT on the images scaled by this."""
+    sift_features: int = 1500
     """Maximum SIFT features per image (0 = no limit)."""
     sift_ratio: float = 0.8
     """Lowe's ratio test: keep a match when best < ratio * second best distance."""
@@ -123,6 +127,9 @@ class CpuTrackerConfig:
         need(self.lk_drift_std_px > 0, "lk_drift_std_px", "must be > 0")
         need(self.reanchor_period >= 0, "reanchor_period", "must be >= 0 (0 disables)")
         need(self.reanchor_radius_px >= 0, "reanchor_radius_px", "must be >= 0")
+        need(self.reanchor_sift_pixels == 0 or self.reanchor_sift_pixels >= 10_000,
+             "reanchor_sift_pixels", "must be 0 (full resolution) or >= 10000")
+        need(0.1 <= self.transfer_sift_scale <= 1.0, "transfer_sift_scale", "must be in [0.1, 1]")
         need(self.sift_features >= 0, "sift_features", "must be >= 0 (0 = no limit)")
         need(0 < self.sift_ratio <= 1, "sift_ratio", "must be in (0, 1]")
         need(self.group_model in ("homography", "affine"), "group_model",
@@ -194,20 +201,53 @@ class SiftAnchor:
         else:
             self._matcher = cv2.BFMatcher(cv2.NORM_L2)
 
-    def features(self, gray: np.ndarray, near: np.ndarray | None = None) -> _Features:
-        """SIFT on ``gray`` (H, W), restricted to ``reanchor_radius_px`` around ``near`` (K, 2)."""
-        mask = None
+    def features(self, gray: np.ndarray, near: np.ndarray | None = None,
+                 scale: float = 1.0, max_pixels: int = 0) -> _Features:
+        """SIFT on ``gray`` (H, W); positions returned in full-resolution pixels (M, 2).
+
+        ``near`` (K, 2): only the bounding box of these points grown by
+        ``reanchor_radius_px`` is searched (a crop: cheaper than a mask, which
+        still pays for the whole pyramid). ``scale`` < 1 detects on a
+        downscaled copy (about 1/scale^2 cheaper, at some accuracy cost that
+        the local fits average out); ``max_pixels`` > 0 lowers the scale
+        further until the searched region has at most that many pixels.
+        """
+        x0 = y0 = 0
         radius = self.cfg.reanchor_radius_px
         if near is not None and radius > 0 and len(near) > 0:
-            mask = np.zeros(gray.shape, np.uint8)
-            for x, y in near:
-                cv2.circle(mask, (int(round(float(x))), int(round(float(y)))),
-                           int(radius), 255, -1)
-        kps, desc = self._sift.detectAndCompute(gray, mask)
+            h, w = gray.shape
+            x0 = int(max(0, np.floor(near[:, 0].min() - radius)))
+            y0 = int(max(0, np.floor(near[:, 1].min() - radius)))
+            x1 = int(min(w, np.ceil(near[:, 0].max() + radius) + 1))
+            y1 = int(min(h, np.ceil(near[:, 1].max() + radius) + 1))
+            gray = gray[y0:y1, x0:x1]
+        if max_pixels > 0:
+            scale = min(scale, float(np.sqrt(max_pixels / gray.size)))
+        if scale > 0.97:
+            scale = 1.0
+        if scale != 1.0:
+            gray = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        kps, desc = self._sift.detectAndCompute(gray, None)
         if desc is None or len(kps) == 0:
             return _Features(np.zeros((0, 2), np.float32), np.zeros((0, 128), np.float32))
         xy = np.array([k.pt for k in kps], np.float32)
+        if scale != 1.0:
+            # INTER_AREA maps pixel centres as (x + 0.5) / scale - 0.5.
+            xy = (xy + 0.5) / scale - 0.5
+        xy += np.array([x0, y0], np.float32)
         return _Features(xy, desc.astype(np.float32))
+
+    def near_points(self, feats: _Features, points: np.ndarray) -> _Features:
+        """Keep the features (M, 2) within ``local_max_distance_px`` of some point (N, 2).
+
+        Only these can take part in a local fit, and every feature dropped
+        from the template makes each later matching cheaper.
+        """
+        if len(feats.xy) == 0 or len(points) == 0:
+            return feats
+        d2 = ((feats.xy[:, None, :] - points[None, :, :].astype(np.float32)) ** 2).sum(-1)
+        keep = d2.min(axis=1) <= self.cfg.local_max_distance_px ** 2
+        return _Features(feats.xy[keep], feats.desc[keep])
 
     def match(self, a: _Features, b: _Features) -> tuple[np.ndarray, np.ndarray]:
         """Ratio-test matches a -> b: (src (M, 2) in a, dst (M, 2) in b)."""
@@ -426,9 +466,10 @@ class CpuTracker(Correspondence):
         pts = check_points(template_points, tg.shape, "template_points")
         if len(pts) == 0:
             return pts, np.zeros(0, np.float32)
-        ft = self._anchor.features(tg, pts)
+        sc = self.cfg.transfer_sift_scale
+        ft = self._anchor.features(tg, pts, sc)
         # Unknown motion: search the whole target image.
-        fi = self._anchor.features(g, None)
+        fi = self._anchor.features(g, None, sc)
         src, dst = self._anchor.match(ft, fi)
         res = self._anchor.anchor(src, dst, pts, tg, g)
         out = np.where(res.found[:, None], res.points, pts).astype(np.float32)
@@ -447,8 +488,10 @@ class CpuTracker(Correspondence):
         pts = check_points(points, g.shape, "points")
         self._template_gray = g
         self._template_points = pts.copy()
-        self._template_features = (self._anchor.features(g, pts)
-                                   if self.cfg.reanchor_period > 0 and len(pts) else None)
+        self._template_features = None
+        if self.cfg.reanchor_period > 0 and len(pts):
+            self._template_features = self._anchor.near_points(
+                self._anchor.features(g, pts, 1.0, self.cfg.reanchor_sift_pixels), pts)
         self._prev_gray = g
         self._points = pts.copy()
         self._var = np.zeros(len(pts), np.float32)
@@ -513,7 +556,7 @@ class CpuTracker(Correspondence):
         cfg = self.cfg
         if self._template_features is None:
             return tracked
-        feats = self._anchor.features(g, tracked)
+        feats = self._anchor.features(g, tracked, 1.0, cfg.reanchor_sift_pixels)
         src, dst = self._anchor.match(self._template_features, feats)
         res = self._anchor.anchor(src, dst, self._template_points, self._template_gray, g,
                                   prior=tracked, prior_ok=visible)

@@ -24,10 +24,27 @@ def _run(tracker: CpuTracker, seq) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.array(errs), np.array(confs), np.array(vis)
 
 
+class _Lazy(dict):
+    """Computed on first use, shared by the tests of this module (each run costs seconds)."""
+
+    def __init__(self, make):
+        super().__init__()
+        self._make = make
+
+    def __missing__(self, key):
+        self[key] = value = self._make(key)
+        return value
+
+
 @pytest.fixture(scope="module")
 def sequences():
-    return {kind: make_sequence(kind, N_FRAMES, (640, 480), 16, seed=3)
-            for kind in ("rotation", "scale", "lighting", "distractors", "occlusion")}
+    return _Lazy(lambda kind: make_sequence(kind, N_FRAMES, (640, 480), 16, seed=3))
+
+
+@pytest.fixture(scope="module")
+def default_runs(sequences):
+    """kind -> (errors, confidences, visibility) of the default tracker."""
+    return _Lazy(lambda kind: _run(CpuTracker(), sequences[kind]))
 
 
 def test_is_a_correspondence():
@@ -35,9 +52,9 @@ def test_is_a_correspondence():
 
 
 @pytest.mark.parametrize("kind", ["rotation", "scale", "lighting", "distractors", "occlusion"])
-def test_drift_stays_below_one_pixel(sequences, kind):
+def test_drift_stays_below_one_pixel(sequences, default_runs, kind):
     seq = sequences[kind]
-    errs, conf, _ = _run(CpuTracker(), seq)
+    errs, conf, _ = default_runs[kind]
     vis = seq.visible[1:]
     # Drift: where the points are after 100 frames (median over the visible
     # points, robust to one point that is just re-entering the image).
@@ -47,10 +64,10 @@ def test_drift_stays_below_one_pixel(sequences, kind):
     assert np.all((conf >= 0) & (conf <= 1))
 
 
-def test_reanchoring_beats_plain_lk(sequences):
+def test_reanchoring_beats_plain_lk(sequences, default_runs):
     seq = sequences["occlusion"]
     plain, _, _ = _run(CpuTracker(CpuTrackerConfig(reanchor_period=0)), seq)
-    anchored, _, _ = _run(CpuTracker(), seq)
+    anchored, _, _ = default_runs["occlusion"]
     vis = seq.visible[1:]
     assert anchored[vis].mean() < 0.5 * plain[vis].mean()
 
@@ -65,9 +82,9 @@ def test_confidence_decays_between_reanchors(sequences):
     assert med[-1] < 0.5 * med[0]
 
 
-def test_occluded_points_are_reported_not_visible(sequences):
+def test_occluded_points_are_reported_not_visible(sequences, default_runs):
     seq = sequences["occlusion"]
-    _, conf, vis = _run(CpuTracker(), seq)
+    _, conf, vis = default_runs["occlusion"]
     hidden = ~seq.visible[1:]
     assert hidden.sum() > 20, "the sequence must occlude some points"
     # Most truly hidden samples are reported invisible with zero confidence.
