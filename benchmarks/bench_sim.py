@@ -33,7 +33,8 @@ from atk_bringup.sim.env import SimConfig, SimEnv  # noqa: E402
 from atk_bringup.sim.tasks import TASKS  # noqa: E402
 
 # task -> bodies whose pixels we count (what a tracker must follow)
-OBJECTS = {"sushi": ("sushi", "plate"), "glass_lid": ("lid", "pot"), "clock_button": ("clock", "button")}
+OBJECTS = {"sushi": ("sushi", "plate"), "glass_lid": ("lid", "pot"), "clock_button": ("clock", "button"),
+           "clock_hand": ("wall_clock", "minute_hand")}
 
 
 def bench_physics(n_steps: int) -> None:

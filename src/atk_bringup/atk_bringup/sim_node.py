@@ -38,7 +38,7 @@ GRIPPER_JOINT = "gripper"
 INIT_TIMEOUT_S = 60.0    # model compile + first render (EGL start-up is slow on a loaded machine)
 RESET_TIMEOUT_S = 30.0   # one reset: settle physics + render
 STOP_TIMEOUT_S = 5.0
-TASK_CHOICES = ("sushi", "glass_lid", "clock_button")          # atk_bringup.sim.tasks.TASKS
+TASK_CHOICES = ("sushi", "glass_lid", "clock_button", "clock_hand")          # atk_bringup.sim.tasks.TASKS
 PERTURBATION_CHOICES = ("RP", "RB", "RO", "LIGHT")            # atk_bringup.sim.perturbations
 
 

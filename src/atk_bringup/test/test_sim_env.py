@@ -16,7 +16,7 @@ from atk_bringup.sim.env import SimConfig, SimEnv
 from atk_bringup.sim.experts import make_expert
 from atk_bringup.sim.perturbations import PERTURBATIONS, validate
 
-TASKS = ("sushi", "glass_lid", "clock_button")
+TASKS = ("sushi", "glass_lid", "clock_button", "clock_hand")
 
 
 @pytest.fixture(scope="module")
@@ -241,3 +241,11 @@ def test_pictures_command_writes_one_png_per_task_and_set(tmp_path):
     assert cv2.imread(str(tmp_path / files[0])).shape == (48, 64, 3)
     with pytest.raises(SystemExit):
         pictures.main(["--sets", "RP,NOPE"])
+
+
+def test_node_task_choices_match_library():
+    from atk_bringup import sim_node
+    from atk_bringup.sim.tasks import TASKS as LIB_TASKS
+
+    assert sim_node.TASK_CHOICES == tuple(LIB_TASKS)
+    assert sim_node.PERTURBATION_CHOICES == PERTURBATIONS

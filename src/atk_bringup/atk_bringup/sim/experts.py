@@ -23,7 +23,8 @@ import numpy as np
 from atk_bringup import kinematics as kin
 from atk_bringup.sim import model as sim_model
 from atk_bringup.sim.model import ModelIndex
-from atk_bringup.sim.tasks import ClockButtonTask, GlassLidTask, SushiTask, Task, body_yaw, in_contact
+from atk_bringup.sim.tasks import ClockButtonTask, ClockHandTask, GlassLidTask, SushiTask, Task, body_yaw, \
+    in_contact
 
 
 @dataclass
@@ -300,8 +301,76 @@ class ButtonExpert(ScriptedExpert):
         return self.move(state, press, yaw, 1.0)
 
 
+class HandTurnExpert(ScriptedExpert):
+    """Clock hand: closed fingers come down beside the hand and push it round to the mark.
+
+    The fingertip block (pads closed, 16 x 22 mm) sits on a circle of radius
+    `push_radius` behind the hand in the turning direction (the shorter way
+    to the mark) and moves along that circle.
+    """
+
+    push_radius = 0.042
+    pre_height = 0.05
+    clearance = 0.003        # pad bottoms above the dial while pushing
+    approach_angle = 0.55    # rad behind the hand when coming down
+    arc_step = 0.15          # rad of circle per control step while pushing
+
+    def _geometry(self, state):
+        t: ClockHandTask = state.task
+        d = state.data
+        c = d.xpos[t.clock].copy()
+        yaw_c = body_yaw(d, t.clock)
+        push_z = c[2] + t.DIAL_HH + self.clearance + sim_model.PAD_HALF[2]
+        # contact offset: half the pad block (x, tangential) + half the hand width
+        contact = (sim_model.PAD_HALF[0] * 2 + t.HAND[1] + 0.001) / self.push_radius
+        return t, c, yaw_c, push_z, contact
+
+    def _point(self, c, yaw_c, ang, z):
+        a = yaw_c + ang
+        return np.array([c[0] + self.push_radius * np.cos(a), c[1] + self.push_radius * np.sin(a), z])
+
+    def _tool_yaw(self, state, yaw_c, ang):
+        return self.closest_yaw(state, yaw_c + ang + np.pi / 2)   # fingers' x along the tangent
+
+    def key_poses(self, state):
+        t, c, yaw_c, push_z, _ = self._geometry(state)
+        return [("clock hand push", self._point(c, yaw_c, 0.0, push_z), yaw_c + np.pi / 2)]
+
+    def action(self, state):
+        t, c, yaw_c, push_z, contact = self._geometry(state)
+        tcp, r = self.tcp(state)
+        cur_yaw = float(np.arctan2(r[1, 0], r[0, 0]))
+        q = t.hand_angle(state.data)
+        pre_z = push_z + self.pre_height
+        if state.succeeded or t.success(state.model, state.data):
+            return self.move(state, [tcp[0], tcp[1], pre_z], cur_yaw, 1.0)
+        s = -np.sign(q)          # turning direction: the shorter way to the mark
+        rel = tcp[:2] - c[:2]
+        psi = _wrap(float(np.arctan2(rel[1], rel[0])) - yaw_c)   # pusher angle on the dial
+        rho = float(np.linalg.norm(rel))
+        behind = s * _wrap(q - psi)   # > 0 when the hand is ahead of the pusher
+        low = tcp[2] < push_z + 0.006
+        if self.gripper(state) < 0.9 and not low:
+            return self.move(state, [tcp[0], tcp[1], max(tcp[2], pre_z)], cur_yaw, 1.0)
+        if low and abs(rho - self.push_radius) < 0.012 and 0.0 < behind < 0.9:
+            # engaged: walk round the circle towards where the hand reaches the mark
+            final = -s * contact
+            step = float(np.clip(final - psi, -self.arc_step, self.arc_step))
+            nxt = psi + step
+            return self.move(state, self._point(c, yaw_c, nxt, push_z), self._tool_yaw(state, yaw_c, nxt), 1.0)
+        start = q - s * self.approach_angle
+        above = self._point(c, yaw_c, start, pre_z)
+        yaw = self._tool_yaw(state, yaw_c, start)
+        if low:   # low but not behind the hand: back up first
+            return self.move(state, [tcp[0], tcp[1], pre_z], cur_yaw, 1.0)
+        if np.linalg.norm(tcp[:2] - above[:2]) > self.config.at_tol or abs(_wrap(cur_yaw - yaw)) > self.config.yaw_tol:
+            return self.move(state, above, yaw, 1.0)
+        return self.move(state, self._point(c, yaw_c, start, push_z), yaw, 1.0)
+
+
 EXPERTS: dict[str, type[ScriptedExpert]] = {
-    "sushi": PickPlaceExpert, "glass_lid": LidExpert, "clock_button": ButtonExpert}
+    "sushi": PickPlaceExpert, "glass_lid": LidExpert, "clock_button": ButtonExpert,
+    "clock_hand": HandTurnExpert}
 
 
 def make_expert(task: str, config: ExpertConfig | None = None) -> ScriptedExpert:

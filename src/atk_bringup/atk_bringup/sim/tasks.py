@@ -7,7 +7,8 @@ positions), never from time or from what the expert did.
 
 Tasks: ``sushi`` (pick a nigiri among clutter, place it on a plate),
 ``glass_lid`` (lift a transparent pot lid by its small knob),
-``clock_button`` (press the button on top of an alarm clock).
+``clock_button`` (press the button on top of an alarm clock),
+``clock_hand`` (turn a clock's minute hand to a mark).
 """
 from __future__ import annotations
 
@@ -386,7 +387,91 @@ class ClockButtonTask(Task):
         return [(d.xpos[self.clock][:2].copy(), 0.13)]
 
 
-TASKS: dict[str, type[Task]] = {t.name: t for t in (SushiTask, GlassLidTask, ClockButtonTask)}
+# --------------------------------------------------------------------------
+class ClockHandTask(Task):
+    """Turn the minute hand of a clock lying face up to the red 12 o'clock mark.
+
+    The hand turns on a damped hinge (it stays where it is pushed). Success:
+    the hand points within `angle_tolerance` of the mark (clock frame
+    angle 0, marked by a red tab on the rim).
+    """
+
+    name = "clock_hand"
+    time_limit_s = 20.0
+    DIAL_R, DIAL_HH = 0.075, 0.015
+    HAND = (0.032, 0.0035, 0.004)    # half sizes; the hand spans radius 0 .. 0.064
+    angle_tolerance = 0.12           # rad (about 7 deg)
+
+    def assets(self) -> TaskAssets:
+        r, hh = self.DIAL_R, self.DIAL_HH
+        hx, hy, hz = self.HAND
+        world = f"""
+    <body name="wall_clock" pos="0.5 0 {hh}">
+      <geom class="object" name="dial_case" type="cylinder" size="{r} {hh}" material="dial_case"/>
+      <!-- euler -pi/2 turns the dial texture so that its 12 sits at the red mark (clock +x) -->
+      <geom name="dial_face" type="cylinder" pos="0 0 {hh}" size="{r * 0.92} 0.0004" euler="0 0 -1.5708" material="dial"
+            contype="0" conaffinity="0"/>
+      <geom name="target_mark" type="box" pos="{r * 0.93} 0 {hh + 0.001}" size="0.008 0.005 0.0015"
+            rgba="0.85 0.1 0.1 1" contype="0" conaffinity="0"/>
+      <geom name="hour_hand" type="box" pos="-0.012 0.012 {hh + 0.0012}" size="0.02 0.003 0.0008"
+            euler="0 0 2.36" rgba="0.1 0.1 0.1 1" contype="0" conaffinity="0"/>
+      <body name="minute_hand" pos="0 0 {hh + 0.0015}">
+        <joint name="minute_hand" type="hinge" axis="0 0 1" damping="0.02" frictionloss="0.004"
+               armature="0.0005"/>
+        <geom class="object" name="minute_hand" type="box" pos="{hx} 0 {hz}" size="{hx} {hy} {hz}"
+              material="hand" mass="0.004"/>
+        <geom name="hand_cap" type="cylinder" pos="0 0 {2 * hz}" size="0.006 0.001" rgba="0.8 0.7 0.2 1"
+              contype="0" conaffinity="0"/>
+      </body>
+    </body>
+"""
+        assets = """
+    <texture name="dial" type="cube" file="dial.png"/>
+    <material name="dial" texture="dial" specular="0.3"/>
+    <texture name="dial_case" type="cube" file="dial_case.png"/>
+    <material name="dial_case" texture="dial_case" specular="0.4"/>
+    <texture name="hand" type="cube" file="hand.png"/>
+    <material name="hand" texture="hand" specular="0.3"/>
+"""
+        extra = '<contact><exclude body1="wall_clock" body2="minute_hand"/></contact>'
+        return TaskAssets(world, assets, extra=extra, textures={
+            "dial.png": tx.clock_face(),
+            "dial_case.png": tx.wood(64, name="dial_case", tone=(60, 90, 140)),
+            "hand.png": tx.stripes(32, name="hand", colours=((20, 20, 20), (230, 200, 40)), n=8)})
+
+    def bind(self, m: mujoco.MjModel) -> None:
+        self.clock = m.body("wall_clock").id
+        self.hand = m.body("minute_hand").id
+        self.hand_geom = m.geom("minute_hand").id
+        jnt = m.joint("minute_hand").id
+        self.hand_qpos, self.hand_dof = m.jnt_qposadr[jnt], m.jnt_dofadr[jnt]
+        self.face_z = 2 * self.DIAL_HH   # table to dial surface
+
+    def hand_angle(self, d: mujoco.MjData) -> float:
+        """Hand angle in the clock frame, wrapped to (-pi, pi]; 0 = at the mark."""
+        a = float(d.qpos[self.hand_qpos])
+        return (a + np.pi) % (2 * np.pi) - np.pi
+
+    def reset(self, m, d, rng) -> None:
+        if rng is None:
+            xy, yaw, angle = np.array([0.5, 0.0]), 0.0, 1.4
+        else:
+            (p,) = sample_layout(rng, [self.DIAL_R + 0.02])
+            xy, yaw = p.xy, p.yaw
+            angle = float(rng.choice([-1.0, 1.0]) * rng.uniform(0.8, 2.4))
+        m.body_pos[self.clock, :2] = xy
+        m.body_quat[self.clock] = yaw_quat(yaw)
+        d.qpos[self.hand_qpos] = angle
+        d.qvel[self.hand_dof] = 0.0
+
+    def success(self, m, d) -> bool:
+        return bool(abs(self.hand_angle(d)) < self.angle_tolerance)
+
+    def keep_out(self, m, d):
+        return [(d.xpos[self.clock][:2].copy(), self.DIAL_R + 0.06)]
+
+
+TASKS: dict[str, type[Task]] = {t.name: t for t in (SushiTask, GlassLidTask, ClockButtonTask, ClockHandTask)}
 
 
 def make_task(name: str) -> Task:
