@@ -26,6 +26,7 @@ import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 
 from atk_bringup import kinematics as kin  # noqa: E402
+from atk_bringup.sim import menagerie  # noqa: E402
 from atk_bringup.sim import model as sim_model  # noqa: E402
 from atk_bringup.sim import perturbations as pert  # noqa: E402
 from atk_bringup.sim.experts import ExpertConfig, ScriptedExpert, SimState, make_expert  # noqa: E402
@@ -50,7 +51,7 @@ class SimConfig:
     render_depth: bool = True        # False: skip the depth pass (depth_mm comes back empty)
     settle_s: float = 0.2            # physics time after placing objects before t = 0
     max_depth_m: float = 5.0         # depth beyond this reads 0 (no reading)
-    menagerie_path: str = ""         # optional local mujoco_menagerie checkout (never downloaded)
+    menagerie_path: str = ""         # optional local Menagerie checkout for the arm's looks (never downloaded)
 
     def __post_init__(self) -> None:
         for name, lo, hi in (("width", 16, 4096), ("height", 16, 4096)):
@@ -114,9 +115,20 @@ class SimEnv:
         self._target = np.zeros(7)
         self.episode_message = ""
         self.last_action_clamped = False
-        if sim_model.find_menagerie(self.config.menagerie_path) is not None:
-            _log.info("Menagerie UR5e found at %s; primitives are kept so the kinematics stay exact "
-                      "(see docs/simulation.md)", self.config.menagerie_path)
+        self._parts = None
+        self.menagerie_message = ""
+        if self.config.menagerie_path:
+            folder = menagerie.find(self.config.menagerie_path)
+            if folder is None:
+                self.menagerie_message = (f"no Menagerie ur5e.xml under {self.config.menagerie_path!r}; "
+                                          "using primitive shapes")
+            else:
+                try:
+                    self._parts = menagerie.load_parts(folder)
+                    self.menagerie_message = f"Menagerie UR5e meshes from {folder}"
+                except menagerie.MenagerieError as exc:
+                    self.menagerie_message = str(exc)
+            _log.info(self.menagerie_message)
 
     # -- properties ----------------------------------------------------------
     @property
@@ -334,7 +346,7 @@ class SimEnv:
         """Compile the scene of one task (once per task switch, never per episode)."""
         t = make_task(task)
         xml, assets = sim_model.build_mjcf(t.assets(), self.config.width, self.config.height,
-                                           self.config.timestep)
+                                           self.config.timestep, self._parts)
         m = mujoco.MjModel.from_xml_string(xml, assets)
         t.bind(m)
         self.close()

@@ -6,8 +6,8 @@ The arm is built link by link from :mod:`atk_bringup.kinematics`'s DH table
 forward kinematics equals ``kinematics.fk`` by construction (tested). Shapes
 are primitives: fast to render, nothing downloaded. If a local copy of
 MuJoCo Menagerie's ``universal_robots_ur5e`` folder is given, its visual
-meshes are NOT used for the links (their frames follow ur_description, not
-DH); we only report it, so the kinematics stay exact (see docs/simulation.md).
+meshes replace the primitive link shapes on the same DH bodies (see
+:mod:`sim.menagerie`), so the kinematics stay exact either way.
 
 World frame: z up, table top at z = 0. The robot base sits on the table at
 the world origin, rotated by pi about z so that the arm's working side
@@ -24,7 +24,6 @@ floor. Switching them edits model fields (``geom_matid``, ``mocap_pos``,
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import mujoco
 import numpy as np
@@ -99,8 +98,18 @@ def look_at_xyaxes(pos: np.ndarray, target: np.ndarray) -> np.ndarray:
     return np.concatenate([right, up])
 
 
-def _arm_xml() -> str:
-    """Nested bodies link1..link6 + flange + gripper, in DH frames."""
+def _mesh_geoms(parts, body: str, ind: str) -> str:
+    return "".join(
+        f'{ind}<geom class="robot" type="mesh" mesh="{p.name}" pos="{_fmt(p.pos)}" quat="{_fmt(p.quat)}" '
+        f'rgba="{_fmt(p.rgba)}"/>\n' for p in parts if p.body == body)
+
+
+def _arm_xml(parts=None) -> str:
+    """Nested bodies link1..link6 + flange + gripper, in DH frames.
+
+    parts: optional Menagerie visual meshes (sim.menagerie.MeshPart) that
+    replace the primitive link shapes; the bodies and joints are the same.
+    """
     out = []
     indent = "    "
     # the first link hangs off the base body at its origin
@@ -127,7 +136,8 @@ def _arm_xml() -> str:
             f'diaginertia="{_fmt(np.full(3, 0.02 * LINK_MASS[i]))}"/>\n'
             f'{indent * (i + 2)}<joint name="{name}" axis="0 0 1" range="{lo:.6f} {hi:.6f}" '
             f'armature="{ARMATURE[i]}" damping="0.5"/>\n'
-            + "".join(f"{indent * (i + 2)}{g}\n" for g in geoms))
+            + (_mesh_geoms(parts, f"link{i + 1}", indent * (i + 2)) if parts
+               else "".join(f"{indent * (i + 2)}{g}\n" for g in geoms)))
         parent_pos = seg
         parent_quat = _quat_rx(kin.DH_ALPHA[i])
     # tool0 (flange) frame = DH frame 6 = last body's child placement.
@@ -239,11 +249,18 @@ def distractor_half_height(model: mujoco.MjModel, i: int) -> float:
 
 
 def build_mjcf(task: TaskAssets, width: int, height: int,
-               timestep: float = 0.002) -> tuple[str, dict[str, bytes]]:
-    """Full MJCF text and its in-memory assets (PNG bytes) for one task scene."""
+               timestep: float = 0.002, parts=None) -> tuple[str, dict[str, bytes]]:
+    """Full MJCF text and its in-memory assets (PNG/STL bytes) for one task scene.
+
+    parts: optional Menagerie meshes for the arm (see sim.menagerie).
+    """
     mats, textures = _materials_xml()
+    if parts:
+        mats += "\n    " + "\n    ".join(f'<mesh name="{p.name}" file="{p.name}.stl"/>' for p in parts)
     textures = {**textures, **task.textures}
     base_quat = np.array([np.cos(BASE_YAW / 2), 0.0, 0.0, np.sin(BASE_YAW / 2)])
+    base_geoms = (_mesh_geoms(parts, "base", "      ") if parts else
+                  '      <geom class="robot" type="cylinder" pos="0 0 0.04" size="0.075 0.04" material="ur_joint"/>\n')
     xyaxes = look_at_xyaxes(CAMERA_POS, CAMERA_TARGET)
     tx0 = TABLE_CENTRE_X
     xml = f"""<mujoco model="atk_cell">
@@ -282,8 +299,7 @@ def build_mjcf(task: TaskAssets, width: int, height: int,
     <geom name="wall" type="plane" pos="-0.6 0 0.5" zaxis="1 0 0" size="2.5 1.5 0.1" material="bg0"
           contype="0" conaffinity="0"/>
     <body name="base" pos="{_fmt(BASE_POS)}" quat="{_fmt(base_quat)}">
-      <geom class="robot" type="cylinder" pos="0 0 0.04" size="0.075 0.04" material="ur_joint"/>
-{_arm_xml()}    </body>
+{base_geoms}{_arm_xml(parts)}    </body>
     {_distractors_xml()}
     {task.worldbody}
   </worldbody>
@@ -303,6 +319,8 @@ def build_mjcf(task: TaskAssets, width: int, height: int,
 </mujoco>
 """
     assets = {name: tx.png_bytes(img) for name, img in textures.items()}
+    for p in parts or ():
+        assets[f"{p.name}.stl"] = p.stl
     return xml, assets
 
 
@@ -359,14 +377,3 @@ def base_transform() -> np.ndarray:
     t[:3, :3] = [[c, -s, 0], [s, c, 0], [0, 0, 1]]
     t[:3, 3] = BASE_POS
     return t
-
-
-def find_menagerie(path: str | Path | None) -> Path | None:
-    """The Menagerie UR5e folder if it exists locally (never downloaded), else None."""
-    if not path:
-        return None
-    p = Path(path).expanduser()
-    for cand in (p, p / "universal_robots_ur5e"):
-        if (cand / "ur5e.xml").is_file():
-            return cand
-    return None
