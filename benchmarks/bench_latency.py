@@ -35,7 +35,6 @@ Timings on this 2-core machine are noisy while other work runs; run twice.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import threading

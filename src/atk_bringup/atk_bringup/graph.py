@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence
 
@@ -432,4 +432,4 @@ def describe(graph: Graph) -> str:
 
 __all__ = ["Graph", "GraphError", "GRAPHS", "LaunchArgument", "NodeSpec", "ParamFromArg", "ProcessSpec",
            "ResolvedProcess", "TRAINING_TOPICS", "When", "all_param_files", "check_values", "config_path",
-           "describe", "field", "resolve"]
+           "describe", "resolve"]
