@@ -1,0 +1,161 @@
+"""Closed-loop evaluation of policies in the simulation, under the paper's
+perturbation conditions (tables 1-3): RP, then RB, RO and LIGHT added
+cumulatively.
+
+ROS-free: the same library code the nodes run (h_C transfer + tracking, the
+policy's ``select_action``), stepped in-process faster than real time. The
+ROS graph runs the same code for the episode(s) deployed through DDS.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Protocol, Sequence
+
+import numpy as np
+
+#: Evaluation conditions, cumulative as in the paper's tables.
+CONDITIONS: dict[str, tuple[str, ...]] = {
+    "RP": ("RP",),
+    "RB": ("RP", "RB"),
+    "+RO": ("RP", "RB", "RO"),
+    "+Light": ("RP", "RB", "RO", "LIGHT"),
+}
+
+
+class Agent(Protocol):
+    """Something that acts in the simulator from what a real robot sees."""
+
+    def reset(self, obs) -> None:
+        """Start an episode from its first observation (transfer keypoints, ...)."""
+
+    def act(self, obs) -> np.ndarray:
+        """Action (7,): 6 joint targets (rad) + gripper command (0..1)."""
+
+
+class KeypointAgent:
+    """ATK deployment (paper, section 3.3): transfer the policy's keypoints
+    from the canonical template onto the first frame with h_C, track them
+    frame to frame, and run the policy on them."""
+
+    def __init__(self, policy, correspondence, template_image: np.ndarray) -> None:
+        self.policy = policy
+        self.hc = correspondence
+        self.template = template_image
+        self.points: np.ndarray | None = None   # (N, 2) pixels
+        self.confidence: np.ndarray | None = None  # (N,)
+        self._fresh = False
+
+    def reset(self, obs) -> None:
+        pts, conf = self.hc.transfer(self.template, np.asarray(self.policy.canonical_xy, np.float32), obs.rgb)
+        self.hc.reset(obs.rgb, pts)
+        self.points, self.confidence = pts, conf
+        self._fresh = True
+        self.policy.reset()
+
+    def act(self, obs) -> np.ndarray:
+        if self._fresh:
+            self._fresh = False  # the first frame is the one the points were transferred onto
+        else:
+            result = self.hc.update(obs.rgb)
+            self.points, self.confidence = result.points, result.confidence
+        return np.asarray(self.policy.select_action(self.points, obs.joint_positions), dtype=np.float64)
+
+
+class ImageAgent:
+    """A policy on the raw RGB image (the RGB baseline)."""
+
+    def __init__(self, policy) -> None:
+        self.policy = policy
+
+    def reset(self, obs) -> None:
+        self.policy.reset()
+
+    def act(self, obs) -> np.ndarray:
+        return np.asarray(self.policy.select_action(obs.rgb, obs.joint_positions), dtype=np.float64)
+
+
+class ExpertAgent:
+    """The privileged scripted expert (an upper bound, and the DAgger teacher)."""
+
+    def __init__(self, env) -> None:
+        self.env = env
+
+    def reset(self, obs) -> None:
+        pass
+
+    def act(self, obs) -> np.ndarray:
+        return np.asarray(self.env.expert_action(), dtype=np.float64)
+
+
+@dataclass
+class EpisodeResult:
+    task: str
+    seed: int
+    perturbations: tuple[str, ...]
+    success: bool
+    steps: int
+    error: str = ""
+
+
+def run_episode(env, agent: Agent, task: str, seed: int, perturbations: Sequence[str],
+                max_steps: int | None = None,
+                on_step: Callable[[int, object, np.ndarray], None] | None = None) -> EpisodeResult:
+    """Roll ``agent`` out in ``env`` until success, the env's time limit or
+    ``max_steps``. A policy that produces a non-finite action fails the episode
+    (the driver would refuse it) instead of crashing the evaluation."""
+    obs = env.reset(task=task, seed=seed, perturbations=tuple(perturbations))
+    agent.reset(obs)
+    steps = 0
+    while not env.done and (max_steps is None or steps < max_steps):
+        action = agent.act(obs)
+        if not np.all(np.isfinite(action)):
+            return EpisodeResult(task, seed, tuple(perturbations), False, steps, "non-finite action")
+        if on_step is not None:
+            on_step(steps, obs, action)
+        obs = env.step(action)
+        steps += 1
+    return EpisodeResult(task, seed, tuple(perturbations), bool(env.success()), steps)
+
+
+@dataclass
+class CellStats:
+    """Success over evaluation episodes for one method x condition, with the
+    spread across training seeds (the paper's mean +- std over seeds)."""
+
+    rates: list[float] = field(default_factory=list)  # one success rate per training seed
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.rates)) if self.rates else math.nan
+
+    @property
+    def std(self) -> float:
+        return float(np.std(self.rates)) if self.rates else math.nan
+
+    def fmt(self) -> str:
+        return f"{self.mean:.2f}±{self.std:.2f}" if self.rates else "n/a"
+
+
+def success_rate(results: Iterable[EpisodeResult]) -> float:
+    results = list(results)
+    return float(np.mean([r.success for r in results])) if results else math.nan
+
+
+def format_table(table: dict[str, dict[str, CellStats]], conditions: Sequence[str]) -> str:
+    """Markdown table: methods x conditions, mean±std over training seeds."""
+    header = "| method | " + " | ".join(conditions) + " |"
+    sep = "|---|" + "---|" * len(conditions)
+    rows = [f"| {m} | " + " | ".join(table[m][c].fmt() if c in table[m] else "n/a" for c in conditions) + " |"
+            for m in table]
+    return "\n".join([header, sep, *rows])
+
+
+def table_csv(table: dict[str, dict[str, CellStats]], conditions: Sequence[str]) -> str:
+    lines = ["method,condition,mean,std,n_seeds,rates"]
+    for m, cells in table.items():
+        for c in conditions:
+            cell = cells.get(c, CellStats())
+            lines.append(f"{m},{c},{cell.mean:.4f},{cell.std:.4f},{len(cell.rates)},"
+                         + " ".join(f"{r:.4f}" for r in cell.rates))
+    return "\n".join(lines) + "\n"
