@@ -5,9 +5,11 @@ measure drift and transfer error where the true motion is known. A texture
 (a procedural one, or a real photograph) is warped by a known homography per
 frame; perturbations are layered on top:
 
-* ``rotation``: in-plane rotation up to 35 degrees plus translation;
-* ``scale``: zoom in to 1.35x and back, plus translation;
+* ``rotation``: in-plane rotation to 35 degrees, plus translation;
+* ``scale``: zoom in to 1.35x, plus translation (and 6 degrees of rotation);
 * ``lighting``: gain 1 -> 0.55, offset, and a moving illumination gradient;
+  every kind also translates (about 30 px) and rotates (6 degrees) without
+  coming back, so the last frame shows the accumulated drift;
 * ``distractors``: moving textured patches cut from the same texture (they
   look like the scene, which is what confuses matching); they can hide points;
 * ``occlusion``: a flat bar that sweeps over part of the points.
@@ -111,14 +113,17 @@ def make_sequence(kind: str, n_frames: int = 100, size: tuple[int, int] = (640, 
     phase = rng.uniform(0, 2 * np.pi, 4)
 
     def motion(t: float) -> np.ndarray:
+        # The pose drifts away from the start and does not come back, so the
+        # error after the last frame measures accumulated drift.
         s = t / max(1, n_frames - 1)
-        tx = 25 * np.sin(2 * np.pi * s + phase[0])  - 25 * np.sin(phase[0])
-        ty = 18 * np.sin(2 * np.pi * s + phase[1]) - 18 * np.sin(phase[1])
-        angle, scale = 4 * np.sin(np.pi * s), 1.0
+        tx = 30 * s + 12 * np.sin(3 * np.pi * s + phase[0]) - 12 * np.sin(phase[0])
+        ty = -20 * s + 10 * np.sin(3 * np.pi * s + phase[1]) - 10 * np.sin(phase[1])
+        ramp = np.sin(0.5 * np.pi * s)
+        angle, scale = 6 * ramp, 1.0
         if kind == "rotation":
-            angle = 35 * np.sin(np.pi * s)
+            angle = 35 * ramp
         elif kind == "scale":
-            scale = 1.0 + 0.35 * np.sin(np.pi * s)
+            scale = 1.0 + 0.35 * ramp
         return _homography(angle, scale, tx, ty, center) @ base
 
     frames: list[np.ndarray] = []
