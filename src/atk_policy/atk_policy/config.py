@@ -112,6 +112,10 @@ class TrainConfig:
     val_fraction: float = 0.2         #: share of episodes held out (split by episode, seeded)
     seed: int = 0
     device: str = "cpu"
+    #: torch CPU threads while training (0: leave torch's setting). The MLPs here
+    #: train fastest on one thread, and on shared cores extra threads were 5-10x
+    #: slower (measured on this project's 2-core machine).
+    num_threads: int = 1
     min_episode_length: int = 2       #: shorter episodes are skipped (and listed)
     #: Stop when validation error has not improved by 1% for this many evals (0: never).
     early_stop_patience: int = 0
@@ -124,6 +128,8 @@ class TrainConfig:
             v = getattr(self, name)
             _check(isinstance(v, (int, float)) and math.isfinite(v) and v > 0, name, v, "must be > 0")
         _check(self.alpha >= 0 and math.isfinite(self.alpha), "alpha", self.alpha, "must be >= 0")
+        _check(isinstance(self.num_threads, int) and self.num_threads >= 0, "num_threads", self.num_threads,
+               "must be an int >= 0")
         _check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")
         _check(isinstance(self.warmup_steps, int) and 0 <= self.warmup_steps, "warmup_steps",
                self.warmup_steps, "must be an int >= 0")

@@ -41,7 +41,7 @@ def _smooth_paths(rng: np.random.Generator, n: int, steps: int, amp: float, n_fr
     return amp * (a * np.sin(2 * np.pi * freq * t + phase)).sum(-1)
 
 
-def planted_dataset(seed: int, num_episodes: int = 40, steps: int = 60, num_candidates: int = 64,
+def planted_dataset(seed: int, num_episodes: int = 80, steps: int = 30, num_candidates: int = 64,
                     num_relevant: int = 3, distractors_per_relevant: int = 3,
                     image_size: tuple[int, int] = (640, 480), action_noise: float = 0.01,
                     distractor_offset_px: float = 60.0) -> PlantedData:
@@ -90,3 +90,47 @@ def planted_dataset(seed: int, num_episodes: int = 40, steps: int = 60, num_cand
             proprio=proprio, actions=actions, image_size=(w, h)))
     return PlantedData(episodes, relevant, np.sort(distractors), independent,
                        episodes[0].tracks[0].copy(), (w, h))
+
+
+def rendered_episodes(background: np.ndarray, seed: int = 0, num_episodes: int = 8, steps: int = 20,
+                      image_size: tuple[int, int] = (160, 120), patch: int = 24) -> tuple[list, np.ndarray]:
+    """Episodes with real-photo frames where the action follows a moving object.
+
+    background: (H0, W0, 3) uint8 RGB photograph; a crop of it is the static
+    scene and another crop, pasted at a smoothly moving position, the object.
+    The expert action is the proprioception plus a function of the object's
+    centre. Returns (episodes, object_centres (E, T, 2) pixels).
+    """
+    import cv2
+
+    from .dataset import ArrayFrames, Episode
+
+    rng = np.random.default_rng(seed)
+    w, h = image_size
+    bg0 = np.asarray(background)
+    if bg0.shape[0] < h + patch or bg0.shape[1] < w + patch:
+        bg0 = cv2.resize(bg0, (max(w + patch, bg0.shape[1]), max(h + patch, bg0.shape[0])))
+    scene = np.ascontiguousarray(bg0[:h, :w])
+    obj = np.ascontiguousarray(bg0[-patch:, -patch:])
+    obj = np.ascontiguousarray(obj[:, :, ::-1])  # colour-swapped so it stands out from the scene
+    episodes, centres = [], []
+    for e in range(num_episodes):
+        start = np.array([rng.uniform(0.3 * w, 0.7 * w), rng.uniform(0.3 * h, 0.7 * h)])
+        path = start + np.stack([_smooth_paths(rng, 1, steps, 0.06 * w)[:, 0],
+                                 _smooth_paths(rng, 1, steps, 0.06 * h)[:, 0]], 1)
+        path = np.round(path).clip([patch, patch], [w - patch, h - patch])
+        frames = np.repeat(scene[None], steps, 0).copy()
+        for t, (cx, cy) in enumerate(path.astype(int)):
+            frames[t, cy - patch // 2:cy + patch // 2, cx - patch // 2:cx + patch // 2] = obj
+        joints = rng.uniform(-1, 1, size=6)[None] + _smooth_paths(rng, 6, steps, 0.2)
+        grip = np.zeros(steps)
+        proprio = np.concatenate([joints, grip[:, None]], 1)
+        rel = path / np.array([w, h]) * 2 - 1
+        target = joints + 0.3 * np.tanh(np.stack([rel[:, 0], rel[:, 1], rel[:, 0] * rel[:, 1],
+                                                   -rel[:, 0], rel[:, 1] ** 2, rel.sum(1)], 1))
+        actions = np.concatenate([target, (rel[:, :1] > 0).astype(np.float64)], 1)
+        episodes.append(Episode(name=f"rendered_{seed}_{e:02d}", frames=ArrayFrames(frames),
+                                stamps=np.arange(steps) / 10.0, proprio=proprio, actions=actions,
+                                success=True))
+        centres.append(path)
+    return episodes, np.asarray(centres, np.float32)

@@ -148,9 +148,11 @@ def evaluate(model: torch.nn.Module, data: dict[str, torch.Tensor], chunk: int =
     was = model.training
     model.eval()
     total, n = 0.0, 0
-    for i in range(0, data["keypoints"].shape[0], chunk):
-        kp, pr, act = (data[k][i:i + chunk] for k in ("keypoints", "proprio", "action"))
-        pred = model.predict(kp, pr)
+    keys = getattr(model, "input_keys", ("keypoints", "proprio"))
+    chunk = getattr(model, "eval_chunk", chunk)
+    for i in range(0, data["action"].shape[0], chunk):
+        act = data["action"][i:i + chunk]
+        pred = model.predict(*(data[k][i:i + chunk] for k in keys))
         err = ((pred - act) / model.action_std) ** 2
         total += float(err.sum())
         n += err.numel()
@@ -164,11 +166,16 @@ def _dist_info() -> tuple[int, int, bool]:
     return world, rank, world > 1
 
 
-def fit(model: KeypointPolicy, train: TrackSet, val: TrackSet | None, cfg: TrainConfig, *,
+def fit(model: torch.nn.Module, train: TrackSet, val: TrackSet | None, cfg: TrainConfig, *,
         steps: int | None = None, desc: str = "train", progress: bool = True,
         checkpoint: str | Path | None = None, resume: bool = False,
         on_eval: Callable[[dict], None] | None = None) -> FitResult:
     """Train ``model`` in place with Adam; returns the evaluation history.
+
+    model: a KeypointPolicy, or any module with the same trainer interface
+    (``forward(batch, alpha) -> (loss, logs)``, ``predict(*inputs)``,
+    ``param_groups``, ``action_std``, ``input_keys``; see rgb_baseline).
+    train / val: anything with ``__len__`` and ``tensors(device) -> dict``.
 
     checkpoint: file written at every evaluation (model, optimiser, step, rng,
     history); with ``resume`` an existing one is continued from its step.
@@ -186,6 +193,8 @@ def fit(model: KeypointPolicy, train: TrackSet, val: TrackSet | None, cfg: Train
         if device.startswith("cuda"):
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
             torch.cuda.set_device(device)
+    if cfg.num_threads > 0 and not device.startswith("cuda"):
+        torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed + rank)
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed + 7919 * rank)
     model.to(device).train()
@@ -227,7 +236,8 @@ def fit(model: KeypointPolicy, train: TrackSet, val: TrackSet | None, cfg: Train
         mult = lr_multiplier(step, steps, cfg.warmup_steps, cfg.min_lr_ratio)
         for g, base in zip(opt.param_groups, base_lrs):
             g["lr"] = base * mult
-        model.tau = tau_at(step, steps, model.cfg)
+        if getattr(model, "learn_mask", False):
+            model.tau = tau_at(step, steps, model.cfg)
 
         idx = torch.randint(n_train, (min(cfg.batch_size, n_train),), generator=gen).to(device)
         batch = {k: v[idx] for k, v in train_t.items()}
@@ -242,16 +252,16 @@ def fit(model: KeypointPolicy, train: TrackSet, val: TrackSet | None, cfg: Train
         if step % cfg.eval_every == 0 or last:
             stop = torch.zeros(1)
             if rank == 0:
-                rec = {"step": step + 1, "time_s": time.perf_counter() - t0, "tau": model.tau,
+                rec = {"step": step + 1, "time_s": time.perf_counter() - t0, "tau": getattr(model, "tau", None),
                        "lr": base_lrs[0] * mult, "loss": float(logs["loss"]),
                        "train_mse": float(logs["mse"]) if "mse" in logs else float("nan")}
-                if model.learn_mask:
+                if getattr(model, "learn_mask", False):
                     rec["kept"] = int(logs["kept"])
                     rec["keep_prob_sum"] = float(logs["l1"])
                 rec["val_mse"] = evaluate(model, val_t) if val_t is not None else float("nan")
                 result.history.append(rec)
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", val=f"{rec['val_mse']:.4f}",
-                                **({"kept": rec["kept"]} if model.learn_mask else {}))
+                                **({"kept": rec["kept"]} if "kept" in rec else {}))
                 if on_eval:
                     on_eval(rec)
                 if ckpt_path is not None:
