@@ -298,8 +298,8 @@ class SimEnv:
             r.update_scene(self._data, camera=self._index.camera)
             rgb = r.render().copy()
             if c.render_depth:
+                # same scene, second pass reading the depth buffer (no scene update needed)
                 r.enable_depth_rendering()
-                r.update_scene(self._data, camera=self._index.camera)
                 z = r.render()
                 r.disable_depth_rendering()
                 depth = np.where((z > 0) & (z < c.max_depth_m), np.round(z * 1000.0), 0)
