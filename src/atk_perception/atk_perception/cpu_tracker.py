@@ -54,6 +54,8 @@ class CpuTrackerConfig:
     lk_max_iterations: int = 30
     lk_epsilon: float = 0.01
     """LK stops when an iteration moves the point less than this (pixels)."""
+    lk_highpass_sigma_px: float = 4.0
+    """If > 0, LK runs on the image minus its Gaussian blur of this sigma: smooth lighting changes (offsets, gradients) then do not bias it."""
     fb_max_error_px: float = 1.5
     """Forward-backward error above which a point is reported not visible."""
     fb_confidence_scale_px: float = 1.0
@@ -92,6 +94,12 @@ class CpuTrackerConfig:
     """Gaussian weight width of the local fit and of the group vote."""
     anchor_noise_px: float = 0.5
     """Assumed accuracy of one SIFT match (std, pixels), floor of the anchored variance."""
+    refine_radius_px: int = 8
+    """Half-size of the window of the final refinement: the template patch, warped by the local fit, is aligned to the image by Lucas-Kanade (0 disables it)."""
+    refine_max_shift_px: float = 2.0
+    """A refinement that moves the fitted point further than this is discarded."""
+    refine_noise_px: float = 0.15
+    """Assumed accuracy (std, pixels) of a refined anchor, used when fusing it with the track."""
     prior_gate_px: float = 6.0
     """A group whose prediction lies further than this from the tracked point is not chosen for it."""
     jump_min_confidence: float = 0.5
@@ -122,6 +130,7 @@ class CpuTrackerConfig:
         need(0 <= self.lk_pyramid_levels <= 8, "lk_pyramid_levels", "must be in [0, 8]")
         need(self.lk_max_iterations >= 1, "lk_max_iterations", "must be >= 1")
         need(self.lk_epsilon > 0, "lk_epsilon", "must be > 0")
+        need(self.lk_highpass_sigma_px >= 0, "lk_highpass_sigma_px", "must be >= 0 (0 = off)")
         need(self.fb_max_error_px > 0, "fb_max_error_px", "must be > 0")
         need(self.fb_confidence_scale_px > 0, "fb_confidence_scale_px", "must be > 0")
         need(self.lk_drift_std_px > 0, "lk_drift_std_px", "must be > 0")
@@ -144,6 +153,10 @@ class CpuTrackerConfig:
         need(self.local_max_distance_px > 0, "local_max_distance_px", "must be > 0")
         need(self.local_sigma_px > 0, "local_sigma_px", "must be > 0")
         need(self.anchor_noise_px > 0, "anchor_noise_px", "must be > 0")
+        need(self.refine_radius_px == 0 or self.refine_radius_px >= 3, "refine_radius_px",
+             "must be 0 (off) or >= 3")
+        need(self.refine_max_shift_px > 0, "refine_max_shift_px", "must be > 0")
+        need(self.refine_noise_px > 0, "refine_noise_px", "must be > 0")
         need(self.prior_gate_px > 0, "prior_gate_px", "must be > 0")
         need(0 <= self.jump_min_confidence <= 1, "jump_min_confidence", "must be in [0, 1]")
         need(0 < self.confidence_decay <= 1, "confidence_decay", "must be in (0, 1]")
@@ -296,6 +309,50 @@ class SiftAnchor:
             free = free[~inl]
         return labels, models
 
+    def refine(self, template_gray: np.ndarray, gray: np.ndarray, q: np.ndarray,
+               pred: np.ndarray, lin: np.ndarray) -> np.ndarray | None:
+        """Align the template around ``q`` (2,), warped by ``lin`` (2, 2), to ``gray`` near ``pred``.
+
+        SIFT keypoints are localised to a few tenths of a pixel and the local
+        fit averages a dozen of them; this last step matches the point's own
+        neighbourhood (Lucas-Kanade on contrast-normalised patches, so a
+        lighting change does not bias it). Returns the refined (2,) position,
+        or None when the alignment fails, is inconsistent forward-backward or
+        moves the point by more than ``refine_max_shift_px``.
+        """
+        cfg = self.cfg
+        rr = cfg.refine_radius_px
+        if rr == 0:
+            return None
+        try:
+            inv = np.linalg.inv(lin)
+        except np.linalg.LinAlgError:
+            return None
+        margin = int(math.ceil(cfg.refine_max_shift_px)) + 2
+        side = 2 * (rr + margin) + 1
+        c = (side - 1) / 2.0
+        # crop pixel u <-> image pred + (u - c) <-> template q + inv (u - c)
+        m = np.hstack([inv, (q - inv @ np.array([c, c]))[:, None]])
+        warped = cv2.warpAffine(template_gray, m, (side, side),
+                                flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                borderMode=cv2.BORDER_REPLICATE)
+        crop = cv2.getRectSubPix(gray, (side, side), (float(pred[0]), float(pred[1])))
+        a, b = _normalise_u8(warped), _normalise_u8(crop)
+        if a is None or b is None:
+            return None
+        start = np.array([[[c, c]]], np.float32)
+        params = dict(winSize=(2 * rr + 1, 2 * rr + 1), maxLevel=1,
+                      criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01))
+        fwd, st1, _ = cv2.calcOpticalFlowPyrLK(a, b, start, None, **params)
+        bwd, st2, _ = cv2.calcOpticalFlowPyrLK(b, a, fwd, None, **params)
+        if not (st1[0, 0] and st2[0, 0]):
+            return None
+        d = fwd[0, 0] - start[0, 0]
+        if (np.hypot(*d) > cfg.refine_max_shift_px
+                or np.hypot(*(bwd[0, 0] - start[0, 0])) > 0.25):
+            return None
+        return (pred + d).astype(np.float32)
+
     def anchor(self, src: np.ndarray, dst: np.ndarray, points: np.ndarray,
                template_gray: np.ndarray, gray: np.ndarray,
                prior: np.ndarray | None = None,
@@ -332,7 +389,7 @@ class SiftAnchor:
                                           (float(q[0]), float(q[1]))).astype(np.float32)
             d2 = np.sum((gsrc - q) ** 2, axis=1)
             w_all = np.exp(-d2 / two_sigma2)
-            candidates = []  # (vote, prediction (2,), rms, support, matches used, ncc)
+            candidates = []  # (vote, prediction (2,), rms, support, matches used, ncc, A (2, 2))
             for g in range(len(models)):
                 sel = np.flatnonzero((glab == g) & (d2 <= cfg.local_max_distance_px ** 2))
                 vote = float(w_all[glab == g].sum())
@@ -343,6 +400,7 @@ class SiftAnchor:
                         continue
                     coef, rms = coef
                     pred = coef[2].astype(np.float32)
+                    lin = coef[:2].T  # template offset -> image offset
                     mapped = off @ coef[:2] + coef[2]
                     support = min(1.0, float(w_all[sel].sum()) / (0.5 * cfg.local_matches))
                     used = len(sel)
@@ -353,11 +411,12 @@ class SiftAnchor:
                         continue
                     mapped = hq[:, :2] / hq[:, 2:3]
                     pred = mapped[len(off) // 2].astype(np.float32)
+                    lin = np.linalg.lstsq(off, mapped - pred, rcond=None)[0].T
                     rms, support, used = cfg.group_ransac_px, 0.25 * min(1.0, vote), cfg.local_min_matches
                 else:
                     continue
                 ncc = _patch_ncc(tpl_patch, gray, mapped, r)
-                candidates.append((vote, pred, rms, support, used, ncc))
+                candidates.append((vote, pred, rms, support, used, ncc, lin))
             if not candidates:
                 continue
             total_vote = sum(c[0] for c in candidates) + 1e-9
@@ -370,7 +429,8 @@ class SiftAnchor:
             if chosen is None:
                 chosen = max(candidates, key=lambda c: (c[5] if c[5] is not None else 0.0)
                              + 0.2 * c[0] / total_vote)
-            vote, pred, rms, support, used, ncc = chosen
+            vote, pred, rms, support, used, ncc, lin = chosen
+            refined = self.refine(template_gray, gray, q, pred, lin)
             appearance = 1.0 if ncc is None else float(np.clip(
                 (ncc - cfg.ncc_min) / (cfg.ncc_full - cfg.ncc_min), 0.0, 1.0))
             out[i] = pred
@@ -379,9 +439,21 @@ class SiftAnchor:
             # Variance of the fitted position: per-match noise (floored by the
             # assumed SIFT accuracy) over the matches that carry the fit.
             var[i] = (cfg.anchor_noise_px ** 2 + rms ** 2) / max(1.0, used - 3.0) * 3.0
+            if refined is not None:
+                out[i] = refined
+                var[i] = min(float(var[i]), cfg.refine_noise_px ** 2)
             found[i] = True
         return AnchorResult(out, np.clip(conf, 0, 1), np.clip(geo, 0, 1), var, found,
                             len(models), len(src))
+
+
+def _normalise_u8(patch: np.ndarray) -> np.ndarray | None:
+    """Zero-mean, fixed-contrast uint8 copy of ``patch`` (None if it is flat)."""
+    p = patch.astype(np.float32)
+    std = float(p.std())
+    if std < 2.0:
+        return None
+    return np.clip((p - float(p.mean())) * (40.0 / std) + 128.0, 0, 255).astype(np.uint8)
 
 
 def _patch_ncc(tpl_patch: np.ndarray, gray: np.ndarray, mapped: np.ndarray,
@@ -443,6 +515,7 @@ class CpuTracker(Correspondence):
         self._template_points: np.ndarray | None = None
         self._template_features: _Features | None = None
         self._prev_gray: np.ndarray | None = None
+        self._prev_lk: np.ndarray | None = None
         self._points: np.ndarray | None = None
         self._var: np.ndarray | None = None
         self._anchor_conf: np.ndarray | None = None
@@ -493,12 +566,21 @@ class CpuTracker(Correspondence):
             self._template_features = self._anchor.near_points(
                 self._anchor.features(g, pts, 1.0, self.cfg.reanchor_sift_pixels), pts)
         self._prev_gray = g
+        self._prev_lk = self._lk_image(g)
         self._points = pts.copy()
         self._var = np.zeros(len(pts), np.float32)
         self._anchor_conf = np.ones(len(pts), np.float32)
         self._frames_since_anchor = 0
         self._frame = 0
         self.last_anchor = None
+
+    def _lk_image(self, g: np.ndarray) -> np.ndarray:
+        """The (H, W) uint8 image LK runs on: ``g`` itself, or its high-pass version."""
+        sigma = self.cfg.lk_highpass_sigma_px
+        if sigma <= 0:
+            return g
+        low = cv2.GaussianBlur(g, (0, 0), sigma).astype(np.int16)
+        return np.clip(2 * (g.astype(np.int16) - low) + 128, 0, 255).astype(np.uint8)
 
     @property
     def points(self) -> np.ndarray | None:
@@ -521,8 +603,9 @@ class CpuTracker(Correspondence):
             return TrackResult(np.zeros((0, 2), np.float32), empty, np.zeros(0, bool))
 
         prev = self._points.reshape(-1, 1, 2)
-        fwd, st1, _ = cv2.calcOpticalFlowPyrLK(self._prev_gray, g, prev, None, **self._lk_params)
-        bwd, st2, _ = cv2.calcOpticalFlowPyrLK(g, self._prev_gray, fwd, None, **self._lk_params)
+        lk_prev, lk_cur = self._prev_lk, self._lk_image(g)
+        fwd, st1, _ = cv2.calcOpticalFlowPyrLK(lk_prev, lk_cur, prev, None, **self._lk_params)
+        bwd, st2, _ = cv2.calcOpticalFlowPyrLK(lk_cur, lk_prev, fwd, None, **self._lk_params)
         fwd = fwd.reshape(-1, 2)
         fb = np.linalg.norm(bwd.reshape(-1, 2) - self._points, axis=1)
         ok = (st1.ravel() == 1) & (st2.ravel() == 1) & np.isfinite(fb)
@@ -544,6 +627,7 @@ class CpuTracker(Correspondence):
         visible = visible & inside
         self._points = new_pts
         self._prev_gray = g
+        self._prev_lk = lk_cur
 
         fb_term = np.exp(-0.5 * (np.where(np.isfinite(fb), fb, 1e6) / cfg.fb_confidence_scale_px) ** 2)
         conf = (self._anchor_conf * fb_term
