@@ -79,7 +79,10 @@ class ModelConfig:
     tau_end: float = 0.2              #: ... annealed exponentially to this at the last step
     #: At evaluation/selection, a candidate is kept when its keep-probability exceeds this.
     keep_threshold: float = 0.5
-    min_log_std: float = -5.0         #: Gaussian head: clamp of log sigma (normalised units)
+    #: Gaussian head: clamp of log sigma (normalised units). A constant action
+    #: dimension drives sigma to this floor; at -5 its NLL gradient (~e^10)
+    #: swamped gradient clipping and stalled training, -3 (sigma 0.05) did not.
+    min_log_std: float = -3.0
     max_log_std: float = 2.0
 
     def __post_init__(self) -> None:

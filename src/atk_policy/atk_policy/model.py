@@ -83,6 +83,22 @@ def logit(p: float) -> float:
     return math.log(p / (1.0 - p))
 
 
+class _StraightThrough(torch.autograd.Function):
+    """Forward: exact 0/1 (soft > 0.5); backward: the gradient passes to ``soft`` unchanged.
+
+    (``hard + soft - soft.detach()`` would give the same gradient but values
+    like 0.99999994 from float rounding, so a "zeroed" keypoint would leak.)
+    """
+
+    @staticmethod
+    def forward(ctx, soft: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return (soft > 0.5).to(soft.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return grad
+
+
 def sample_concrete_mask(logits: torch.Tensor, batch: int, tau: float,
                          generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Straight-through binary-concrete sample.
@@ -94,8 +110,7 @@ def sample_concrete_mask(logits: torch.Tensor, batch: int, tau: float,
     u = u.clamp(1e-6, 1 - 1e-6)
     noise = torch.log(u) - torch.log1p(-u)          # logistic = difference of two Gumbels
     soft = torch.sigmoid((logits + noise) / tau)
-    hard = (soft > 0.5).to(soft.dtype)
-    return hard + soft - soft.detach(), soft
+    return _StraightThrough.apply(soft), soft
 
 
 # --------------------------------------------------------------------------- heads
@@ -143,7 +158,7 @@ class GaussianMLPHead(PolicyHead):
     """Diagonal Gaussian MLP, trained with the negative log-likelihood."""
 
     def __init__(self, in_dim: int, hidden: Sequence[int], out_dim: int = ACTION_DIM,
-                 min_log_std: float = -5.0, max_log_std: float = 2.0) -> None:
+                 min_log_std: float = -3.0, max_log_std: float = 2.0) -> None:
         super().__init__()
         self.net = _mlp(in_dim, hidden, 2 * out_dim)
         self.out_dim = out_dim

@@ -7,8 +7,8 @@ episode: :class:`TrackedEpisode` with tracks (T, C, 2) pixels, visible
 (T, C) bool, confidence (T, C) float32, plus the episode's proprio/actions.
 
 h_C is resolved by name through ``atk_perception.backends.make_correspondence``
-(falling back to ``atk_perception.cpu_tracker.CpuTracker`` for "cpu" while
-that factory is absent), or given as a picklable zero-argument callable.
+("cpu": LK + SIFT re-anchoring; "cotracker" where installed), or given as a
+picklable zero-argument callable.
 
 This is the slow step: a tqdm bar per episode, results cached as
 ``<cache_dir>/<key>.npz`` where the key is a sha256 of everything that
@@ -116,20 +116,15 @@ HCFactory = Callable[[], Any]
 
 
 def make_correspondence(backend: str | HCFactory) -> Any:
-    """An h_C instance from a backend name or a zero-argument factory."""
+    """An h_C instance from a backend name (atk_perception.backends) or a zero-argument factory."""
     if callable(backend):
         return backend()
-    try:
-        from atk_perception.backends import make_correspondence as make
-    except ImportError:
-        make = None
-    if make is not None:
-        return make(backend)
-    if backend == "cpu":
-        from atk_perception.cpu_tracker import CpuTracker
+    from atk_perception.backends import make_correspondence as make
 
-        return CpuTracker()
-    raise PropagationError(f"unknown h_C backend {backend!r} (atk_perception.backends is not available)")
+    try:
+        return make(backend)
+    except ValueError as exc:
+        raise PropagationError(f"h_C backend: {exc}") from exc
 
 
 def _backend_id(backend: str | HCFactory) -> str:
