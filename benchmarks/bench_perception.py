@@ -6,8 +6,8 @@ Prints (no pass/fail):
 * cost of ``transfer``;
 * drift (median error after 100 frames, mean error over all frames) per
   perturbation, with re-anchoring and with plain LK (reanchor_period=0);
-* transfer error per perturbation (template = first frame, target = frame
-  50), and on the moved-object / moved-background scenes.
+* transfer error per perturbation (template = first frame, target = last
+  frame), and on the moved-object / moved-background scenes.
 
 Timings depend on the machine and on what else runs on it: quote them with
 the CPU model and load.
