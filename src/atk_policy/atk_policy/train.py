@@ -224,6 +224,7 @@ def fit(model: torch.nn.Module, train: TrackSet, val: TrackSet | None, cfg: Trai
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         gen.set_state(ck["rng"])
+        torch.set_rng_state(ck["torch_rng"])
         start = int(ck["step"])
         result.history = [dict(h) for h in ck["history"]]
 
@@ -262,13 +263,16 @@ def fit(model: torch.nn.Module, train: TrackSet, val: TrackSet | None, cfg: Trai
                 result.history.append(rec)
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", val=f"{rec['val_mse']:.4f}",
                                 **({"kept": rec["kept"]} if "kept" in rec else {}))
-                if on_eval:
-                    on_eval(rec)
                 if ckpt_path is not None:
                     ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = ckpt_path.with_suffix(".tmp")
                     torch.save({"version": CHECKPOINT_VERSION, "total_steps": steps, "step": step + 1,
                                 "model": model.state_dict(), "optimizer": opt.state_dict(),
-                                "rng": gen.get_state(), "history": result.history}, ckpt_path)
+                                "rng": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                                "history": result.history}, tmp)
+                    os.replace(tmp, ckpt_path)  # a run killed while saving keeps the previous checkpoint
+                if on_eval:
+                    on_eval(rec)
                 if cfg.early_stop_patience and val_t is not None:
                     if rec["val_mse"] < best * 0.99:
                         best, bad_evals = rec["val_mse"], 0

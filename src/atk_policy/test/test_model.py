@@ -136,3 +136,34 @@ def test_config_errors_name_the_field():
         from_dict(TrainConfig, {"lrr": 1})
     cfg = ATKConfig()
     assert ATKConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_checkpoint_resume_reproduces_uninterrupted_run(planted, tmp_path):
+    d, ts = planted
+    norm = Normalisation.from_data(ts.proprio, ts.actions)
+    cfg = TrainConfig(steps=120, batch_size=64, eval_every=50, warmup_steps=10, alpha=3e-3)
+
+    def new():
+        torch.manual_seed(0)
+        return make_policy(ts, range(64), d.canonical_xy, ModelConfig(hidden=(16,)), norm, learn_mask=True)
+
+    ref = new()
+    fit(ref, ts, None, cfg, progress=False)
+
+    class Crash(Exception):
+        pass
+
+    def crash_at_51(rec):
+        if rec["step"] == 51:
+            raise Crash
+
+    ck = tmp_path / "mask.ckpt"
+    with pytest.raises(Crash):
+        fit(new(), ts, None, cfg, progress=False, checkpoint=ck, on_eval=crash_at_51)
+    resumed = new()
+    res = fit(resumed, ts, None, cfg, progress=False, checkpoint=ck, resume=True)
+    assert [h["step"] for h in res.history] == [1, 51, 101, 120]
+    for (k, a), b in zip(ref.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=k)
+    with pytest.raises(TrainingError, match="120 steps"):
+        fit(new(), ts, None, TrainConfig(steps=200, eval_every=50), progress=False, checkpoint=ck, resume=True)
