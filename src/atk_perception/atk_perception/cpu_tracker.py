@@ -189,7 +189,10 @@ class AnchorResult:
     that comes from match support and fit residual only (a point hidden by an
     occluder keeps it); variance: (N,) float32 px^2 (isotropic); found: (N,)
     bool (False: no group or fit could place the point); n_groups: number of
-    motion groups found; n_matches: matches after the ratio test.
+    motion groups found; n_matches: matches after the ratio test; ncc: (N,)
+    float32 patch correlation at the anchored point (NaN: flat template
+    patch or not found); linear: (N, 2, 2) local linear map template offset
+    -> image offset.
     """
 
     points: np.ndarray
@@ -199,6 +202,8 @@ class AnchorResult:
     found: np.ndarray
     n_groups: int
     n_matches: int
+    ncc: np.ndarray
+    linear: np.ndarray
 
 
 class SiftAnchor:
@@ -353,6 +358,16 @@ class SiftAnchor:
             return None
         return (pred + d).astype(np.float32)
 
+    def ncc_at(self, template_gray: np.ndarray, gray: np.ndarray, q: np.ndarray,
+               at: np.ndarray, lin: np.ndarray) -> float | None:
+        """NCC of the template patch around ``q`` (2,), warped by ``lin`` (2, 2), at ``at`` (2,) in ``gray``."""
+        r = self.cfg.patch_radius_px
+        off = np.stack(np.meshgrid(np.arange(-r, r + 1), np.arange(-r, r + 1)), -1)
+        off = off.reshape(-1, 2).astype(np.float64)
+        tpl_patch = cv2.getRectSubPix(template_gray, (2 * r + 1, 2 * r + 1),
+                                      (float(q[0]), float(q[1]))).astype(np.float32)
+        return _patch_ncc(tpl_patch, gray, off @ np.asarray(lin, float).T + at, r)
+
     def anchor(self, src: np.ndarray, dst: np.ndarray, points: np.ndarray,
                template_gray: np.ndarray, gray: np.ndarray,
                prior: np.ndarray | None = None,
@@ -374,9 +389,12 @@ class SiftAnchor:
         geo = np.zeros(n, np.float32)
         var = np.full(n, np.inf, np.float32)
         found = np.zeros(n, bool)
+        ncc_out = np.full(n, np.nan, np.float32)
+        lin_out = np.tile(np.eye(2, dtype=np.float32), (n, 1, 1))
         labels, models = self.group(src, dst)
         if not models or n == 0:
-            return AnchorResult(out, conf, geo, var, found, len(models), len(src))
+            return AnchorResult(out, conf, geo, var, found, len(models), len(src),
+                                ncc_out, lin_out)
         in_group = labels >= 0
         gsrc, gdst, glab = src[in_group], dst[in_group], labels[in_group]
         two_sigma2 = 2.0 * cfg.local_sigma_px ** 2
@@ -443,8 +461,10 @@ class SiftAnchor:
                 out[i] = refined
                 var[i] = min(float(var[i]), cfg.refine_noise_px ** 2)
             found[i] = True
+            ncc_out[i] = np.nan if ncc is None else ncc
+            lin_out[i] = lin
         return AnchorResult(out, np.clip(conf, 0, 1), np.clip(geo, 0, 1), var, found,
-                            len(models), len(src))
+                            len(models), len(src), ncc_out, lin_out)
 
 
 def _normalise_u8(patch: np.ndarray) -> np.ndarray | None:
@@ -635,6 +655,27 @@ class CpuTracker(Correspondence):
         conf = np.where(visible, conf, 0.0).astype(np.float32)
         return TrackResult(new_pts.copy(), np.clip(conf, 0.0, 1.0), visible.copy())
 
+    def _anchor_looks_better(self, g: np.ndarray, i: int, res: AnchorResult,
+                             tracked: np.ndarray, track_visible: bool) -> bool:
+        """Whether point ``i``'s anchor should replace its (disagreeing or lost) track.
+
+        Geometry alone is not enough: when a moved object has too few matches
+        to form its own motion group, the only candidate is the table's, and
+        it would drag the point back to where the object used to be. So the
+        anchor must look like the template (NCC above ``ncc_min``) and, if
+        the track is alive, at least as much as the tracked position does.
+        """
+        ncc_anchor = float(res.ncc[i])
+        if np.isnan(ncc_anchor):
+            return True  # flat template patch: appearance cannot decide
+        if ncc_anchor <= self.cfg.ncc_min:
+            return False
+        if not track_visible:
+            return True
+        ncc_track = self._anchor.ncc_at(self._template_gray, g, self._template_points[i],
+                                        tracked, res.linear[i])
+        return ncc_track is None or ncc_anchor >= ncc_track
+
     def _reanchor(self, g: np.ndarray, tracked: np.ndarray, visible: np.ndarray) -> np.ndarray:
         """Fuse the tracked points (N, 2) with their template re-anchoring; returns (N, 2)."""
         cfg = self.cfg
@@ -656,10 +697,11 @@ class CpuTracker(Correspondence):
                 out[i] = tracked[i] + wa * (res.points[i] - tracked[i])
                 self._var[i] = vt * va / (vt + va)
                 self._anchor_conf[i] = max(float(res.confidence[i]), 0.0)
-            elif res.geometric[i] >= cfg.jump_min_confidence:
+            elif res.geometric[i] >= cfg.jump_min_confidence and self._anchor_looks_better(
+                    g, i, res, tracked[i], visible[i]):
                 # The track was lost or went astray (e.g. followed an occluder
                 # or a look-alike): the matches around the point say where it
-                # is, even while its own patch is still hidden.
+                # is, and the template looks at least as much like it there.
                 out[i] = res.points[i]
                 self._var[i] = res.variance[i]
                 self._anchor_conf[i] = float(res.confidence[i])

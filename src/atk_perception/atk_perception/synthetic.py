@@ -184,13 +184,15 @@ def make_sequence(kind: str, n_frames: int = 100, size: tuple[int, int] = (640, 
 
 def moved_object_scene(size: tuple[int, int] = (640, 480), seed: int = 0,
                        move_object: bool = True, move_background: bool = False,
-                       texture: np.ndarray | None = None
+                       texture: np.ndarray | None = None, amount: float = 1.0
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """A template and a target where a small object and/or the background moved.
 
     Returns (template (H, W, 3), target (H, W, 3), template points (N, 2),
     true target points (N, 2)); the first half of the points lie on the
-    object, the rest on the background.
+    object, the rest on the background. ``amount`` in [0, 1] scales the
+    motions (the points do not depend on it, so a sweep of amounts is a
+    sequence: see :func:`moved_object_sequence`).
     """
     w, h = size
     rng = np.random.default_rng(seed)
@@ -203,10 +205,16 @@ def moved_object_scene(size: tuple[int, int] = (640, 480), seed: int = 0,
 
     # Object motion: rotation + translation about its centre.
     oc = (ox + ow / 2, oy + oh / 2)
-    h_obj = _homography(25.0 if move_object else 0.0, 1.0,
-                        60.0 if move_object else 0.0, 35.0 if move_object else 0.0, oc)
-    h_bg = (_homography(-6.0, 1.08, -15.0, 10.0, (w / 2, h / 2)) if move_background
-            else np.eye(3))
+
+    def motions(a: float) -> tuple[np.ndarray, np.ndarray]:
+        h_obj = _homography(25.0 * a if move_object else 0.0, 1.0,
+                            60.0 * a if move_object else 0.0,
+                            35.0 * a if move_object else 0.0, oc)
+        h_bg = (_homography(-6.0 * a, 1.0 + 0.08 * a, -15.0 * a, 10.0 * a, (w / 2, h / 2))
+                if move_background else np.eye(3))
+        return h_obj, h_bg
+
+    h_obj, h_bg = motions(amount)
     target = cv2.warpPerspective(bg, h_bg, (w, h), borderMode=cv2.BORDER_REFLECT)
     obj_mask = np.zeros((h, w), np.uint8)
     obj_mask[oy:oy + oh, ox:ox + ow] = 255
@@ -228,9 +236,29 @@ def moved_object_scene(size: tuple[int, int] = (640, 480), seed: int = 0,
     # Background points near the object but not on it, and not where the
     # moved object lands: the case that pulls naive local fits.
     bg_region[oy - 50:oy + oh + 50, ox - 50:ox + ow + 50] = 0
-    bg_region[cv2.dilate(warped_mask, np.ones((31, 31), np.uint8)) > 0] = 0
+    for a in np.linspace(0.0, 1.0, 9):  # wherever the object passes, for any amount
+        ho, hb = motions(float(a))
+        swept = cv2.warpPerspective(obj_mask, hb @ ho, (w, h), flags=cv2.INTER_NEAREST)
+        bg_region[cv2.dilate(swept, np.ones((31, 31), np.uint8)) > 0] = 0
     c = cv2.goodFeaturesToTrack(gray, 80, 0.01, 8, mask=bg_region)[:, 0]
     pts_bg = c[rng.choice(len(c), n_bg, replace=False)]
     tpl_pts = np.vstack([pts_obj, pts_bg]).astype(np.float32)
     true = np.vstack([_apply(h_o, pts_obj), _apply(h_bg, pts_bg)]).astype(np.float32)
     return template, target, tpl_pts, true
+
+
+def moved_object_sequence(n_frames: int = 40, size: tuple[int, int] = (640, 480),
+                          seed: int = 0, move_background: bool = False) -> Sequence:
+    """Frames in which a small object slides and turns (25 deg, 70 px) over a static table.
+
+    (Or over a table that moves too, with ``move_background``.) Points: the
+    first half on the object, the rest on the table; all stay visible.
+    """
+    frames, pts = [], []
+    for t in range(n_frames):
+        a = t / max(1, n_frames - 1)
+        tpl, tgt, p0, p = moved_object_scene(size, seed, True, move_background, amount=a)
+        frames.append(tgt)
+        pts.append(p)
+    points = np.array(pts, np.float32)
+    return Sequence(frames, points, np.ones(points.shape[:2], bool))

@@ -6,7 +6,7 @@ import pytest
 
 from atk_perception.correspondence import Correspondence
 from atk_perception.cpu_tracker import CpuTracker, CpuTrackerConfig
-from atk_perception.synthetic import make_sequence, moved_object_scene
+from atk_perception.synthetic import make_sequence, moved_object_scene, moved_object_sequence
 
 N_FRAMES = 100
 
@@ -58,7 +58,8 @@ def test_drift_stays_below_one_pixel(sequences, default_runs, kind):
     vis = seq.visible[1:]
     # Drift: where the points are after 100 frames (median over the visible
     # points, robust to one point that is just re-entering the image).
-    assert np.median(errs[-1][vis[-1]]) < 1.0, errs[-1]
+    # The target is < 1 px; this implementation measures 0.01-0.1 px here.
+    assert np.median(errs[-1][vis[-1]]) < 0.5, errs[-1]
     # Over the whole sequence: nearly all visible estimates within 3 px.
     assert np.mean(errs[vis] < 3.0) > 0.95
     assert np.all((conf >= 0) & (conf <= 1))
@@ -130,3 +131,36 @@ def test_grey_and_rgb_give_the_same_track(sequences):
         rb = b.update(seq.frames[t].mean(axis=2).astype(np.uint8))
         # Grey conversions differ slightly (luma weights vs plain mean).
         assert np.median(np.linalg.norm(ra.points - rb.points, axis=1)) < 0.3
+
+
+@pytest.fixture(scope="module")
+def object_sequence():
+    return moved_object_sequence(30, (640, 480), seed=5)
+
+
+def test_tracking_a_small_object_over_a_static_table(object_sequence):
+    seq = object_sequence
+    errs, conf, vis = _run(CpuTracker(), seq)
+    # Object points (first half) travel ~70 px and turn 25 deg; table points stay.
+    assert np.linalg.norm(seq.points[-1][:6] - seq.points[0][:6], axis=1).min() > 40
+    assert errs[-1].max() < 1.0, errs[-1]
+    assert np.all(conf[-1] > 0.5) and vis[-1].all()
+
+
+def test_without_motion_groups_the_table_does_not_drag_object_points(object_sequence):
+    """One motion model only (no grouping): the re-anchoring sees only the
+    table's motion. The appearance check must keep it from pulling the object
+    points back to where the object was, and their confidence must say so."""
+    seq = object_sequence
+    errs, conf, _ = _run(CpuTracker(CpuTrackerConfig(group_max_models=1)), seq)
+    assert errs[-1][:6].max() < 8.0, errs[-1]        # not dragged ~70 px back
+    assert np.all(conf[-1][:6] < 0.2), conf[-1]      # and reported as doubtful
+    assert np.all(errs[-1][6:] < 0.5) and np.all(conf[-1][6:] > 0.5)
+
+
+def test_transfer_without_motion_groups_fails_and_says_so():
+    tpl, tgt, pts, true = moved_object_scene(seed=5)
+    out, conf = CpuTracker(CpuTrackerConfig(group_max_models=1)).transfer(tpl, pts, tgt)
+    err = np.linalg.norm(out - true, axis=1)
+    assert np.all(err[:6] > 20.0), err                # the table's motion was used...
+    assert np.all(conf[:6] < 0.5), conf               # ...and the confidence is low
