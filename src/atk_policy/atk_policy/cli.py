@@ -163,6 +163,14 @@ def _read_episodes(args: argparse.Namespace, progress: bool) -> tuple[list, list
     return episodes, notes
 
 
+def _barrier() -> None:
+    """Wait for every torchrun rank (no-op in a single process); bounded by train.DIST_TIMEOUT_S."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 def _canonical(args: argparse.Namespace, episodes: list) -> tuple[np.ndarray, str]:
     import cv2
 
@@ -281,9 +289,13 @@ def run(args: argparse.Namespace) -> dict:
     except ValueError as exc:
         raise CliError(str(exc)) from None
 
+    from .train import init_distributed
+
+    world, rank = init_distributed(cfg.train.device)
+    progress = progress and rank == 0
     out: Path = args.output
     out.mkdir(parents=True, exist_ok=True)
-    report: dict = {"output": str(out)}
+    report: dict = {"output": str(out), "world_size": world}
 
     # 1. episodes
     episodes, notes = _read_episodes(args, progress)
@@ -301,19 +313,24 @@ def run(args: argparse.Namespace) -> dict:
             raise CliError(f"--roi-mask {args.roi_mask} is missing or not an image")
         roi = roi > 0
     cands = sample_candidates(canonical, cfg.candidates, roi)
-    (out / "candidates.json").write_text(json.dumps(
-        {"canonical_from": canon_from, "image_size": list(episodes[0].image_size),
-         "points": cands.points.tolist(), "source": cands.source, "info": cands.info}, indent=1))
-    write_png_rgb(out / "canonical.png", canonical)
+    if rank == 0:
+        (out / "candidates.json").write_text(json.dumps(
+            {"canonical_from": canon_from, "image_size": list(episodes[0].image_size),
+             "points": cands.points.tolist(), "source": cands.source, "info": cands.info}, indent=1))
     report["candidates"] = {"C": len(cands.points), "method": cfg.candidates.method, "canonical": canon_from,
                             **{k: v for k, v in cands.info.items() if k == "sources"}}
 
-    # 3. propagation (Algorithm 1)
+    # 3. propagation (Algorithm 1). Under torchrun rank 0 propagates into the
+    # cache while the others wait, then they read the same tracks from it.
     t0 = time.perf_counter()
     track_cache = args.track_cache or (out / "cache" / "tracks")
+    if rank != 0:
+        _barrier()
     tracked = propagate_dataset(episodes, canonical, cands.points, backend=cfg.propagation.backend,
                                 min_confidence=cfg.propagation.min_confidence, workers=cfg.propagation.workers,
-                                cache_dir=track_cache, progress=progress)
+                                cache_dir=track_cache, progress=progress and rank == 0)
+    if rank == 0:
+        _barrier()
     report["propagation"] = {
         "seconds": time.perf_counter() - t0, "cache": str(track_cache),
         "clipped_points": int(sum(te.meta.get("clipped_points", 0) for te in tracked)),
@@ -321,7 +338,9 @@ def run(args: argparse.Namespace) -> dict:
         "visible_fraction": float(np.mean([te.visible.mean() for te in tracked]))}
     tracks = TrackSet.from_tracked(tracked, episodes[0].image_size)
 
-    # 4. ATK: mask + policy, selection, final policy
+    # 4. ATK: mask + policy, selection, final policy. Under torchrun every rank
+    # trains (DDP) and only rank 0 writes files.
+    main_rank = rank == 0
     t0 = time.perf_counter()
     res = run_atk(tracks, cands.points, cfg, progress=progress, with_fullset="fullset" in baselines,
                   workdir=out / "checkpoints", resume=args.resume)
@@ -329,8 +348,10 @@ def run(args: argparse.Namespace) -> dict:
     report["training"] = {"seconds": time.perf_counter() - t0,
                           "mask_samples_per_s": res.mask_fit.samples_per_s}
     report["selection"] = {k: v for k, v in sel.items() if k != "keep_probs"}
-    save_policy(out, res.final.policy, canonical, config=cfg, selection=sel,
-                extra={"canonical_from": canon_from, "candidate_source": [cands.source[i] for i in res.selected]})
+    if main_rank:
+        save_policy(out, res.final.policy, canonical, config=cfg, selection=sel,
+                    extra={"canonical_from": canon_from,
+                           "candidate_source": [cands.source[i] for i in res.selected]})
 
     # 5. baselines
     runs = {"mask+policy": res.mask_fit.history, "final": res.final.fit.history}
@@ -338,7 +359,8 @@ def run(args: argparse.Namespace) -> dict:
     if res.fullset is not None:
         base_err["fullset"] = res.fullset.fit.val_mse
         runs["fullset"] = res.fullset.fit.history
-        save_policy(out / "baselines" / "fullset", res.fullset.policy, canonical, config=cfg)
+        if main_rank:
+            save_policy(out / "baselines" / "fullset", res.fullset.policy, canonical, config=cfg)
     tr_ids, va_ids = split_episodes(len(tracks.names), cfg.train.val_fraction, cfg.train.seed)
     train_set, val_set = tracks.subset_episodes(tr_ids), (tracks.subset_episodes(va_ids) if va_ids else None)
     n_sel = len(res.selected)
@@ -348,19 +370,25 @@ def run(args: argparse.Namespace) -> dict:
                                steps=cfg.selection.final_steps, progress=progress)
         base_err["random"] = r.fit.val_mse
         runs["random"] = r.fit.history
-        save_policy(out / "baselines" / "random", r.policy, canonical, config=cfg)
+        if main_rank:
+            save_policy(out / "baselines" / "random", r.policy, canonical, config=cfg)
     if "manual" in baselines:
         names, pts = load_manual_points(args.manual_points, episodes[0].image_size)
+        if not main_rank:
+            _barrier()
         man = propagate_dataset(episodes, canonical, pts, backend=cfg.propagation.backend,
                                 min_confidence=cfg.propagation.min_confidence, workers=cfg.propagation.workers,
                                 cache_dir=track_cache, progress=progress)
+        if main_rank:
+            _barrier()
         mts = TrackSet.from_tracked(man, episodes[0].image_size)
         r = train_on_keypoints("manual", mts.subset_episodes(tr_ids),
                                mts.subset_episodes(va_ids) if va_ids else None, range(len(pts)), pts, cfg,
                                steps=cfg.selection.final_steps, progress=progress, names=names)
         base_err["manual"] = r.fit.val_mse
         runs["manual"] = r.fit.history
-        save_policy(out / "baselines" / "manual", r.policy, canonical, config=cfg)
+        if main_rank:
+            save_policy(out / "baselines" / "manual", r.policy, canonical, config=cfg)
     if "rgb" in baselines:
         from dataclasses import replace
 
@@ -370,8 +398,11 @@ def run(args: argparse.Namespace) -> dict:
                             progress=progress)
         base_err["rgb"] = fr.val_mse
         runs["rgb"] = fr.history
-        save_rgb_policy(out / "baselines" / "rgb", pol, canonical)
+        if main_rank:
+            save_rgb_policy(out / "baselines" / "rgb", pol, canonical)
     report["baselines_val_mse"] = base_err
+    if not main_rank:
+        return report
 
     # 6. figures and summary
     write_png_rgb(out / "candidates.png", draw_candidates(canonical, cands.points, res.keep_probs, res.selected))

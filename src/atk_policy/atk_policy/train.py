@@ -160,10 +160,32 @@ def evaluate(model: torch.nn.Module, data: dict[str, torch.Tensor], chunk: int =
     return total / max(1, n)
 
 
+#: How long a rank waits for the others (e.g. for rank 0's propagation) before failing.
+DIST_TIMEOUT_S = 3600.0
+
+
 def _dist_info() -> tuple[int, int, bool]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     return world, rank, world > 1
+
+
+def init_distributed(device: str, timeout_s: float = DIST_TIMEOUT_S) -> tuple[int, int]:
+    """Join the torchrun process group when WORLD_SIZE > 1; returns (world, rank).
+
+    NCCL for CUDA devices, gloo on CPU. ``timeout_s`` bounds every collective
+    wait (a rank that never arrives fails the others with a timeout error).
+    """
+    import datetime
+
+    world, rank, distributed = _dist_info()
+    if distributed:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo",
+                                    timeout=datetime.timedelta(seconds=timeout_s))
+    return world, rank
 
 
 def fit(model: torch.nn.Module, train: TrackSet, val: TrackSet | None, cfg: TrainConfig, *,
@@ -186,10 +208,7 @@ def fit(model: torch.nn.Module, train: TrackSet, val: TrackSet | None, cfg: Trai
     world, rank, distributed = _dist_info()
     device = cfg.device
     if distributed:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+        init_distributed(device)
         if device.startswith("cuda"):
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
             torch.cuda.set_device(device)
