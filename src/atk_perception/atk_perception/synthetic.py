@@ -141,7 +141,15 @@ def make_sequence(kind: str, n_frames: int = 100, size: tuple[int, int] = (640, 
         for _ in range(4):
             pw, ph = int(rng.integers(40, 80)), int(rng.integers(40, 80))
             x0, y0 = int(rng.integers(0, cw - pw)), int(rng.integers(0, ch - ph))
-            start = rng.uniform([0, 0], [w - pw, h - ph])
+            # Start where no keypoint is hidden: the first frame is the
+            # template, and a keypoint defined on a distractor would belong
+            # to the distractor.
+            for _attempt in range(200):
+                start = rng.uniform([0, 0], [w - pw, h - ph])
+                inside = ((pts0[:, 0] >= start[0] - 3) & (pts0[:, 0] <= start[0] + pw + 3)
+                          & (pts0[:, 1] >= start[1] - 3) & (pts0[:, 1] <= start[1] + ph + 3))
+                if not inside.any():
+                    break
             vel = rng.uniform(-4, 4, 2)
             patches.append((canvas[y0:y0 + ph, x0:x0 + pw].copy(), start, vel))
 
@@ -163,8 +171,9 @@ def make_sequence(kind: str, n_frames: int = 100, size: tuple[int, int] = (640, 
             for patch, start, vel in patches:
                 ph, pw = patch.shape[:2]
                 x, y = start + vel * t
-                x = int(abs((x % (2 * (w - pw))) - (w - pw))) if w > pw else 0
-                y = int(abs((y % (2 * (h - ph))) - (h - ph))) if h > ph else 0
+                # Bounce off the image borders (a triangle wave that starts at `start`).
+                x = int((w - pw) - abs((x % (2 * (w - pw))) - (w - pw))) if w > pw else 0
+                y = int((h - ph) - abs((y % (2 * (h - ph))) - (h - ph))) if h > ph else 0
                 frame[y:y + ph, x:x + pw] = patch
                 cover[y:y + ph, x:x + pw] = 1
         elif kind == "occlusion":
