@@ -106,6 +106,8 @@ class CpuTrackerConfig:
     """A re-anchored estimate replaces a lost or disagreeing track only when its geometric confidence (support, residual) is at least this."""
 
     # --- confidence ---
+    disagree_confidence_factor: float = 0.5
+    """A track that its re-anchoring contradicts (and that keeps its position) has its confidence multiplied by this."""
     confidence_decay: float = 0.97
     """Per-frame confidence factor since the last re-anchoring (drift is invisible to LK)."""
     residual_scale_px: float = 2.0
@@ -159,6 +161,8 @@ class CpuTrackerConfig:
         need(self.refine_noise_px > 0, "refine_noise_px", "must be > 0")
         need(self.prior_gate_px > 0, "prior_gate_px", "must be > 0")
         need(0 <= self.jump_min_confidence <= 1, "jump_min_confidence", "must be in [0, 1]")
+        need(0 <= self.disagree_confidence_factor <= 1, "disagree_confidence_factor",
+             "must be in [0, 1]")
         need(0 < self.confidence_decay <= 1, "confidence_decay", "must be in (0, 1]")
         need(self.residual_scale_px > 0, "residual_scale_px", "must be > 0")
         need(self.patch_radius_px >= 2, "patch_radius_px", "must be >= 2")
@@ -618,7 +622,7 @@ class CpuTracker(Correspondence):
         n = len(self._points)
         self._frame += 1
         if n == 0:
-            self._prev_gray = g
+            self._prev_gray, self._prev_lk = g, self._lk_image(g)
             empty = np.zeros(0, np.float32)
             return TrackResult(np.zeros((0, 2), np.float32), empty, np.zeros(0, bool))
 
@@ -706,6 +710,6 @@ class CpuTracker(Correspondence):
                 self._var[i] = res.variance[i]
                 self._anchor_conf[i] = float(res.confidence[i])
             else:
-                self._anchor_conf[i] *= 0.5
+                self._anchor_conf[i] *= cfg.disagree_confidence_factor
         self._frames_since_anchor = 0
         return out
