@@ -66,6 +66,8 @@ class CpuTrackerConfig:
     # --- re-anchoring to the template ---
     reanchor_period: int = 5
     """Re-anchor every this many frames (1 = every frame, 0 = never: plain LK)."""
+    reanchor_split: bool = True
+    """Spread a re-anchoring over two frames (SIFT detection on one, matching and fitting on the next, the correction carried over by that frame's LK motion): halves the peak cost of a frame."""
     reanchor_radius_px: float = 160.0
     """Re-anchoring searches SIFT features in the points' bounding box grown by this (0 = whole image)."""
     reanchor_sift_pixels: int = 120_000
@@ -545,6 +547,7 @@ class CpuTracker(Correspondence):
         self._anchor_conf: np.ndarray | None = None
         self._frames_since_anchor = 0
         self._frame = 0
+        self._pending: tuple | None = None  # (gray, tracked, visible, features) of a split re-anchoring
         self.last_anchor: AnchorResult | None = None
         """Diagnostics of the latest re-anchoring (None before the first)."""
 
@@ -596,6 +599,7 @@ class CpuTracker(Correspondence):
         self._anchor_conf = np.ones(len(pts), np.float32)
         self._frames_since_anchor = 0
         self._frame = 0
+        self._pending = None
         self.last_anchor = None
 
     def _lk_image(self, g: np.ndarray) -> np.ndarray:
@@ -640,8 +644,20 @@ class CpuTracker(Correspondence):
         self._var = self._var + np.float32(cfg.lk_drift_std_px ** 2)
         self._frames_since_anchor += 1
 
-        if cfg.reanchor_period > 0 and self._frame % cfg.reanchor_period == 0:
-            new_pts = self._reanchor(g, new_pts, visible)
+        if self._pending is not None:
+            # Second half of a split re-anchoring: fit on the stored frame,
+            # then carry each correction over by this frame's LK motion.
+            old_g, old_pts, old_vis, feats = self._pending
+            self._pending = None
+            fixed = self._reanchor(old_g, old_pts, old_vis, feats)
+            moved = np.where(visible[:, None], new_pts - old_pts, 0.0)
+            new_pts = (fixed + moved).astype(np.float32)
+        elif cfg.reanchor_period > 0 and self._frame % cfg.reanchor_period == 0:
+            if cfg.reanchor_split and self._template_features is not None:
+                feats = self._anchor.features(g, new_pts, 1.0, cfg.reanchor_sift_pixels)
+                self._pending = (g, new_pts.copy(), visible.copy(), feats)
+            else:
+                new_pts = self._reanchor(g, new_pts, visible)
 
         # Points that left the view keep their (outside) estimate, reported
         # not visible: clipping them to the border would invent a position.
@@ -680,12 +696,17 @@ class CpuTracker(Correspondence):
                                         tracked, res.linear[i])
         return ncc_track is None or ncc_anchor >= ncc_track
 
-    def _reanchor(self, g: np.ndarray, tracked: np.ndarray, visible: np.ndarray) -> np.ndarray:
-        """Fuse the tracked points (N, 2) with their template re-anchoring; returns (N, 2)."""
+    def _reanchor(self, g: np.ndarray, tracked: np.ndarray, visible: np.ndarray,
+                  feats: _Features | None = None) -> np.ndarray:
+        """Fuse the tracked points (N, 2) on ``g`` with their template re-anchoring; returns (N, 2).
+
+        ``feats``: the SIFT features of ``g`` when already detected (split re-anchoring).
+        """
         cfg = self.cfg
         if self._template_features is None:
             return tracked
-        feats = self._anchor.features(g, tracked, 1.0, cfg.reanchor_sift_pixels)
+        if feats is None:
+            feats = self._anchor.features(g, tracked, 1.0, cfg.reanchor_sift_pixels)
         src, dst = self._anchor.match(self._template_features, feats)
         res = self._anchor.anchor(src, dst, self._template_points, self._template_gray, g,
                                   prior=tracked, prior_ok=visible)

@@ -75,7 +75,8 @@ def test_reanchoring_beats_plain_lk(sequences, default_runs):
 
 def test_confidence_decays_between_reanchors(sequences):
     seq = sequences["lighting"]
-    cfg = CpuTrackerConfig(reanchor_period=10, confidence_decay=0.9)
+    # Unsplit: the re-anchoring then lands exactly on frames 10, 20, ...
+    cfg = CpuTrackerConfig(reanchor_period=10, confidence_decay=0.9, reanchor_split=False)
     _, conf, vis = _run(CpuTracker(cfg), seq)
     # Frames 10 (re-anchored) .. 19: the median confidence must fall steadily.
     med = np.median(conf[9:19], axis=1)
@@ -164,3 +165,11 @@ def test_transfer_without_motion_groups_fails_and_says_so():
     err = np.linalg.norm(out - true, axis=1)
     assert np.all(err[:6] > 20.0), err                # the table's motion was used...
     assert np.all(conf[:6] < 0.5), conf               # ...and the confidence is low
+
+
+def test_unsplit_reanchoring_holds_drift_too(sequences):
+    seq = sequences["rotation"]
+    errs, _, _ = _run(CpuTracker(CpuTrackerConfig(reanchor_split=False)), seq)
+    vis = seq.visible[1:]
+    assert np.median(errs[-1][vis[-1]]) < 0.5, errs[-1]
+    assert np.mean(errs[vis] < 3.0) > 0.95
