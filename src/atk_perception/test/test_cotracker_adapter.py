@@ -29,8 +29,9 @@ W, H = 160, 120
 class _FakeNet(torch.nn.Module):
     """Inner network: per-point visibility and confidence heads chosen by the test."""
 
-    def __init__(self, vis: np.ndarray, conf: np.ndarray) -> None:
+    def __init__(self, vis: np.ndarray, conf: np.ndarray, v2: bool = False) -> None:
         super().__init__()
+        self.v2 = v2  # CoTracker2's network has no confidence head
         self.vis = torch.tensor(vis, dtype=torch.float32)
         self.conf = torch.tensor(conf, dtype=torch.float32)
         self.window_len = 2 * STEP
@@ -55,16 +56,20 @@ class _FakeNet(torch.nn.Module):
         vis = self.vis[None, None, :n].repeat(1, total, 1)
         conf = self.conf[None, None, :n].repeat(1, total, 1)
         self.online_ind += self.window_len // 2
+        if self.v2:
+            return tracks, vis, None
         return tracks, vis, conf, None
 
 
 class FakeOnlinePredictor(torch.nn.Module):
     """Same call contract as CoTrackerOnlinePredictor (identity resize, 0.6 threshold)."""
 
-    def __init__(self, vis: np.ndarray, conf: np.ndarray, with_inner: bool = True) -> None:
+    def __init__(self, vis: np.ndarray, conf: np.ndarray, with_inner: bool = True,
+                 v2: bool = False) -> None:
         super().__init__()
         self.step = STEP
-        self.net_for_test = _FakeNet(vis, conf)
+        self.v2 = v2
+        self.net_for_test = _FakeNet(vis, conf, v2)
         if with_inner:
             self.model = self.net_for_test
         self.calls: list[tuple[bool, int]] = []  # (is_first_step, chunk length)
@@ -84,9 +89,11 @@ class FakeOnlinePredictor(torch.nn.Module):
                 axis=2).astype(np.float32)
             self.queries = queries.clone()
             return (None, None)
-        tracks, vis, conf, _ = net(video=video_chunk, queries=self.queries, iters=6,
-                                   is_online=True)
-        return tracks, (vis * conf) > 0.6
+        out = net(video=video_chunk, queries=self.queries, iters=6, is_online=True)
+        tracks, vis = out[0], out[1]
+        if not self.v2:
+            vis = vis * out[2]
+        return tracks, vis > 0.6
 
 
 def _shifted(img: np.ndarray, dx: int, dy: int) -> np.ndarray:
@@ -101,11 +108,11 @@ def checkpoint(tmp_path):
     return str(path)
 
 
-def _make(checkpoint, vis, conf, threshold=0.6, with_inner=True):
-    fake = FakeOnlinePredictor(np.asarray(vis), np.asarray(conf), with_inner)
+def _make(checkpoint, vis, conf, threshold=0.6, with_inner=True, v2=False):
+    fake = FakeOnlinePredictor(np.asarray(vis), np.asarray(conf), with_inner, v2)
     backend = CoTrackerBackend(
         CoTrackerConfig(checkpoint=checkpoint, device="cpu", window_len=2 * STEP,
-                        visibility_threshold=threshold, confidence_decay=0.8),
+                        visibility_threshold=threshold, confidence_decay=0.8, v2=v2),
         predictor_factory=lambda cfg: fake)
     return backend, fake
 
@@ -150,6 +157,18 @@ def test_threshold_is_the_config_field_not_the_predictors(checkpoint):
             r = backend.update(base)
         assert r.visible.tolist() == expected
         np.testing.assert_allclose(r.confidence, [0.81, 0.45], atol=1e-5)
+
+
+def test_cotracker2_network_has_visibility_only(checkpoint):
+    base = procedural_texture(H, W, seed=5)
+    pts = np.array([[30.0, 30.0], [120.0, 90.0]], np.float32)
+    backend, _ = _make(checkpoint, [0.9, 0.5], [0.1, 0.1], 0.4, v2=True)
+    backend.reset(base, pts)
+    for _ in range(2 * STEP - 1):
+        r = backend.update(base)
+    # The confidence head values (0.1) must not enter: visibility alone.
+    np.testing.assert_allclose(r.confidence, [0.9, 0.5], atol=1e-5)
+    assert r.visible.tolist() == [True, True]
 
 
 def test_predictor_without_inner_heads_falls_back_to_booleans(checkpoint):
