@@ -133,7 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma list of fullset, random, manual, rgb, or 'none' (default: %(default)s)")
     g.add_argument("--manual-points", type=Path, metavar="JSON",
                    help="points for the manual baseline: {\"points\": [{\"name\": .., \"xy\": [x, y]}]}")
-    g.add_argument("--rgb-steps", type=int, default=1500, help="steps of the RGB baseline (default: %(default)s)")
+    g.add_argument("--rgb-steps", type=int, default=600,
+                   help="steps of the RGB baseline (default: %(default)s; with the default batch about a minute "
+                        "on one CPU core)")
+    g.add_argument("--rgb-batch-size", type=int, default=64,
+                   help="mini-batch of the RGB baseline; images cost ~1.5 ms each per step on a CPU core "
+                        "(default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -394,8 +399,9 @@ def run(args: argparse.Namespace) -> dict:
 
         from .rgb_baseline import save_rgb_policy, train_rgb
 
-        pol, fr = train_rgb(episodes, tr_ids, va_ids, replace(cfg.train, steps=args.rgb_steps, alpha=0.0),
-                            progress=progress)
+        rgb_train = replace(cfg.train, steps=args.rgb_steps, batch_size=args.rgb_batch_size, alpha=0.0,
+                            warmup_steps=min(cfg.train.warmup_steps, args.rgb_steps))
+        pol, fr = train_rgb(episodes, tr_ids, va_ids, rgb_train, progress=progress)
         base_err["rgb"] = fr.val_mse
         runs["rgb"] = fr.history
         if main_rank:

@@ -93,7 +93,7 @@ def planted_dataset(seed: int, num_episodes: int = 80, steps: int = 30, num_cand
 
 
 def rendered_episodes(background: np.ndarray, seed: int = 0, num_episodes: int = 8, steps: int = 20,
-                      image_size: tuple[int, int] = (160, 120), patch: int = 24) -> tuple[list, np.ndarray]:
+                      image_size: tuple[int, int] = (160, 120), patch: int = 32) -> tuple[list, np.ndarray]:
     """Episodes with real-photo frames where the action follows a moving object.
 
     background: (H0, W0, 3) uint8 RGB photograph; a crop of it is the static
@@ -111,8 +111,10 @@ def rendered_episodes(background: np.ndarray, seed: int = 0, num_episodes: int =
     if bg0.shape[0] < h + patch or bg0.shape[1] < w + patch:
         bg0 = cv2.resize(bg0, (max(w + patch, bg0.shape[1]), max(h + patch, bg0.shape[0])))
     scene = np.ascontiguousarray(bg0[:h, :w])
-    obj = np.ascontiguousarray(bg0[-patch:, -patch:])
-    obj = np.ascontiguousarray(obj[:, :, ::-1])  # colour-swapped so it stands out from the scene
+    # The object: a textured crop from the middle of the photograph, rotated
+    # and colour-swapped so it stands out from the scene and has corners to track.
+    oy, ox = bg0.shape[0] // 2 - patch // 2, bg0.shape[1] // 2 - patch // 2
+    obj = np.ascontiguousarray(np.rot90(bg0[oy:oy + patch, ox:ox + patch, ::-1]))
     episodes, centres = [], []
     for e in range(num_episodes):
         start = np.array([rng.uniform(0.3 * w, 0.7 * w), rng.uniform(0.3 * h, 0.7 * h)])
