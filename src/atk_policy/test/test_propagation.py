@@ -85,7 +85,6 @@ def test_cached_episodes_do_not_run_hc(photo, tmp_path):
     np.testing.assert_array_equal(second[1].tracks, first[1].tracks)
 
 
-@pytest.mark.slow
 def test_parallel_workers_match_serial(photo):
     template = np.ascontiguousarray(photo[100:100 + H, 150:150 + W])
     cands = np.array([[60, 50], [140, 100]], np.float32)
