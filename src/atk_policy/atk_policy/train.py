@@ -364,6 +364,7 @@ def train_on_keypoints(name: str, train: TrackSet, val: TrackSet | None, ids: Se
     """Train a mask-free policy on the candidate ``ids`` only (final policy / baselines)."""
     norm = Normalisation.from_data(train.proprio, train.actions)
     tr, va = train.select_keypoints(ids), (val.select_keypoints(ids) if val is not None else None)
+    torch.manual_seed(cfg.train.seed)  # initial weights depend on the seed only, not on earlier runs
     pol = make_policy(tr, range(len(ids)), np.asarray(canonical_xy)[list(ids)], cfg.model, norm,
                       learn_mask=False, names=names)
     pol.keypoint_ids = [int(i) for i in ids]
@@ -422,6 +423,7 @@ def run_atk(tracks: TrackSet, canonical_xy: np.ndarray, cfg: ATKConfig, *, progr
     norm = Normalisation.from_data(train.proprio, train.actions)
     ck = (lambda n: Path(workdir) / f"{n}.ckpt") if workdir else (lambda n: None)
 
+    torch.manual_seed(cfg.train.seed)  # initial weights depend on the seed only, not on earlier runs
     mask_model = make_policy(train, range(c), canonical_xy, cfg.model, norm, learn_mask=True)
     mask_fit = fit(mask_model, train, val, cfg.train, desc="mask+policy", progress=progress,
                    checkpoint=ck("mask"), resume=resume)
