@@ -82,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="number of candidate keypoints C (default: %(default)s)")
     g.add_argument("--candidate-method", choices=CANDIDATE_METHODS, default="texture",
                    help="grid, random, or texture (corners, then SIFT, then random fill) (default: %(default)s)")
-    g.add_argument("--candidate-seed", type=int, default=0, help="seed of random candidates (default: %(default)s)")
+    g.add_argument("--candidate-seed", type=int, default=0,
+                   help="seed of the random candidates and of the texture sampler's random fill (default: %(default)s)")
     g.add_argument("--roi-mask", type=Path, metavar="PNG",
                    help="grey/binary image of I_can's size; candidates only where it is nonzero")
     g = p.add_argument_group("propagation (h_C)")
@@ -98,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--steps", type=int, default=tc.steps, help="optimiser steps of mask training (default: %(default)s)")
     g.add_argument("--final-steps", type=int, default=None,
                    help="steps of the final policy and baselines (default: --steps)")
-    g.add_argument("--batch-size", type=int, default=tc.batch_size, help="(default: %(default)s)")
+    g.add_argument("--batch-size", type=int, default=tc.batch_size,
+                   help="samples per optimiser step (table 6 uses 2048-4096 on large datasets) (default: %(default)s)")
     g.add_argument("--lr", type=float, default=tc.lr, help="Adam learning rate of the policy (default: %(default)s)")
     g.add_argument("--mask-lr", type=float, default=tc.mask_lr,
                    help="Adam learning rate of the mask logits (default: %(default)s)")
@@ -112,11 +114,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="policy head: deterministic MSE or Gaussian NLL (default: %(default)s)")
     g.add_argument("--hidden", default=",".join(map(str, mc.hidden)), metavar="W,W",
                    help="MLP hidden layer widths (default: %(default)s)")
-    g.add_argument("--warmup-steps", type=int, default=tc.warmup_steps, help="(default: %(default)s)")
-    g.add_argument("--eval-every", type=int, default=tc.eval_every, help="(default: %(default)s)")
+    g.add_argument("--warmup-steps", type=int, default=tc.warmup_steps,
+                   help="steps of linear learning-rate warmup before the cosine decay (default: %(default)s)")
+    g.add_argument("--eval-every", type=int, default=tc.eval_every,
+                   help="steps between validation evaluations, curve points and checkpoints (default: %(default)s)")
     g.add_argument("--val-fraction", type=float, default=tc.val_fraction,
                    help="share of episodes held out for validation (default: %(default)s)")
-    g.add_argument("--seed", type=int, default=tc.seed, help="(default: %(default)s)")
+    g.add_argument("--seed", type=int, default=tc.seed,
+                   help="seed of the train/validation split, weights, batches, masks and RandomSelect "
+                        "(default: %(default)s)")
     g.add_argument("--device", default=tc.device, help="torch device, e.g. cpu or cuda (default: %(default)s)")
     g.add_argument("--threads", type=int, default=tc.num_threads,
                    help="torch CPU threads for training, 0 = torch default (default: %(default)s; the small "
