@@ -51,7 +51,7 @@ def bench_training(device: str, threads: int, steps: int) -> None:
             break
     sel = select_ids(pol.keep_probs(), cfg.model.keep_threshold)
     t0 = time.perf_counter()
-    final = train_on_keypoints("final", train, val, sel, d.canonical_xy, cfg)
+    final = train_on_keypoints("final", train, val, sel, d.canonical_xy, cfg, init=pol.slice_keypoints(sel))
     t_final = time.perf_counter() - t0
     print(f"training: {len(train)} train samples ({len(tr)} episodes), {len(val)} val, C=64, "
           f"device {device}, torch threads {threads}")

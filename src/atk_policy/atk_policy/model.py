@@ -302,6 +302,38 @@ class KeypointPolicy(nn.Module):
         out = self.head.predict(self._features(keypoints, proprio, mask))
         return out * self.action_std + self.action_mean
 
+    # ---- selection
+    @torch.no_grad()
+    def slice_keypoints(self, ids: Sequence[int]) -> "KeypointPolicy":
+        """A mask-free policy on candidates ``ids`` that computes what this model computes.
+
+        With a learned mask and ``ids`` = the deterministically kept set, the
+        result gives exactly this model's eval predictions on those keypoints:
+        the first layer keeps the columns of the selected coordinates and
+        folds their indicator columns (always 1) into its bias; columns of
+        dropped keypoints (input 0, indicator 0) go. Used to warm-start the
+        final policy.
+        """
+        ids = [int(i) for i in ids]
+        c, n = self.num_keypoints, len(ids)
+        new = KeypointPolicy(n, self.image_size, self.cfg, self.norm, learn_mask=False,
+                             keypoint_ids=[self.keypoint_ids[i] for i in ids],
+                             keypoint_names=[self.keypoint_names[i] for i in ids],
+                             canonical_xy=self.canonical_xy[ids])
+        src, dst = self.head.net, new.head.net
+        for k, (a, b) in enumerate(zip(src, dst)):
+            if k == 0:
+                w = a.weight
+                cols = [2 * i + j for i in ids for j in (0, 1)] + list(range(w.shape[1] - PROPRIO_DIM, w.shape[1]))
+                b.weight.copy_(w[:, cols])
+                bias = a.bias.clone()
+                if self.use_indicator:
+                    bias += w[:, [2 * c + i for i in ids]].sum(dim=1)
+                b.bias.copy_(bias)
+            elif isinstance(a, nn.Linear):
+                b.load_state_dict(a.state_dict())
+        return new
+
     # ---- deployment
     def reset(self) -> None:
         """Forget per-episode state. The MLP policies are memoryless; kept for the interface."""

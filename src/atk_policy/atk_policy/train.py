@@ -125,6 +125,7 @@ class FitResult:
     seconds: float = 0.0
     samples_per_s: float = 0.0
     steps: int = 0
+    best_step: int | None = None   #: step whose weights were kept (TrainConfig.keep_best)
 
 
 def lr_multiplier(step: int, total: int, warmup: int, min_ratio: float) -> float:
@@ -248,6 +249,8 @@ def fit(model: torch.nn.Module, train: TrackSet, val: TrackSet | None, cfg: Trai
         result.history = [dict(h) for h in ck["history"]]
 
     best, bad_evals = math.inf, 0
+    keep_best = cfg.keep_best and val_t is not None and not getattr(model, "learn_mask", False)
+    best_val, best_state, best_step = math.inf, None, None
     t0 = time.perf_counter()
     bar = tqdm(range(start, steps), desc=desc, unit="step", disable=not progress or rank != 0,
                leave=False, mininterval=0.5)
@@ -279,6 +282,9 @@ def fit(model: torch.nn.Module, train: TrackSet, val: TrackSet | None, cfg: Trai
                     rec["kept"] = int(logs["kept"])
                     rec["keep_prob_sum"] = float(logs["l1"])
                 rec["val_mse"] = evaluate(model, val_t) if val_t is not None else float("nan")
+                if keep_best and rec["val_mse"] < best_val:
+                    best_val, best_step = rec["val_mse"], step + 1
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 result.history.append(rec)
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", val=f"{rec['val_mse']:.4f}",
                                 **({"kept": rec["kept"]} if "kept" in rec else {}))
@@ -306,6 +312,21 @@ def fit(model: torch.nn.Module, train: TrackSet, val: TrackSet | None, cfg: Trai
             if stop[0] > 0:
                 break
     bar.close()
+    if keep_best and best_state is not None and distributed:
+        # Rank 0 chose the weights; every rank must end with the same ones.
+        import torch.distributed as dist
+
+        for v in best_state.values():
+            dist.broadcast(v, src=0)
+    elif keep_best and distributed:
+        import torch.distributed as dist
+
+        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        for v in best_state.values():
+            dist.broadcast(v, src=0)
+    if keep_best and best_state is not None:
+        model.load_state_dict(best_state)
+        result.best_step = best_step
     result.seconds = time.perf_counter() - t0
     result.steps = step + 1
     result.samples_per_s = (result.steps - start) * min(cfg.batch_size, n_train) * world / max(result.seconds, 1e-9)
@@ -360,13 +381,23 @@ class PolicyRun:
 def train_on_keypoints(name: str, train: TrackSet, val: TrackSet | None, ids: Sequence[int],
                        canonical_xy: np.ndarray, cfg: ATKConfig, *, steps: int | None = None,
                        progress: bool = True, names: Sequence[str] | None = None,
-                       checkpoint: str | Path | None = None) -> PolicyRun:
-    """Train a mask-free policy on the candidate ``ids`` only (final policy / baselines)."""
-    norm = Normalisation.from_data(train.proprio, train.actions)
+                       checkpoint: str | Path | None = None, init: KeypointPolicy | None = None) -> PolicyRun:
+    """Train a mask-free policy on the candidate ``ids`` only (final policy / baselines).
+
+    init: start from this policy (e.g. ``mask_model.slice_keypoints(ids)``)
+    instead of fresh weights.
+    """
     tr, va = train.select_keypoints(ids), (val.select_keypoints(ids) if val is not None else None)
-    torch.manual_seed(cfg.train.seed)  # initial weights depend on the seed only, not on earlier runs
-    pol = make_policy(tr, range(len(ids)), np.asarray(canonical_xy)[list(ids)], cfg.model, norm,
-                      learn_mask=False, names=names)
+    if init is not None:
+        if init.learn_mask or init.num_keypoints != len(ids):
+            raise TrainingError(f"init policy has {init.num_keypoints} keypoints / mask {init.learn_mask}, "
+                                f"expected {len(ids)} without a mask")
+        pol = init
+    else:
+        norm = Normalisation.from_data(train.proprio, train.actions)
+        torch.manual_seed(cfg.train.seed)  # initial weights depend on the seed only, not on earlier runs
+        pol = make_policy(tr, range(len(ids)), np.asarray(canonical_xy)[list(ids)], cfg.model, norm,
+                          learn_mask=False, names=names)
     pol.keypoint_ids = [int(i) for i in ids]
     if names is None:
         pol.keypoint_names = [f"kp{int(i)}" for i in ids]
@@ -429,8 +460,9 @@ def run_atk(tracks: TrackSet, canonical_xy: np.ndarray, cfg: ATKConfig, *, progr
                    checkpoint=ck("mask"), resume=resume)
     probs = mask_model.keep_probs()
     selected = select_ids(probs, cfg.model.keep_threshold, top_n, cfg.selection.min_keep)
+    init = mask_model.slice_keypoints(selected) if cfg.selection.warm_start else None
     final = train_on_keypoints("final", train, val, selected, canonical_xy, cfg,
-                               steps=cfg.selection.final_steps, progress=progress)
+                               steps=cfg.selection.final_steps, progress=progress, init=init)
     fullset = (train_on_keypoints("fullset", train, val, range(c), canonical_xy, cfg,
                                   steps=cfg.selection.final_steps, progress=progress)
                if with_fullset else None)

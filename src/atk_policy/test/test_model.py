@@ -167,3 +167,23 @@ def test_checkpoint_resume_reproduces_uninterrupted_run(planted, tmp_path):
         torch.testing.assert_close(a, b, msg=k)
     with pytest.raises(TrainingError, match="120 steps"):
         fit(new(), ts, None, TrainConfig(steps=200, eval_every=50), progress=False, checkpoint=ck, resume=True)
+
+
+@pytest.mark.parametrize("head", ["mlp_mse", "mlp_gaussian"])
+def test_slice_keypoints_reproduces_the_masked_model(head):
+    """The sliced mask-free policy on the kept ids predicts exactly what the masked model does."""
+    torch.manual_seed(3)
+    rng = np.random.default_rng(3)
+    norm = Normalisation(rng.normal(size=7), rng.uniform(0.5, 2, 7), rng.normal(size=7), rng.uniform(0.5, 2, 7))
+    pol = KeypointPolicy(10, (640, 480), ModelConfig(head=head, hidden=(16, 8)), norm, learn_mask=True,
+                         canonical_xy=rng.uniform(0, 400, (10, 2)))
+    with torch.no_grad():
+        pol.mask_logits.copy_(torch.tensor([3.0, -3, -3, 2, -3, -3, -3, 4, -3, -3]))
+    kept = [7, 0, 3]
+    sliced = pol.slice_keypoints(kept)
+    assert not sliced.learn_mask and sliced.keypoint_ids == kept
+    np.testing.assert_array_equal(sliced.canonical_xy, pol.canonical_xy[kept])
+    b = _batch(32, 10)
+    want = pol.eval().predict(b["keypoints"], b["proprio"])
+    got = sliced.eval().predict(b["keypoints"][:, kept], b["proprio"])
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
