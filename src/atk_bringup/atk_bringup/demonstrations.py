@@ -42,6 +42,31 @@ def record_expert_episode(env, out_dir: str | Path, *, task: str, seed: int,
     ``max_steps`` control steps. The last observation (no action follows it)
     is not written. Returns where the bag is and whether the task succeeded.
     """
+    return _record(env, out_dir, None, task=task, seed=seed, perturbations=perturbations,
+                   max_steps=max_steps, stamp_offset_s=stamp_offset_s, with_depth=with_depth,
+                   namespace=namespace)
+
+
+def record_relabelled_episode(env, agent, out_dir: str | Path, *, task: str, seed: int,
+                              perturbations: Sequence[str] = (), max_steps: int | None = None,
+                              stamp_offset_s: float = 0.0, with_depth: bool = False,
+                              namespace: str = "") -> DemoResult:
+    """DAgger (student-teacher distillation): ``agent`` (``reset(obs)``,
+    ``act(obs) -> (7,)``, e.g. a deployed ATK policy) drives the robot, and the
+    bag records, at every state the agent reaches, the privileged expert's
+    action for that state on the command topics. Plain behaviour cloning
+    sees only the expert's own states and so never learns to recover; these
+    episodes teach it. The label is ``success: true`` (every recorded action is
+    the expert's), ``source: dagger``, and keeps the agent's own outcome in
+    ``extra.learner_success``.
+    """
+    return _record(env, out_dir, agent, task=task, seed=seed, perturbations=perturbations,
+                   max_steps=max_steps, stamp_offset_s=stamp_offset_s, with_depth=with_depth,
+                   namespace=namespace)
+
+
+def _record(env, out_dir: str | Path, agent, *, task: str, seed: int, perturbations: Sequence[str],
+            max_steps: int | None, stamp_offset_s: float, with_depth: bool, namespace: str) -> DemoResult:
     if max_steps is not None and max_steps < 1:
         raise ValueError(f"max_steps must be >= 1 or None, got {max_steps!r}")
     if stamp_offset_s < 0:
@@ -49,6 +74,8 @@ def record_expert_episode(env, out_dir: str | Path, *, task: str, seed: int,
     obs = env.reset(task=task, seed=int(seed), perturbations=tuple(perturbations))
     if obs.rgb.size == 0:
         raise ValueError("the simulator renders no images (SimConfig.render is False); demonstrations need them")
+    if agent is not None:
+        agent.reset(obs)
     h, w = obs.rgb.shape[:2]
     k = np.asarray(env.intrinsics, np.float64)
     info = CameraInfoData(w, h, tuple(k.reshape(-1)))
@@ -58,20 +85,28 @@ def record_expert_episode(env, out_dir: str | Path, *, task: str, seed: int,
         while not env.done and (max_steps is None or steps < max_steps):
             stamp = stamp_offset_s + float(obs.time)
             action = np.asarray(env.expert_action(), np.float64)
+            executed = action if agent is None else np.asarray(agent.act(obs), np.float64)
+            if not np.all(np.isfinite(executed)):
+                break  # the driver would refuse it; the episode ends here
             writer.write_image(stamp, obs.rgb, info)
             if with_depth:
                 writer.write_depth(stamp, obs.depth_mm)
             writer.write_joint_state(stamp, obs.joint_positions)
             writer.write_command(stamp, action[:6], float(np.clip(action[6], 0.0, 1.0)))
-            obs = env.step(action)
+            obs = env.step(executed)
             steps += 1
     except BaseException:
         writer.abort()
         raise
     success = bool(env.success())
     message = getattr(env, "episode_message", "") or ""
-    label = EpisodeLabel(success=success, task=task, seed=int(seed), perturbations=list(perturbations),
-                         source="sim_expert", note=message,
-                         extra={"steps": steps, "control_hz": float(env.config.control_hz)})
+    extra = {"steps": steps, "control_hz": float(env.config.control_hz)}
+    if agent is None:
+        label = EpisodeLabel(success=success, task=task, seed=int(seed), perturbations=list(perturbations),
+                             source="sim_expert", note=message, extra=extra)
+    else:
+        label = EpisodeLabel(success=True, task=task, seed=int(seed), perturbations=list(perturbations),
+                             source="dagger", note=f"expert-relabelled rollout of a learned policy; {message}",
+                             extra={**extra, "learner_success": success})
     path = writer.close(label)
     return DemoResult(path, success, steps, message)

@@ -165,12 +165,21 @@ _REAL = When("sim", "false")
 _SIMULATED = When("sim", "true")
 
 
+# The simulated camera's resolution: a model trained on 320x240 frames is
+# deployed on 320x240 frames (the tracker rescales only the template).
+_SIM_SIZE_ARGS = (
+    LaunchArgument("sim_width", "640", "sim:=true: width of the simulated camera image in pixels."),
+    LaunchArgument("sim_height", "480", "sim:=true: height of the simulated camera image in pixels."),
+)
+
+
 def _sim_node(when: tuple[When, ...]) -> NodeSpec:
     # The simulator is the clock source (it publishes /clock), so it never
     # follows use_sim_time itself.
     return NodeSpec("atk_bringup", "sim_node", "sim", ("sim.yaml",),
                     (ParamFromArg("task", "task"), ParamFromArg("seed", "seed", "int"),
-                     ParamFromArg("expert", "expert", "bool")), (), when,
+                     ParamFromArg("expert", "expert", "bool"), ParamFromArg("width", "sim_width", "int"),
+                     ParamFromArg("height", "sim_height", "int")), (), when,
                     "MuJoCo simulation of the UR5e cell: camera, joint states, /clock, episodes.")
 
 
@@ -200,6 +209,7 @@ DEPLOY = Graph(
         _VIDEO_ARG,
         _TASK_ARG,
         _SEED_ARG,
+        *_SIM_SIZE_ARGS,
         LaunchArgument("expert", "false", "sim:=true: the scripted expert drives the arm instead of the policy "
                        "(to compare; the policy's targets are then ignored).", BOOL_CHOICES),
         _USE_SIM_TIME_ARG,
@@ -239,6 +249,7 @@ RECORD = Graph(
         LaunchArgument("depth", "false", "Also record camera/depth/image_raw.", BOOL_CHOICES),
         _TASK_ARG,
         _SEED_ARG,
+        *_SIM_SIZE_ARGS,
         LaunchArgument("expert", "true", "sim:=true: the scripted expert demonstrates (false: drive the simulated "
                        "arm yourself through joint_target).", BOOL_CHOICES),
         _USE_SIM_TIME_ARG,
@@ -270,6 +281,7 @@ SIM = Graph(
     (
         _TASK_ARG,
         _SEED_ARG,
+        *_SIM_SIZE_ARGS,
         LaunchArgument("expert", "false", "The scripted expert drives the arm (false: it follows joint_target).",
                        BOOL_CHOICES),
         _LOG_LEVEL_ARG,

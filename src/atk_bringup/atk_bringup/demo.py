@@ -1,0 +1,402 @@
+"""`atk-demo`: the whole ATK loop in simulation, and the paper's table.
+
+What a robot operator does on the real cell, done in the MuJoCo stand-in:
+
+1. collect scripted-expert demonstrations of a task into rosbag2 bags (the
+   same topics and types as a real recording);
+2. train ATK from those bags with ``atk-train`` (the same command an operator
+   runs), plus FullSet, RandomSelect (same N) and the RGB baseline; optionally
+   DAgger rounds where the privileged expert labels the states the learned
+   policy reaches;
+3. deploy the ATK policy through the real ROS graph (sim, tracker and policy
+   nodes over DDS) for an episode, then evaluate every method in-process under
+   RP, RB, RO and Light added cumulatively (paper tables 1-3);
+4. print the success table (mean and spread over training seeds), write it as
+   markdown and CSV, with the selected-keypoint picture and an image grid of
+   the evaluation conditions.
+
+Every stage writes under ``--out`` and is skipped when its results are
+already there, so an interrupted run continues where it stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .evaluation import CONDITIONS, CellStats, format_table, run_episode, table_csv
+
+METHODS = ("ATK", "FullSet", "RandomSelect", "RGB")
+
+
+@dataclass
+class DemoConfig:
+    """Sizes of the run (validated). Defaults finish in about 15 minutes on 2 cores."""
+
+    out: Path
+    task: str = "sushi"
+    demos: int = 30
+    width: int = 320
+    height: int = 240
+    candidates: int = 64
+    train_seeds: tuple[int, ...] = (0, 1)
+    steps: int = 3000
+    eval_episodes: int = 10
+    dagger_rounds: int = 1
+    dagger_episodes: int = 10
+    ros_episodes: int = 1
+    ros_timeout_s: float = 120.0
+    methods: tuple[str, ...] = METHODS
+    rgb_steps: int = 600
+
+    def __post_init__(self) -> None:
+        for name in ("demos", "width", "height", "candidates", "steps", "eval_episodes", "rgb_steps"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
+        for name in ("dagger_rounds", "dagger_episodes", "ros_episodes"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be an integer >= 0, got {v!r}")
+        if not self.train_seeds:
+            raise ValueError("--seeds must name at least one training seed")
+        if self.demos < 4:
+            raise ValueError(f"--demos must be at least 4 (training holds out 20% for validation), got {self.demos}")
+        unknown = sorted(set(self.methods) - set(METHODS))
+        if unknown or "ATK" not in self.methods:
+            raise ValueError(f"--methods must include ATK and only {METHODS}, got {self.methods}")
+
+
+# --------------------------------------------------------------------------- output helpers
+
+def _say(msg: str) -> None:
+    print(f"[atk-demo] {msg}", flush=True)
+
+
+def _stage(n: int, title: str) -> float:
+    print(f"\n=== {n}. {title} " + "=" * max(0, 60 - len(title)), flush=True)
+    return time.perf_counter()
+
+
+# --------------------------------------------------------------------------- 1. demonstrations
+
+def make_env(cfg: DemoConfig):
+    from .sim.env import SimConfig, SimEnv
+
+    return SimEnv(SimConfig(width=cfg.width, height=cfg.height, render_depth=False))
+
+
+def collect_demos(cfg: DemoConfig, env) -> list[Path]:
+    """Scripted-expert demonstrations under RP, one bag per episode."""
+    from tqdm import tqdm
+
+    from .demonstrations import record_expert_episode
+
+    bag_dir = cfg.out / "bags"
+    bag_dir.mkdir(parents=True, exist_ok=True)
+    bags, failed = [], 0
+    for seed in tqdm(range(cfg.demos), desc="expert demos", unit="ep"):
+        path = bag_dir / f"demo_{seed:03d}"
+        if (path / "episode.yaml").is_file():  # done in an earlier run
+            bags.append(path)
+            continue
+        if path.exists():
+            shutil.rmtree(path)  # an interrupted bag: record it again
+        res = record_expert_episode(env, path, task=cfg.task, seed=seed, perturbations=("RP",))
+        failed += not res.success
+        bags.append(path)
+    _say(f"{len(bags)} demonstration bags in {bag_dir} ({failed} new ones failed and are labelled so)")
+    return bags
+
+
+def collect_dagger(cfg: DemoConfig, env, model_dir: Path, round_idx: int) -> list[Path]:
+    """DAgger: roll the ATK policy out (its own states), record the privileged
+    expert's action at each visited state as the demonstration."""
+    from tqdm import tqdm
+
+    from .demonstrations import record_relabelled_episode
+
+    agent = keypoint_agent(model_dir)
+    bag_dir = cfg.out / "bags"
+    paths = []
+    for i in tqdm(range(cfg.dagger_episodes), desc=f"DAgger round {round_idx}", unit="ep"):
+        seed = 5000 + 100 * round_idx + i
+        path = bag_dir / f"dagger{round_idx}_{i:03d}"
+        if not (path / "episode.yaml").is_file():
+            if path.exists():
+                shutil.rmtree(path)
+            record_relabelled_episode(env, agent, path, task=cfg.task, seed=seed, perturbations=("RP",))
+        paths.append(path)
+    return paths
+
+
+# --------------------------------------------------------------------------- 2. training
+
+def train_seed(cfg: DemoConfig, seed: int, tag: str = "") -> Path:
+    """`atk-train` on every bag so far, for one training seed."""
+    from atk_policy import cli
+
+    out = cfg.out / "models" / f"seed{seed}{tag}"
+    if (out / "model.json").is_file() and (out / "summary.json").is_file():
+        _say(f"model {out} exists, not retrained")
+        return out
+    baselines = [b for b, m in (("fullset", "FullSet"), ("random", "RandomSelect"), ("rgb", "RGB"))
+                 if m in cfg.methods]
+    argv = [str(cfg.out / "bags"), "-o", str(out),
+            "--canonical-episode", "demo_000", "--candidates", str(cfg.candidates),
+            "--steps", str(cfg.steps), "--seed", str(seed),
+            "--track-cache", str(cfg.out / "cache" / "tracks"),
+            "--baselines", ",".join(baselines) or "none", "--rgb-steps", str(cfg.rgb_steps)]
+    _say("atk-train " + " ".join(argv))
+    rc = cli.main(argv)
+    if rc != 0:
+        raise RuntimeError(f"atk-train failed for seed {seed} (exit {rc}); see the messages above")
+    (out / "summary.json").write_text(json.dumps({"seed": seed, "argv": argv}))
+    return out
+
+
+# --------------------------------------------------------------------------- agents
+
+def keypoint_agent(model_dir: Path):
+    from atk_perception.backends import make_correspondence
+    from atk_policy.artifact import load_policy, load_template
+
+    from .evaluation import KeypointAgent
+
+    return KeypointAgent(load_policy(model_dir), make_correspondence("cpu"), load_template(model_dir))
+
+
+def rgb_agent(model_dir: Path):
+    from atk_policy.rgb_baseline import load_rgb_policy
+
+    from .evaluation import ImageAgent
+
+    return ImageAgent(load_rgb_policy(model_dir))
+
+
+def method_dirs(model_dir: Path) -> dict[str, Path]:
+    return {"ATK": model_dir, "FullSet": model_dir / "baselines" / "fullset",
+            "RandomSelect": model_dir / "baselines" / "random", "RGB": model_dir / "baselines" / "rgb"}
+
+
+def make_agent(method: str, path: Path):
+    return rgb_agent(path) if method == "RGB" else keypoint_agent(path)
+
+
+# --------------------------------------------------------------------------- 3a. ROS graph
+
+def ros_episode(cfg: DemoConfig, model_dir: Path, seed: int) -> dict:
+    """One ATK episode through the real ROS graph: `atk-graph deploy sim:=true`
+    (sim, tracker and policy nodes over DDS), the episode reset through the
+    sim's service, success read from sim/episode."""
+    from .ros_episode import run_graph_episode
+
+    return run_graph_episode(model_dir=model_dir, task=cfg.task, seed=seed, perturbations=("RP",),
+                             width=cfg.width, height=cfg.height, timeout_s=cfg.ros_timeout_s,
+                             log_dir=cfg.out / "ros")
+
+
+# --------------------------------------------------------------------------- 3b. batch evaluation
+
+def evaluate(cfg: DemoConfig, env, models: dict[int, Path]) -> dict[str, dict[str, CellStats]]:
+    from tqdm import tqdm
+
+    results_path = cfg.out / "eval" / "episodes.jsonl"
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    done: dict[tuple, bool] = {}
+    if results_path.is_file():  # resume
+        for line in results_path.read_text().splitlines():
+            r = json.loads(line)
+            done[(r["method"], r["train_seed"], r["condition"], r["seed"])] = r["success"]
+    total = len(cfg.methods) * len(models) * len(CONDITIONS) * cfg.eval_episodes
+    bar = tqdm(total=total, desc="evaluation", unit="ep", initial=len(done))
+    table: dict[str, dict[str, CellStats]] = {m: {c: CellStats() for c in CONDITIONS} for m in cfg.methods}
+    with open(results_path, "a") as log:
+        for method in cfg.methods:
+            for train_seed, model_dir in models.items():
+                agent = None
+                for cond, perturbations in CONDITIONS.items():
+                    successes = []
+                    for i in range(cfg.eval_episodes):
+                        seed = 10_000 + i  # the same scenes for every method
+                        key = (method, train_seed, cond, seed)
+                        if key not in done:
+                            if agent is None:
+                                agent = make_agent(method, method_dirs(model_dir)[method])
+                            res = run_episode(env, agent, cfg.task, seed, perturbations)
+                            done[key] = res.success
+                            log.write(json.dumps({"method": method, "train_seed": train_seed, "condition": cond,
+                                                  "seed": seed, "success": res.success, "steps": res.steps,
+                                                  "error": res.error}) + "\n")
+                            log.flush()
+                            bar.update(1)
+                        successes.append(done[key])
+                        bar.set_postfix_str(f"{method} s{train_seed} {cond}")
+                    table[method][cond].rates.append(float(np.mean(successes)))
+    bar.close()
+    return table
+
+
+# --------------------------------------------------------------------------- 4. report
+
+def condition_grid(cfg: DemoConfig, env, model_dir: Path, path: Path) -> None:
+    """One evaluation scene under each condition, with ATK's keypoints as
+    transferred by h_C drawn on it (green: confident, red: not)."""
+    import cv2
+
+    agent = keypoint_agent(model_dir)
+    tiles = []
+    for cond, perturbations in CONDITIONS.items():
+        obs = env.reset(task=cfg.task, seed=10_000, perturbations=perturbations)
+        agent.reset(obs)
+        img = cv2.cvtColor(obs.rgb, cv2.COLOR_RGB2BGR)
+        for (x, y), c in zip(agent.points, agent.confidence):
+            colour = (0, 200, 0) if c >= 0.5 else (0, 0, 230)
+            cv2.circle(img, (int(round(x)), int(round(y))), 4, colour, 1, cv2.LINE_AA)
+        cv2.putText(img, cond, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (255, 255, 255), 1, cv2.LINE_AA)
+        tiles.append(img)
+    cv2.imwrite(str(path), np.hstack(tiles))
+
+
+def write_report(cfg: DemoConfig, table: dict[str, dict[str, CellStats]], extra: dict) -> str:
+    conds = list(CONDITIONS)
+    md = format_table(table, conds)
+    (cfg.out / "results.md").write_text(
+        f"# ATK robustness table ({cfg.task}, simulation)\n\n"
+        f"Success rate over {cfg.eval_episodes} evaluation episodes per cell, mean ± std over "
+        f"training seeds {list(cfg.train_seeds)}. Conditions are cumulative: RB = RP + background, "
+        f"+RO adds distractors, +Light changes the lighting.\n\n{md}\n\n"
+        f"Run settings: `{json.dumps(extra.get('config', {}))}`\n")
+    (cfg.out / "results.csv").write_text(table_csv(table, conds))
+    return md
+
+
+# --------------------------------------------------------------------------- main
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="atk-demo",
+        description="The whole ATK loop in simulation: expert demos -> bags -> ATK training (+ FullSet, "
+                    "RandomSelect, RGB baselines) -> deployment through the ROS graph -> robustness table "
+                    "under RP, RB, RO and Light (paper tables 1-3).")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output folder (default: runs/<UTC date-time>); an existing one is resumed")
+    p.add_argument("--task", default="sushi", help="simulated task (default: sushi)")
+    p.add_argument("--demos", type=int, default=None, help="expert demonstrations (default: 30; --full 100)")
+    p.add_argument("--size", default="320x240", help="camera resolution WxH (default: 320x240)")
+    p.add_argument("--candidates", type=int, default=64, help="candidate keypoints C (default: 64)")
+    p.add_argument("--seeds", default=None, help="training seeds, comma-separated (default: 0,1; --full 0,1,2)")
+    p.add_argument("--steps", type=int, default=3000, help="optimiser steps per training run (default: 3000)")
+    p.add_argument("--eval-episodes", type=int, default=None,
+                   help="evaluation episodes per method, seed and condition (default: 10; --full 20)")
+    p.add_argument("--dagger-rounds", type=int, default=1,
+                   help="DAgger rounds: the expert labels states the learned ATK policy reaches (default: 1)")
+    p.add_argument("--dagger-episodes", type=int, default=10, help="rollouts per DAgger round (default: 10)")
+    p.add_argument("--ros-episodes", type=int, default=1,
+                   help="ATK episodes deployed through the real ROS graph over DDS (default: 1; 0 skips)")
+    p.add_argument("--methods", default=",".join(METHODS),
+                   help=f"methods to train and evaluate (default: {','.join(METHODS)})")
+    p.add_argument("--full", action="store_true",
+                   help="paper-sized run: 100 demos, 3 training seeds, 20 evaluation episodes per cell")
+    p.add_argument("--quick", action="store_true",
+                   help="a few episodes of everything (what CI runs; the numbers mean little)")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> DemoConfig:
+    try:
+        w, h = (int(v) for v in args.size.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--size must look like 320x240, got {args.size!r}") from None
+    demos, seeds, evals = 30, "0,1", 10
+    steps, dagger_eps, rgb_steps = args.steps, args.dagger_episodes, 600
+    if args.full:
+        demos, seeds, evals = 100, "0,1,2", 20
+    if args.quick:
+        demos, seeds, evals, steps, dagger_eps, rgb_steps = 6, "0", 1, 150, 2, 30
+    out = args.out or Path("runs") / datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    try:
+        train_seeds = tuple(int(s) for s in (args.seeds or seeds).split(","))
+    except ValueError:
+        raise ValueError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+    return DemoConfig(out=Path(out), task=args.task, demos=args.demos or demos, width=w, height=h,
+                      candidates=args.candidates, train_seeds=train_seeds, steps=steps,
+                      eval_episodes=args.eval_episodes or evals, dagger_rounds=args.dagger_rounds,
+                      dagger_episodes=dagger_eps, ros_episodes=args.ros_episodes,
+                      methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
+                      rgb_steps=rgb_steps)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+    except ValueError as exc:
+        print(f"atk-demo: error: {exc}", file=sys.stderr)
+        return 2
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
+    (cfg.out / "config.json").write_text(json.dumps(settings, indent=1))
+    _say(f"output: {cfg.out}")
+    t_all = time.perf_counter()
+    timings: dict[str, float] = {}
+    env = make_env(cfg)
+
+    t = _stage(1, f"expert demonstrations ({cfg.task}, {cfg.demos} episodes, {cfg.width}x{cfg.height})")
+    collect_demos(cfg, env)
+    timings["demos"] = time.perf_counter() - t
+
+    t = _stage(2, f"training: ATK + baselines, seeds {list(cfg.train_seeds)}")
+    models = {s: train_seed(cfg, s) for s in cfg.train_seeds}
+    for r in range(1, cfg.dagger_rounds + 1):
+        _say(f"DAgger round {r}: rolling out the ATK policy (seed {cfg.train_seeds[0]}), expert relabels")
+        collect_dagger(cfg, env, models[cfg.train_seeds[0]] if r == 1 else models[cfg.train_seeds[0]], r)
+        models = {s: train_seed(cfg, s, tag=f"_dagger{r}") for s in cfg.train_seeds}
+    timings["training"] = time.perf_counter() - t
+    first = models[cfg.train_seeds[0]]
+    shutil.copyfile(first / "keypoints.png", cfg.out / "selected_keypoints.png") \
+        if (first / "keypoints.png").is_file() else None
+
+    ros_results = []
+    if cfg.ros_episodes:
+        t = _stage(3, "deployment through the ROS graph (sim + tracker + policy nodes over DDS)")
+        for i in range(cfg.ros_episodes):
+            r = ros_episode(cfg, first, seed=20_000 + i)
+            ros_results.append(r)
+            _say(f"ROS episode {i}: success={r['success']} steps={r.get('steps')} ({r.get('message', '')})")
+        timings["ros"] = time.perf_counter() - t
+
+    t = _stage(4, f"evaluation: {len(cfg.methods)} methods x {len(CONDITIONS)} conditions x "
+                  f"{cfg.eval_episodes} episodes x {len(models)} seeds")
+    table = evaluate(cfg, env, models)
+    condition_grid(cfg, env, first, cfg.out / "conditions.png")
+    timings["evaluation"] = time.perf_counter() - t
+
+    _stage(5, "results")
+    md = write_report(cfg, table, {"config": settings})
+    timings["total"] = time.perf_counter() - t_all
+    (cfg.out / "summary.json").write_text(json.dumps(
+        {"timings_s": timings, "ros_episodes": ros_results,
+         "table": {m: {c: {"mean": cell.mean, "std": cell.std, "rates": cell.rates}
+                       for c, cell in cells.items()} for m, cells in table.items()}}, indent=1))
+    print(md)
+    print(f"\nselected keypoints: {cfg.out / 'selected_keypoints.png'}")
+    print(f"evaluation conditions: {cfg.out / 'conditions.png'}")
+    print(f"table: {cfg.out / 'results.md'}, {cfg.out / 'results.csv'}")
+    print("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
