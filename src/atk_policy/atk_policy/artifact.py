@@ -15,7 +15,8 @@ ROS-free. Layout of ``model_dir``::
      "template_image": "template.png", "template_sha256": "...",
      "weights": {"file": "policy.safetensors", "sha256": "...", "tensors": {name: shape}},
      "model": {"num_keypoints": N, "learn_mask": false, "config": {ModelConfig}},
-     "normalisation": {"proprio_mean": [7], "proprio_std": [7], "action_mean": [7], "action_std": [7]},
+     "normalisation": {"proprio_mean": [7], "proprio_std": [7], "action_mean": [7], "action_std": [7],
+                       "action_mode": "delta" | "absolute"},
      "observation": {...}, "action": {...},     # layout, see docs/interfaces.md
      "config": {ATKConfig} or null, "selection": {...} or null, "extra": {...},
      "content_sha256": "..."}   # sha256 of the rest: any later edit is refused

@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="initial keep-probability of every candidate (default: %(default)s)")
     g.add_argument("--tau", type=float, nargs=2, default=(mc.tau_start, mc.tau_end), metavar=("START", "END"),
                    help="Gumbel temperature, annealed exponentially (default: %(default)s)")
+    g.add_argument("--action-mode", choices=("delta", "absolute"), default=mc.action_mode,
+                   help="'delta': joint targets are learned relative to the measured joints (the step "
+                        "the expert takes); 'absolute': raw targets (default: %(default)s)")
     g.add_argument("--head", choices=HEADS, default=mc.head,
                    help="policy head: deterministic MSE or Gaussian NLL (default: %(default)s)")
     g.add_argument("--hidden", default=",".join(map(str, mc.hidden)), metavar="W,W",
@@ -289,7 +292,7 @@ def run(args: argparse.Namespace) -> dict:
                                        seed=args.candidate_seed),
             propagation=PropagationConfig(backend=args.backend, workers=args.workers,
                                           min_confidence=args.min_confidence),
-            model=ModelConfig(head=args.head, hidden=hidden, init_keep_prob=args.init_keep_prob,
+            model=ModelConfig(head=args.head, action_mode=args.action_mode, hidden=hidden, init_keep_prob=args.init_keep_prob,
                               tau_start=args.tau[0], tau_end=args.tau[1], keep_threshold=args.threshold),
             train=TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, mask_lr=args.mask_lr,
                               alpha=args.alpha, warmup_steps=min(args.warmup_steps, args.steps),

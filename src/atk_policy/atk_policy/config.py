@@ -69,6 +69,9 @@ class ModelConfig:
     """Mask and policy head."""
 
     head: str = "mlp_mse"             #: mlp_mse (deterministic) | mlp_gaussian (NLL)
+    #: "delta": joint targets are learned relative to the measured joints
+    #: (see atk_policy.model.ACTION_MODES for why); "absolute": raw targets.
+    action_mode: str = "delta"
     hidden: tuple[int, ...] = (256, 256)
     #: Initial keep-probability sigmoid(logit) of every candidate.
     init_keep_prob: float = 0.5
@@ -87,6 +90,8 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _check(self.head in HEADS, "head", self.head, f"must be one of {HEADS}")
+        _check(self.action_mode in ("delta", "absolute"), "action_mode", self.action_mode,
+               "must be 'delta' or 'absolute'")
         self.hidden = tuple(int(h) for h in self.hidden)
         _check(len(self.hidden) >= 1 and all(h >= 1 for h in self.hidden), "hidden", self.hidden,
                "must be one or more positive layer widths")

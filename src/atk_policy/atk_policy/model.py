@@ -41,14 +41,28 @@ class PolicyInputError(ValueError):
     """Bad observation given to select_action (shape, NaN); says which."""
 
 
+#: How actions are represented to the network. "delta": the 6 joint targets
+#: relative to the measured joints (target - q), the gripper command as is;
+#: "absolute": the raw targets. With absolute targets the next target is
+#: almost the current joint position, which proprioception alone predicts,
+#: so the sparsity penalty pruned every keypoint on the simulated sushi
+#: demonstrations (0 of 64 kept, max keep-probability 0.007); the step the
+#: expert takes, which depends on where the objects are, is what the
+#: keypoints must explain.
+ACTION_MODES = ("delta", "absolute")
+
+
 @dataclass
 class Normalisation:
-    """Statistics that standardise proprioception and actions; each (7,) float32."""
+    """Action representation and the statistics that standardise
+    proprioception and actions; each statistic is (7,) float32 (the action
+    statistics are those of the represented action, see ACTION_MODES)."""
 
     proprio_mean: np.ndarray
     proprio_std: np.ndarray
     action_mean: np.ndarray
     action_std: np.ndarray
+    action_mode: str = "delta"
 
     def __post_init__(self) -> None:
         for name in ("proprio_mean", "proprio_std", "action_mean", "action_std"):
@@ -58,23 +72,57 @@ class Normalisation:
             if name.endswith("std") and np.any(v <= 0):
                 raise ValueError(f"normalisation field {name!r} must be > 0, got {v}")
             setattr(self, name, v)
+        if self.action_mode not in ACTION_MODES:
+            raise ValueError(f"normalisation field 'action_mode' must be one of {ACTION_MODES}, "
+                             f"got {self.action_mode!r}")
+
+    @property
+    def offset_mask(self) -> np.ndarray:
+        """(7,) 1 where the action is relative to the matching proprioception."""
+        return np.array([1.0] * 6 + [0.0], np.float32) if self.action_mode == "delta" else np.zeros(7, np.float32)
 
     @classmethod
-    def from_data(cls, proprio: np.ndarray, actions: np.ndarray) -> "Normalisation":
-        """proprio, actions: (S, 7) training samples."""
+    def from_data(cls, proprio: np.ndarray, actions: np.ndarray, action_mode: str = "delta") -> "Normalisation":
+        """proprio, actions: (S, 7) training samples (actions in robot units)."""
+        rel = actions - proprio * (np.array([1.0] * 6 + [0.0], np.float32) if action_mode == "delta" else 0.0)
         return cls(proprio.mean(0), np.maximum(proprio.std(0), MIN_STD),
-                   actions.mean(0), np.maximum(actions.std(0), MIN_STD))
+                   rel.mean(0), np.maximum(rel.std(0), MIN_STD), action_mode)
 
     def to_dict(self) -> dict:
-        return {k: [float(x) for x in getattr(self, k)]
-                for k in ("proprio_mean", "proprio_std", "action_mean", "action_std")}
+        d: dict = {k: [float(x) for x in getattr(self, k)]
+                   for k in ("proprio_mean", "proprio_std", "action_mean", "action_std")}
+        d["action_mode"] = self.action_mode
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Normalisation":
-        keys = {"proprio_mean", "proprio_std", "action_mean", "action_std"}
+        keys = {"proprio_mean", "proprio_std", "action_mean", "action_std", "action_mode"}
         if set(d) != keys:
             raise ValueError(f"normalisation must have exactly the keys {sorted(keys)}, got {sorted(d)}")
-        return cls(**{k: np.asarray(v, dtype=np.float32) for k, v in d.items()})
+        return cls(**{k: (v if k == "action_mode" else np.asarray(v, dtype=np.float32)) for k, v in d.items()})
+
+
+class ActionCodec(nn.Module):
+    """Standardise actions for the network and back (torch side of Normalisation).
+
+    encode: action (B, 7) robot units, proprio (B, 7) -> (B, 7) standardised
+    targets; decode: network output (B, 7) -> actions (B, 7) robot units.
+    """
+
+    def __init__(self, norm: Normalisation) -> None:
+        super().__init__()
+        # Not persistent: the statistics live in model.json (human-readable).
+        for name in ("proprio_mean", "proprio_std", "action_mean", "action_std", "offset_mask"):
+            self.register_buffer(name, torch.as_tensor(getattr(norm, name)), persistent=False)
+
+    def proprio(self, proprio: torch.Tensor) -> torch.Tensor:
+        return (proprio - self.proprio_mean) / self.proprio_std
+
+    def encode(self, action: torch.Tensor, proprio: torch.Tensor) -> torch.Tensor:
+        return (action - proprio * self.offset_mask - self.action_mean) / self.action_std
+
+    def decode(self, out: torch.Tensor, proprio: torch.Tensor) -> torch.Tensor:
+        return out * self.action_std + self.action_mean + proprio * self.offset_mask
 
 
 # --------------------------------------------------------------------------- mask
@@ -228,9 +276,7 @@ class KeypointPolicy(nn.Module):
             self.mask_logits = nn.Parameter(torch.full((num_keypoints,), logit(cfg.init_keep_prob)))
         in_dim = 2 * num_keypoints + (num_keypoints if self.use_indicator else 0) + PROPRIO_DIM
         self.head = make_head(cfg, in_dim)
-        for name in ("proprio_mean", "proprio_std", "action_mean", "action_std"):
-            # Not persistent: the statistics live in model.json (human-readable).
-            self.register_buffer(name, torch.as_tensor(getattr(norm, name)), persistent=False)
+        self.codec = ActionCodec(norm)
         self.register_buffer("_scale", torch.tensor([2.0 / w, 2.0 / h]), persistent=False)
         self.tau = cfg.tau_start
 
@@ -263,7 +309,7 @@ class KeypointPolicy(nn.Module):
         parts.append(kp.flatten(1))
         if self.use_indicator and mask is not None:
             parts.append(mask)
-        parts.append((proprio - self.proprio_mean) / self.proprio_std)
+        parts.append(self.codec.proprio(proprio))
         return torch.cat(parts, dim=1)
 
     def _eval_mask(self, batch: int) -> torch.Tensor | None:
@@ -284,7 +330,7 @@ class KeypointPolicy(nn.Module):
         kp, proprio, action = batch["keypoints"], batch["proprio"], batch["action"]
         mask = self._mask(kp.shape[0])
         feats = self._features(kp, proprio, mask)
-        target = (action - self.action_mean) / self.action_std
+        target = self.codec.encode(action, proprio)
         loss, logs = self.head.loss(feats, target)
         if self.learn_mask:
             probs = torch.sigmoid(self.mask_logits)
@@ -300,7 +346,7 @@ class KeypointPolicy(nn.Module):
         """keypoints (B, C, 2) px, proprio (B, 7) -> actions (B, 7) in robot units."""
         mask = self._eval_mask(keypoints.shape[0])
         out = self.head.predict(self._features(keypoints, proprio, mask))
-        return out * self.action_std + self.action_mean
+        return self.codec.decode(out, proprio)
 
     # ---- selection
     @torch.no_grad()

@@ -23,7 +23,7 @@ from torch import nn
 
 from .config import TrainConfig
 from .dataset import Episode
-from .model import Normalisation, PolicyInputError
+from .model import ActionCodec, Normalisation, PolicyInputError
 
 RGB_KIND = "atk-rgb-policy"
 
@@ -110,8 +110,7 @@ class RGBPolicy(nn.Module):
             c_in = c
         self.encoder = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.head = nn.Sequential(nn.Linear(c_in + 7, cfg.hidden), nn.GELU(), nn.Linear(cfg.hidden, 7))
-        for name in ("proprio_mean", "proprio_std", "action_mean", "action_std"):
-            self.register_buffer(name, torch.as_tensor(getattr(norm, name)), persistent=False)
+        self.codec = ActionCodec(norm)
 
     def param_groups(self, lr: float, mask_lr: float, weight_decay: float) -> list[dict]:
         return [{"params": list(self.parameters()), "lr": lr, "weight_decay": weight_decay, "name": "policy"}]
@@ -119,17 +118,17 @@ class RGBPolicy(nn.Module):
     def _out(self, image: torch.Tensor, proprio: torch.Tensor) -> torch.Tensor:
         x = image.to(torch.float32) / 127.5 - 1.0
         z = self.encoder(x)
-        return self.head(torch.cat([z, (proprio - self.proprio_mean) / self.proprio_std], 1))
+        return self.head(torch.cat([z, self.codec.proprio(proprio)], 1))
 
     def forward(self, batch: dict[str, torch.Tensor], alpha: float = 0.0) -> tuple[torch.Tensor, dict]:
-        target = (batch["action"] - self.action_mean) / self.action_std
+        target = self.codec.encode(batch["action"], batch["proprio"])
         mse = ((self._out(batch["image"], batch["proprio"]) - target) ** 2).mean()
         return mse, {"loss": mse.detach(), "mse": mse.detach()}
 
     @torch.no_grad()
     def predict(self, image: torch.Tensor, proprio: torch.Tensor) -> torch.Tensor:
         """image (B, 3, h, w) uint8 at input size, proprio (B, 7) -> actions (B, 7)."""
-        return self._out(image, proprio) * self.action_std + self.action_mean
+        return self.codec.decode(self._out(image, proprio), proprio)
 
     def reset(self) -> None:
         """Memoryless; kept for the policy interface."""

@@ -154,7 +154,7 @@ def evaluate(model: torch.nn.Module, data: dict[str, torch.Tensor], chunk: int =
     for i in range(0, data["action"].shape[0], chunk):
         act = data["action"][i:i + chunk]
         pred = model.predict(*(data[k][i:i + chunk] for k in keys))
-        err = ((pred - act) / model.action_std) ** 2
+        err = ((pred - act) / model.codec.action_std) ** 2
         total += float(err.sum())
         n += err.numel()
     model.train(was)
@@ -197,7 +197,7 @@ def fit(model: torch.nn.Module, train: TrackSet, val: TrackSet | None, cfg: Trai
 
     model: a KeypointPolicy, or any module with the same trainer interface
     (``forward(batch, alpha) -> (loss, logs)``, ``predict(*inputs)``,
-    ``param_groups``, ``action_std``, ``input_keys``; see rgb_baseline).
+    ``param_groups``, ``codec`` (ActionCodec), ``input_keys``; see rgb_baseline).
     train / val: anything with ``__len__`` and ``tensors(device) -> dict``.
 
     checkpoint: file written at every evaluation (model, optimiser, step, rng,
@@ -394,7 +394,7 @@ def train_on_keypoints(name: str, train: TrackSet, val: TrackSet | None, ids: Se
                                 f"expected {len(ids)} without a mask")
         pol = init
     else:
-        norm = Normalisation.from_data(train.proprio, train.actions)
+        norm = Normalisation.from_data(train.proprio, train.actions, cfg.model.action_mode)
         torch.manual_seed(cfg.train.seed)  # initial weights depend on the seed only, not on earlier runs
         pol = make_policy(tr, range(len(ids)), np.asarray(canonical_xy)[list(ids)], cfg.model, norm,
                           learn_mask=False, names=names)
@@ -451,7 +451,7 @@ def run_atk(tracks: TrackSet, canonical_xy: np.ndarray, cfg: ATKConfig, *, progr
         raise TrainingError(f"N = {top_n} keypoints requested from only C = {c} candidates; C must be >= N")
     tr_ids, va_ids = split_episodes(len(tracks.names), cfg.train.val_fraction, cfg.train.seed)
     train, val = tracks.subset_episodes(tr_ids), tracks.subset_episodes(va_ids) if va_ids else None
-    norm = Normalisation.from_data(train.proprio, train.actions)
+    norm = Normalisation.from_data(train.proprio, train.actions, cfg.model.action_mode)
     ck = (lambda n: Path(workdir) / f"{n}.ckpt") if workdir else (lambda n: None)
 
     torch.manual_seed(cfg.train.seed)  # initial weights depend on the seed only, not on earlier runs

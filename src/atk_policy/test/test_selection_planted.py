@@ -18,7 +18,13 @@ from atk_policy.config import ATKConfig, ModelConfig, TrainConfig
 from atk_policy.synthetic import planted_dataset
 from atk_policy.train import TrackSet, run_atk, split_episodes, train_on_keypoints
 
-ALPHA = 3e-3   # one value for every seed
+# One value for every seed. The policy learns the expert's step relative to
+# the joints (action_mode "delta"), which here is exactly the keypoint-driven
+# term, so the action loss weighs keypoints more than with absolute targets
+# and the sparsity weight that prunes the partially informative distractors
+# is larger: with 3e-3 seed 0 kept 12 (all 3 relevant), with 1e-2 every seed
+# kept the 3 relevant plus at most 2.
+ALPHA = 1e-2
 
 
 def _one_seed(seed: int) -> dict:
