@@ -7,7 +7,10 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$ROOT/scripts/setup.sh"
 cd "$ROOT"
+# colcon's setup scripts read unset variables: no nounset while sourcing
+set +u
 # shellcheck disable=SC1091
 source "$ROOT/env.sh"
+set -u
 export MUJOCO_GL="${MUJOCO_GL:-egl}"
 exec atk-demo "$@"
