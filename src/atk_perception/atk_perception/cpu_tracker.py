@@ -40,6 +40,8 @@ import numpy as np
 
 from atk_perception.correspondence import Correspondence, CorrespondenceError, TrackResult
 from atk_perception.image_checks import check_image, check_points, check_same_size
+from atk_perception.object_search import (SearchParams, affine_score, cluster_points, region_mask,
+                                          search_object)
 
 
 @dataclass
@@ -73,7 +75,7 @@ class CpuTrackerConfig:
     reanchor_sift_pixels: int = 120_000
     """Re-anchoring detects SIFT on the searched region downscaled to at most this many pixels (0 = full resolution). SIFT cost grows with the pixel count; 120k keeps 640x480 at ~0.6x scale and leaves 320x240 untouched."""
     transfer_sift_scale: float = 1.0
-    """``transfer`` detects SIFT on the images scaled by this."""
+    """``transfer`` detects SIFT on the images scaled by this (> 1 enlarges: more features on small objects, at about scale^2 the cost)."""
     sift_features: int = 1500
     """Maximum SIFT features per image (0 = no limit)."""
     sift_ratio: float = 0.8
@@ -123,6 +125,28 @@ class CpuTrackerConfig:
     matcher: str = "flann"
     """Descriptor matcher: 'flann' (fast, approximate) or 'bruteforce' (exact)."""
 
+    # --- transfer: appearance search for small objects (object_search.py) ---
+    search: bool = True
+    """``transfer`` also searches each small cluster of points (one object) by its appearance, rotation-aware, and keeps whichever of that and the SIFT fit is more confident. SIFT finds (almost) no features on an object of ~20 px."""
+    search_max_size_frac: float = 0.3
+    """Only clusters whose region (square root of its area) is at most this fraction of min(H, W) are searched: larger ones have SIFT features."""
+    search_link_frac: float = 0.1
+    """Points closer than this fraction of min(H, W) (chained) form one cluster, i.e. one object."""
+    search_angle_step_deg: float = 10.0
+    """Rotation step of the coarse search (the fine stage halves and quarters it)."""
+    search_candidates: int = 8
+    """Places (colour back-projection maxima) searched per cluster."""
+    search_work_size_px: float = 28.0
+    """The coarse search runs on images scaled so that the object is about this big (never enlarged)."""
+    search_ncc_min: float = 0.45
+    """Search score (masked colour NCC) at or below which the search gives confidence 0."""
+    search_ncc_full: float = 0.7
+    """Search score at or above which its appearance gives full confidence."""
+    search_margin: float = 0.1
+    """Confidence is also scaled by min(1, (score - best score elsewhere) / this): a look-alike elsewhere makes the answer doubtful."""
+    search_better_by: float = 0.03
+    """The search replaces a cluster's SIFT fit only when its score beats the NCC of the template region at the SIFT fit by this."""
+
     def __post_init__(self) -> None:
         def need(ok: bool, field: str, rule: str) -> None:
             if not ok:
@@ -142,7 +166,7 @@ class CpuTrackerConfig:
         need(self.reanchor_radius_px >= 0, "reanchor_radius_px", "must be >= 0")
         need(self.reanchor_sift_pixels == 0 or self.reanchor_sift_pixels >= 10_000,
              "reanchor_sift_pixels", "must be 0 (full resolution) or >= 10000")
-        need(0.1 <= self.transfer_sift_scale <= 1.0, "transfer_sift_scale", "must be in [0.1, 1]")
+        need(0.1 <= self.transfer_sift_scale <= 4.0, "transfer_sift_scale", "must be in [0.1, 4]")
         need(self.sift_features >= 0, "sift_features", "must be >= 0 (0 = no limit)")
         need(0 < self.sift_ratio <= 1, "sift_ratio", "must be in (0, 1]")
         need(self.group_model in ("homography", "affine"), "group_model",
@@ -172,6 +196,15 @@ class CpuTrackerConfig:
              "must satisfy -1 <= ncc_min < ncc_full <= 1")
         need(self.matcher in ("flann", "bruteforce"), "matcher",
              "must be 'flann' or 'bruteforce'")
+        need(0 < self.search_max_size_frac <= 1, "search_max_size_frac", "must be in (0, 1]")
+        need(0 < self.search_link_frac <= 1, "search_link_frac", "must be in (0, 1]")
+        need(1 <= self.search_angle_step_deg <= 90, "search_angle_step_deg", "must be in [1, 90]")
+        need(self.search_candidates >= 1, "search_candidates", "must be >= 1")
+        need(self.search_work_size_px >= 8, "search_work_size_px", "must be >= 8")
+        need(-1 <= self.search_ncc_min < self.search_ncc_full <= 1, "search_ncc_min",
+             "must satisfy -1 <= search_ncc_min < search_ncc_full <= 1")
+        need(self.search_margin > 0, "search_margin", "must be > 0")
+        need(0 <= self.search_better_by <= 1, "search_better_by", "must be in [0, 1]")
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -247,10 +280,13 @@ class SiftAnchor:
             gray = gray[y0:y1, x0:x1]
         if max_pixels > 0:
             scale = min(scale, float(np.sqrt(max_pixels / gray.size)))
-        if scale > 0.97:
+        if 0.97 < scale < 1.03:
             scale = 1.0
         if scale != 1.0:
-            gray = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+            # INTER_AREA to shrink; INTER_LINEAR to enlarge (both map pixel
+            # centres as (x + 0.5) * scale - 0.5).
+            gray = cv2.resize(gray, None, fx=scale, fy=scale,
+                              interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
         kps, desc = self._sift.detectAndCompute(gray, None)
         if desc is None or len(kps) == 0:
             return _Features(np.zeros((0, 2), np.float32), np.zeros((0, 128), np.float32))
@@ -575,11 +611,62 @@ class CpuTracker(Correspondence):
         out = np.where(res.found[:, None], res.points, pts).astype(np.float32)
         conf = res.confidence.copy()
         h, w = g.shape
+        if self.cfg.search:
+            tc = template_image if template_image.ndim == 3 and template_image.shape[2] == 3 else tg
+            ic = image if image.ndim == 3 and image.shape[2] == 3 else g
+            if tc.ndim != ic.ndim:
+                tc, ic = tg, g
+            self._search_clusters(tc, pts, ic, res, out, conf)
         inside = (out[:, 0] >= 0) & (out[:, 0] <= w - 1) & (out[:, 1] >= 0) & (out[:, 1] <= h - 1)
         conf[~inside] = 0.0
         out[:, 0] = np.clip(out[:, 0], 0, w - 1)
         out[:, 1] = np.clip(out[:, 1], 0, h - 1)
         return out, conf.astype(np.float32)
+
+    def _search_clusters(self, template: np.ndarray, pts: np.ndarray, image: np.ndarray,
+                         res: AnchorResult, out: np.ndarray, conf: np.ndarray) -> None:
+        """Appearance search per small cluster of ``pts`` (N, 2); updates ``out`` (N, 2) and ``conf`` (N,) in place.
+
+        A cluster's search result replaces its SIFT fit when its template
+        region looks more like the image there (masked NCC higher by
+        ``search_better_by``) than at the SIFT fit (an affine fitted to the
+        cluster's SIFT placements): the SIFT fit, where it exists and is
+        right, is the more precise of the two.
+        """
+        cfg = self.cfg
+        h, w = template.shape[:2]
+        side = min(h, w)
+        params = SearchParams(angle_step_deg=cfg.search_angle_step_deg,
+                              candidates=cfg.search_candidates,
+                              work_size_px=cfg.search_work_size_px)
+        for members in cluster_points(pts, cfg.search_link_frac * side):
+            if len(members) < 3:
+                continue
+            mask = region_mask(pts[members], (h, w), params.grow_px)
+            size = math.sqrt(float(np.count_nonzero(mask)))
+            if size > cfg.search_max_size_frac * side or size < 8:
+                continue
+            found = res.found[members]
+            extra = (np.median(res.points[members][found], axis=0)[None]
+                     if found.any() else None)
+            result = search_object(template, pts[members], image, params, extra)
+            if result is None:
+                continue
+            appearance = float(np.clip((result.score - cfg.search_ncc_min)
+                                       / (cfg.search_ncc_full - cfg.search_ncc_min), 0, 1))
+            unique = float(np.clip((result.score - result.runner_up) / cfg.search_margin, 0, 1))
+            c = appearance * unique
+            sift_score = -1.0
+            if found.sum() >= 3:
+                a_sift, _ = cv2.estimateAffine2D(pts[members][found], out[members][found],
+                                                 method=cv2.LMEDS)
+                if a_sift is not None:
+                    sift_score = affine_score(template, pts[members], image, a_sift,
+                                              params.grow_px)
+            if result.score > sift_score + cfg.search_better_by:
+                a = result.affine
+                out[members] = (pts[members] @ a[:, :2].T + a[:, 2]).astype(np.float32)
+                conf[members] = c
 
     # ------------------------------------------------------------------ tracking
     def reset(self, image: np.ndarray, points: np.ndarray) -> None:

@@ -51,15 +51,28 @@ def rice(size: int = 128) -> np.ndarray:
 
 
 def salmon(size: int = 128) -> np.ndarray:
-    """Salmon flesh: orange with curved white fat stripes."""
+    """Salmon flesh: deep orange at the back, paler belly crossed by white fat bands.
+
+    Like a real slice, the fat bands run diagonally and widen towards the
+    belly while the flesh pales: the pattern has no 180-degree symmetry and
+    is coarse enough to survive a 20 px rendering. A finer, symmetric
+    pattern (the earlier uniform thin stripes) makes the nigiri, a
+    symmetric box, look the same turned by half a turn, and keypoint
+    transfer then cannot tell its ends apart.
+    """
     rng = _rng("salmon")
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
-    warp = 0.08 * np.sin(6.0 * yy + 1.3) + 0.05 * _smooth_noise(rng, size, size, 16)
-    stripes = np.abs(np.sin((xx + warp) * np.pi * 7.0)) ** 12  # thin bright lines
-    base = np.array((240, 110, 60), np.float32)
-    fat = np.array((252, 215, 190), np.float32)
-    img = base * (1 - stripes[..., None]) + fat * stripes[..., None]
-    img *= (0.88 + 0.12 * _smooth_noise(rng, size, size, 12))[..., None]
+    along = (xx + 0.6 * yy) / 1.6  # 0 at the back corner, 1 at the belly corner
+    warp = 0.04 * np.sin(5.0 * yy + 1.3) + 0.04 * _smooth_noise(rng, size, size, 16)
+    phase = np.sin(((xx - 0.8 * yy) + warp) * np.pi * 4.0)
+    # Bands widen and brighten towards the belly; the back is lean.
+    stripes = np.clip((phase - 0.75 + 0.9 * along) / 0.3, 0.0, 1.0) * np.clip(1.6 * along - 0.1, 0, 1)
+    back = np.array((200, 55, 30), np.float32)
+    belly = np.array((250, 150, 105), np.float32)
+    flesh = back + (belly - back) * along[..., None]
+    fat = np.array((252, 228, 210), np.float32)
+    img = flesh * (1 - stripes[..., None]) + fat * stripes[..., None]
+    img *= (0.9 + 0.1 * _smooth_noise(rng, size, size, 12))[..., None]
     return img.clip(0, 255).astype(np.uint8)
 
 

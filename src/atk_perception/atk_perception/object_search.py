@@ -1,0 +1,317 @@
+"""Find a small object of the template in another image by an appearance search (ROS-free).
+
+Why: SIFT needs texture at a scale it can detect. A 20x25 px object (a
+nigiri at 320x240) yields almost no SIFT keypoints, and those it yields do
+not survive the object's yaw (different aliasing of its fine stripes), so
+the match-based transfer has nothing to fit and falls back on the table's
+motion. Such an object is still perfectly recognisable as a whole: its
+colours and its layout. This module searches for the template region (the
+hull of the keypoints of one object, slightly grown) over the target image:
+
+1. **Where** (rotation-invariant): Swain & Ballard's ratio-histogram
+   back-projection. Each pixel gets min(1, template colour frequency / image
+   colour frequency) of its hue-saturation bin (colours common in the
+   template but rare in the image score high), box-filtered over the
+   object's size; its strongest local maxima are the candidates (plus any
+   the caller adds, e.g. the SIFT prediction).
+2. **How it is turned**: around each candidate the template region is
+   warped by a family of affine maps ``s * D(c) R(theta) D(c)^-1`` (a yaw
+   of the object on the table seen under the camera's foreshortening c:
+   D(c) = diag(1, c)) and correlated with the image (masked zero-mean
+   normalised cross-correlation, on grey: gain and offset changes of the
+   light do not matter).
+3. **Precisely**: for the best few distinct places, a finer grid around the
+   best pose on full-resolution colour, then a sub-pixel peak.
+
+The result is an affine map template -> image for the region, its score
+(masked NCC) and the score of the best pose at a distinct place (a second
+look-alike): the caller turns the two into a confidence.
+
+Images: ``(H, W, 3)`` RGB or ``(H, W)`` grey uint8. Points ``(N, 2)``
+float pixels (x right, y down).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+
+@dataclass
+class SearchResult:
+    """affine: (2, 3) template pixel -> image pixel; score: masked NCC of the
+    best pose in [-1, 1]; runner_up: best NCC at a place further than the
+    object's size from it (-1 if none); size_px: the object's size (square
+    root of the region's area, template pixels)."""
+
+    affine: np.ndarray
+    score: float
+    runner_up: float
+    size_px: float
+
+
+@dataclass(frozen=True)
+class SearchParams:
+    """The knobs of :func:`search_object` (CpuTrackerConfig's ``search_*`` fields)."""
+
+    angle_step_deg: float = 10.0
+    scales: tuple[float, ...] = (0.8, 1.0, 1.25)
+    aspects: tuple[float, ...] = (0.65, 0.9)
+    candidates: int = 8
+    fine_candidates: int = 3
+    work_size_px: float = 28.0
+    grow_px: float = 2.0
+
+
+def _rot(theta: float) -> np.ndarray:
+    c, s = math.cos(theta), math.sin(theta)
+    return np.array([[c, -s], [s, c]])
+
+
+def pose_matrix(theta: float, scale: float, aspect: float) -> np.ndarray:
+    """(2, 2) ``scale * D(aspect) R(theta) D(aspect)^-1``, D(c) = diag(1, c)."""
+    d = np.diag([1.0, aspect])
+    return scale * d @ _rot(theta) @ np.diag([1.0, 1.0 / aspect])
+
+
+def region_mask(points: np.ndarray, shape: tuple[int, int], grow_px: float) -> np.ndarray:
+    """(H, W) uint8 mask: convex hull of ``points`` (N, 2) dilated by ``grow_px``."""
+    mask = np.zeros(shape, np.uint8)
+    pts = np.round(points).astype(np.int32)
+    if len(pts) >= 3:
+        cv2.fillConvexPoly(mask, cv2.convexHull(pts), 255)
+    else:
+        for p in pts:
+            mask[min(max(p[1], 0), shape[0] - 1), min(max(p[0], 0), shape[1] - 1)] = 255
+    g = max(1, int(round(grow_px)))
+    return cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * g + 1, 2 * g + 1)))
+
+
+def cluster_points(points: np.ndarray, link_px: float) -> list[np.ndarray]:
+    """Single-linkage clusters of ``points`` (N, 2): lists of indices, points chained closer than ``link_px``."""
+    n = len(points)
+    label = -np.ones(n, int)
+    d = np.linalg.norm(points[:, None, :] - points[None, :, :], axis=-1) <= link_px
+    k = 0
+    for i in range(n):
+        if label[i] >= 0:
+            continue
+        stack = [i]
+        label[i] = k
+        while stack:
+            j = stack.pop()
+            for m in np.flatnonzero(d[j] & (label < 0)):
+                label[m] = k
+                stack.append(m)
+        k += 1
+    return [np.flatnonzero(label == c) for c in range(k)]
+
+
+def _hue_sat(img: np.ndarray) -> tuple[np.ndarray, list[int], list[float]]:
+    if img.ndim == 2:
+        return img, [0], [0, 256]
+    return cv2.cvtColor(img, cv2.COLOR_RGB2HSV), [0, 1], [0, 180, 0, 256]
+
+
+def backprojection_candidates(tpl: np.ndarray, mask: np.ndarray, img: np.ndarray,
+                              size_px: float, k: int) -> np.ndarray:
+    """Up to ``k`` candidate centres (K, 2) of the masked template colours in ``img``, best first."""
+    th, chans, ranges = _hue_sat(tpl)
+    ih, _, _ = _hue_sat(img)
+    bins = [30, 16] if len(chans) == 2 else [32]
+    ht = cv2.calcHist([th], chans, mask, bins, ranges)
+    hi = cv2.calcHist([ih], chans, None, bins, ranges)
+    ht /= max(1.0, float(ht.sum()))
+    hi /= max(1.0, float(hi.sum()))
+    ratio = np.minimum(ht / np.maximum(hi, 1e-9), 1.0).astype(np.float32)
+    bp = cv2.calcBackProject([ih], chans, ratio, ranges, scale=1.0)
+    side = max(3, int(round(size_px)) | 1)
+    score = cv2.blur(bp.astype(np.float32), (side, side))
+    peaks = (score >= cv2.dilate(score, cv2.getStructuringElement(
+        cv2.MORPH_ELLIPSE, (side, side)))) & (score > 0.05 * float(score.max()) + 1e-6)
+    ys, xs = np.nonzero(peaks)
+    order = np.argsort(-score[ys, xs])
+    out: list[np.ndarray] = []
+    for j in order:
+        p = np.array([xs[j], ys[j]], np.float64)
+        if all(np.hypot(*(p - q)) > 0.5 * size_px for q in out):
+            out.append(p)
+        if len(out) >= k:
+            break
+    return np.array(out, np.float64).reshape(-1, 2)
+
+
+class _Warped:
+    """The template region warped by one linear map, centred on its anchor."""
+
+    def __init__(self, tpl: np.ndarray, mask: np.ndarray, centre: np.ndarray,
+                 lin: np.ndarray) -> None:
+        ys, xs = np.nonzero(mask)
+        corners = np.stack([xs, ys], 1).astype(np.float64) - centre
+        mapped = corners @ lin.T
+        half = np.ceil(np.abs(mapped).max(axis=0)).astype(int) + 1
+        w, h = 2 * half + 1
+        m = np.hstack([lin, (half - lin @ centre)[:, None]])
+        self.image = cv2.warpAffine(tpl, m, (int(w), int(h)), flags=cv2.INTER_LINEAR,
+                                    borderMode=cv2.BORDER_REPLICATE)
+        wm = cv2.warpAffine(mask, m, (int(w), int(h)), flags=cv2.INTER_LINEAR)
+        self.mask = (wm > 127).astype(np.uint8) * 255
+        if self.image.ndim == 3:
+            self.mask = cv2.merge([self.mask] * 3)
+        self.half = half.astype(np.float64)
+        self.lin = lin
+
+
+def _match(img: np.ndarray, warped: _Warped, centre: np.ndarray,
+           radius: float) -> tuple[float, np.ndarray, np.ndarray | None]:
+    """Best masked NCC of ``warped`` with its centre within ``radius`` of ``centre`` (2,).
+
+    Returns (score, position (2,) of the centre, the score map or None).
+    """
+    hh, ww = img.shape[:2]
+    th, tw = warped.image.shape[:2]
+    x0 = int(math.floor(centre[0] - radius - warped.half[0]))
+    y0 = int(math.floor(centre[1] - radius - warped.half[1]))
+    x1 = int(math.ceil(centre[0] + radius + warped.half[0])) + 1
+    y1 = int(math.ceil(centre[1] + radius + warped.half[1])) + 1
+    x0, y0, x1, y1 = max(0, x0), max(0, y0), min(ww, x1), min(hh, y1)
+    if x1 - x0 < tw or y1 - y0 < th:
+        return -1.0, centre.copy(), None
+    res = cv2.matchTemplate(img[y0:y1, x0:x1], warped.image, cv2.TM_CCOEFF_NORMED,
+                            mask=warped.mask)
+    res = np.nan_to_num(res, nan=-1.0, posinf=-1.0, neginf=-1.0)
+    v = int(np.argmax(res))
+    r, c = divmod(v, res.shape[1])
+    return float(res[r, c]), np.array([x0 + c + warped.half[0], y0 + r + warped.half[1]]), res
+
+
+def affine_score(template: np.ndarray, points: np.ndarray, image: np.ndarray,
+                 affine: np.ndarray, grow_px: float = 2.0) -> float:
+    """Masked NCC of the region of ``points`` (N, 2) warped by ``affine`` (2, 3) at its place in ``image``.
+
+    The score :func:`search_object` maximises, for a placement found some
+    other way (e.g. the SIFT fit): -1 when it falls outside the image.
+    """
+    mask = region_mask(points, template.shape[:2], grow_px)
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return -1.0
+    centre = np.array([xs.mean(), ys.mean()])
+    lin = np.asarray(affine, np.float64)[:, :2]
+    if abs(np.linalg.det(lin)) < 1e-6:
+        return -1.0
+    pos = lin @ centre + np.asarray(affine, np.float64)[:, 2]
+    # Anchor the warp at the template point that lands on the integer pixel
+    # nearest to pos: the sub-pixel part goes into the warp.
+    anchor = centre + np.linalg.inv(lin) @ (np.round(pos) - pos)
+    return _match(image, _Warped(template, mask, anchor, lin), np.round(pos), 0.0)[0]
+
+
+def _subpixel(res: np.ndarray, r: int, c: int) -> np.ndarray:
+    """Quadratic peak offset (dx, dy) around integer peak (r, c) of ``res``."""
+    d = np.zeros(2)
+    if 0 < c < res.shape[1] - 1:
+        a, b, e = res[r, c - 1], res[r, c], res[r, c + 1]
+        den = a - 2 * b + e
+        if den < 0:
+            d[0] = float(np.clip(0.5 * (a - e) / den, -0.5, 0.5))
+    if 0 < r < res.shape[0] - 1:
+        a, b, e = res[r - 1, c], res[r, c], res[r + 1, c]
+        den = a - 2 * b + e
+        if den < 0:
+            d[1] = float(np.clip(0.5 * (a - e) / den, -0.5, 0.5))
+    return d
+
+
+def search_object(template: np.ndarray, points: np.ndarray, image: np.ndarray,
+                  params: SearchParams, extra_candidates: np.ndarray | None = None
+                  ) -> SearchResult | None:
+    """Locate the region of ``points`` (N, 2) on ``template`` in ``image`` (see module doc).
+
+    ``extra_candidates`` (K, 2): more places to look at (image pixels).
+    Returns None when the region is too small or flat to search for.
+    """
+    mask_full = region_mask(points, template.shape[:2], params.grow_px)
+    area = float(np.count_nonzero(mask_full))
+    if area < 16:
+        return None
+    size = math.sqrt(area)
+    ys, xs = np.nonzero(mask_full)
+    centre = np.array([xs.mean(), ys.mean()])
+    # Coarse stage on images scaled so that the object is about work_size_px.
+    k = min(1.0, params.work_size_px / size)
+    if k < 0.97:
+        tpl_s = cv2.resize(template, None, fx=k, fy=k, interpolation=cv2.INTER_AREA)
+        img_s = cv2.resize(image, None, fx=k, fy=k, interpolation=cv2.INTER_AREA)
+        mask_s = cv2.resize(mask_full, None, fx=k, fy=k, interpolation=cv2.INTER_AREA)
+        mask_s = (mask_s > 127).astype(np.uint8) * 255
+    else:
+        k, tpl_s, img_s, mask_s = 1.0, template, image, mask_full
+    c_s = (centre + 0.5) * k - 0.5
+    size_s = size * k
+    cands = backprojection_candidates(tpl_s, mask_s, img_s, size_s, params.candidates)
+    if extra_candidates is not None and len(extra_candidates):
+        cands = np.vstack([(np.asarray(extra_candidates, np.float64) + 0.5) * k - 0.5, cands])
+    if len(cands) == 0:
+        return None
+    thetas = np.deg2rad(np.arange(0.0, 360.0, params.angle_step_deg))
+    poses = [(t, s, a) for t in thetas for s in params.scales for a in params.aspects]
+    # Coarse stage on grey with the exact mask: the colour back-projection
+    # already chose the places; the pose comes from the texture layout, and
+    # grey masked NCC is 2.5x cheaper than colour (an unmasked NCC would be
+    # cheaper still but lets a busy background around the object win).
+    tpl_g = cv2.cvtColor(tpl_s, cv2.COLOR_RGB2GRAY) if tpl_s.ndim == 3 else tpl_s
+    img_g = cv2.cvtColor(img_s, cv2.COLOR_RGB2GRAY) if img_s.ndim == 3 else img_s
+    warped = [_Warped(tpl_g, mask_s, c_s, pose_matrix(*p)) for p in poses]
+    radius = 0.6 * size_s + 2.0
+    found = []  # (coarse score, position (2,) in the scaled image, pose)
+    for cand in cands:
+        best = (-2.0, cand, poses[0])
+        for p, w in zip(poses, warped):
+            sc, pos, _ = _match(img_g, w, cand, radius)
+            if sc > best[0]:
+                best = (sc, pos, p)
+        found.append(best)
+    found.sort(key=lambda f: -f[0])
+    # The best fine_candidates distinct places get the exact (colour, masked,
+    # full-resolution) fine search: their scores are comparable, and the
+    # second best is the look-alike that makes the first doubtful.
+    finals: list = []
+    for f in found:
+        if all(np.hypot(*(f[1] - g[1])) > 0.7 * size_s for g in finals):
+            finals.append(f)
+        if len(finals) >= params.fine_candidates:
+            break
+    step = math.radians(params.angle_step_deg)
+    refined = [_fine(template, mask_full, centre, image, f, k, step, size) for f in finals]
+    refined = [r for r in refined if r is not None]
+    if not refined:
+        return None
+    refined.sort(key=lambda r: -r[0])
+    sc, pos, pose = refined[0]
+    others = [r[0] for r in refined[1:] if np.hypot(*(r[1] - pos)) > 0.7 * size]
+    runner_up = max(others) if others else -1.0
+    lin = pose_matrix(*pose)
+    affine = np.hstack([lin, (pos - lin @ centre)[:, None]])
+    return SearchResult(affine, float(sc), float(runner_up), size)
+
+
+def _fine(template: np.ndarray, mask: np.ndarray, centre: np.ndarray, image: np.ndarray,
+          coarse: tuple, k: float, step: float, size: float
+          ) -> tuple[float, np.ndarray, tuple] | None:
+    """Masked full-resolution search around a coarse (score, position, pose): (score, position (2,), pose)."""
+    theta0, s0, a0 = coarse[2]
+    pos0 = (coarse[1] + 0.5) / k - 0.5
+    best = None
+    for dt in (-0.5, -0.25, 0.0, 0.25, 0.5):
+        for ds in (0.92, 1.0, 1.08):
+            for a in sorted({a0, a0 * 0.88, min(1.0, a0 / 0.88)}):
+                pose = (theta0 + dt * step, s0 * ds, a)
+                w = _Warped(template, mask, centre, pose_matrix(*pose))
+                sc, pos, res = _match(image, w, pos0, 0.15 * size + 2.0)
+                if res is not None and (best is None or sc > best[0]):
+                    r, c = np.unravel_index(int(np.argmax(res)), res.shape)
+                    best = (sc, pos + _subpixel(res, r, c), pose)
+    return best
