@@ -147,7 +147,8 @@ def train_seed(cfg: DemoConfig, seed: int, tag: str = "") -> Path:
     from atk_policy import cli
 
     out = cfg.out / "models" / f"seed{seed}{tag}"
-    if (out / "model.json").is_file() and (out / "summary.json").is_file():
+    marker = out / "atk_demo_train.json"  # written last: the run finished
+    if (out / "model.json").is_file() and marker.is_file():
         _say(f"model {out} exists, not retrained")
         return out
     baselines = [b for b, m in (("fullset", "FullSet"), ("random", "RandomSelect"), ("rgb", "RGB"))
@@ -161,19 +162,23 @@ def train_seed(cfg: DemoConfig, seed: int, tag: str = "") -> Path:
     rc = cli.main(argv)
     if rc != 0:
         raise RuntimeError(f"atk-train failed for seed {seed} (exit {rc}); see the messages above")
-    (out / "summary.json").write_text(json.dumps({"seed": seed, "argv": argv}))
+    marker.write_text(json.dumps({"seed": seed, "argv": argv}))
     return out
 
 
 # --------------------------------------------------------------------------- agents
 
 def keypoint_agent(model_dir: Path):
+    """The deployed pipeline in-process: the tracker node's session and the
+    policy node's gate, with their default parameters (config/tracker.yaml,
+    config/policy.yaml)."""
     from atk_perception.backends import make_correspondence
-    from atk_policy.artifact import load_policy, load_template
+    from atk_perception.keypoint_template import load_model_template
+    from atk_policy.artifact import load_policy
 
     from .evaluation import KeypointAgent
 
-    return KeypointAgent(load_policy(model_dir), make_correspondence("cpu"), load_template(model_dir))
+    return KeypointAgent(load_policy(model_dir), make_correspondence("cpu"), load_model_template(model_dir))
 
 
 def rgb_agent(model_dir: Path):
@@ -365,8 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         models = {s: train_seed(cfg, s, tag=f"_dagger{r}") for s in cfg.train_seeds}
     timings["training"] = time.perf_counter() - t
     first = models[cfg.train_seeds[0]]
-    shutil.copyfile(first / "keypoints.png", cfg.out / "selected_keypoints.png") \
-        if (first / "keypoints.png").is_file() else None
+    shutil.copyfile(first / "candidates.png", cfg.out / "selected_keypoints.png")
 
     ros_results = []
     if cfg.ros_episodes:

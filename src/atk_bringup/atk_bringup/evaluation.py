@@ -34,32 +34,62 @@ class Agent(Protocol):
 
 
 class KeypointAgent:
-    """ATK deployment (paper, section 3.3): transfer the policy's keypoints
-    from the canonical template onto the first frame with h_C, track them
-    frame to frame, and run the policy on them."""
+    """ATK deployment (paper, section 3.3), exactly as the tracker and policy
+    nodes run it: the tracker's state machine (atk_perception.tracking_session:
+    transfer the model's keypoints from the canonical template on the first
+    frame, track them, re-transfer when lost) and the policy node's input gate
+    (atk_policy.gating: hold when the tracker is not tracking or too many
+    keypoints have low confidence). While holding, the robot keeps its last
+    commanded target, as the simulator and the driver do when no new target
+    arrives."""
 
-    def __init__(self, policy, correspondence, template_image: np.ndarray) -> None:
+    def __init__(self, policy, correspondence, template, session_config=None, gate_config=None) -> None:
+        """template: an atk_perception.keypoint_template.KeypointTemplate (the
+        model's canonical image and keypoints)."""
+        from atk_perception.tracking_session import TrackingSession
+        from atk_policy.gating import GateConfig
+
         self.policy = policy
-        self.hc = correspondence
-        self.template = template_image
-        self.points: np.ndarray | None = None   # (N, 2) pixels
+        self.session = TrackingSession(correspondence, template, session_config)
+        self.gate_config = gate_config or GateConfig()
+        self.points: np.ndarray | None = None      # (N, 2) pixels, newest frame
         self.confidence: np.ndarray | None = None  # (N,)
-        self._fresh = False
+        self.holds = 0                              # control steps spent holding
+        self.last_reason = ""
+        self._last_action: np.ndarray | None = None
+        self._pending = None
 
     def reset(self, obs) -> None:
-        pts, conf = self.hc.transfer(self.template, np.asarray(self.policy.canonical_xy, np.float32), obs.rgb)
-        self.hc.reset(obs.rgb, pts)
-        self.points, self.confidence = pts, conf
-        self._fresh = True
+        self.session.request_reset()
         self.policy.reset()
+        self.holds = 0
+        self._last_action = None
+        self._pending = self._track(obs)  # the transfer onto the first frame
+
+    def _track(self, obs):
+        out = self.session.process(obs.rgb, float(obs.time))
+        self.points, self.confidence = out.points, out.confidence
+        return out
 
     def act(self, obs) -> np.ndarray:
-        if self._fresh:
-            self._fresh = False  # the first frame is the one the points were transferred onto
+        from atk_policy.gating import KeypointInput, evaluate_gate
+
+        out = self._pending if self._pending is not None else self._track(obs)
+        self._pending = None
+        kp = KeypointInput(float(obs.time), int(out.state), np.asarray(self.session.ids), out.points,
+                           out.confidence, out.visible, out.image_size, out.message)
+        decision = evaluate_gate(self.gate_config, float(obs.time), kp, float(obs.time),
+                                 expected_ids=self.policy.keypoint_ids,
+                                 expected_image_size=tuple(self.policy.image_size))
+        if decision.running:
+            self._last_action = np.asarray(self.policy.select_action(out.points, obs.joint_positions),
+                                           dtype=np.float64)
         else:
-            result = self.hc.update(obs.rgb)
-            self.points, self.confidence = result.points, result.confidence
-        return np.asarray(self.policy.select_action(self.points, obs.joint_positions), dtype=np.float64)
+            self.holds += 1
+            self.last_reason = decision.reason
+            if self._last_action is None:  # nothing commanded yet: stay where the arm is
+                self._last_action = np.asarray(obs.joint_positions, dtype=np.float64).copy()
+        return self._last_action
 
 
 class ImageAgent:
