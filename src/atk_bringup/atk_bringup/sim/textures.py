@@ -77,11 +77,18 @@ def salmon(size: int = 128) -> np.ndarray:
 
 
 def tamago(size: int = 64) -> np.ndarray:
-    """Egg omelette: yellow layers (a second sushi as clutter)."""
+    """Egg omelette: yellow layers, browned towards one end (a second sushi as clutter).
+
+    The browning (as on a real tamago's grilled face) breaks the layers'
+    half-turn symmetry, so a keypoint on the tamago has one true place.
+    """
     rng = _rng("tamago")
-    yy = np.mgrid[0:size, 0:size][0].astype(np.float32) / size
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     layers = 0.5 + 0.5 * np.sin(yy * np.pi * 9)
     img = np.stack([245 - 10 * layers, 205 - 25 * layers, 70 + 20 * layers], -1)
+    brown = np.clip((xx + 0.5 * yy) / 1.5 * 2.0 - 0.8, 0.0, 1.0)
+    brown = brown * (0.75 + 0.5 * _smooth_noise(rng, size, size, 8))
+    img = img * (1 - 0.7 * brown[..., None]) + np.array((165, 80, 15), np.float32) * 0.7 * brown[..., None]
     img *= (0.9 + 0.1 * _smooth_noise(rng, size, size, 8))[..., None]
     return img.clip(0, 255).astype(np.uint8)
 
@@ -94,10 +101,30 @@ def plate(size: int = 256) -> np.ndarray:
     img = np.full((size, size, 3), 240, np.float32)
     rim = (r > 0.78) & (r < 0.92)
     img[rim] = (40, 70, 160)
-    waves = (r > 0.62) & (r < 0.72) & (np.sin(ang * 12) > 0.2)
+    # Hand-painted: the dashes are unevenly spaced and the dots scattered.
+    # A regular (6- or 12-fold) pattern gives SIFT and correlation equally
+    # good matches every 60 degrees once the plate turns.
+    waves = (r > 0.62) & (r < 0.72) & (np.sin(ang * 12 + 1.2 * np.sin(ang * 2 + 0.5)) > 0.2)
     img[waves] = (70, 110, 190)
-    dots = (np.abs(r - 0.3) < 0.04) & (np.sin(ang * 6) > 0.7)
-    img[dots] = (200, 60, 60)
+    rng = _rng("plate")
+    for _ in range(7):
+        rr, aa = rng.uniform(0.2, 0.5), rng.uniform(0, 2 * np.pi)
+        cv2.circle(img, (int(size / 2 * (1 + rr * np.cos(aa))), int(size / 2 * (1 + rr * np.sin(aa)))),
+                   max(2, size // 45), (200, 60, 60), -1, cv2.LINE_AA)
+    # A painted branch in one part of the well, as on real ceramics: without
+    # it the pattern repeats every 60 degrees and a point on the plate has
+    # six equally good places once the plate is turned.
+    c = size / 2
+    pts = [(c - 0.05 * size, c + 0.12 * size), (c + 0.1 * size, c + 0.02 * size),
+           (c + 0.22 * size, c - 0.1 * size)]
+    for p0, p1 in zip(pts[:-1], pts[1:]):
+        cv2.line(img, (int(p0[0]), int(p0[1])), (int(p1[0]), int(p1[1])), (40, 60, 130),
+                 max(2, size // 40), cv2.LINE_AA)
+    for k, (lx, ly) in enumerate(pts):
+        cv2.ellipse(img, (int(lx), int(ly - 0.04 * size)), (max(3, size // 20), max(2, size // 40)),
+                    30 + 40 * k, 0, 360, (30, 120, 60), -1, cv2.LINE_AA)
+    cv2.circle(img, (int(c + 0.22 * size), int(c - 0.1 * size)), max(3, size // 22), (210, 50, 70), -1,
+               cv2.LINE_AA)
     return img.astype(np.uint8)
 
 
