@@ -136,6 +136,10 @@ class CpuTrackerConfig:
     """Rotation step of the coarse search (the fine stage halves and quarters it)."""
     search_candidates: int = 8
     """Places (colour back-projection maxima) searched per cluster."""
+    search_prefilter_places: int = 0
+    """Of those, this many (ranked by a turn-only search) get the whole pose family (0: all of them)."""
+    search_stretch: float = 1.0
+    """The pose family also stretches the target's foreshortening by 1/this and this (1: off): an object that moved nearer to the camera is seen less foreshortened."""
     search_work_size_px: float = 28.0
     """The coarse search runs on images scaled so that the object is about this big (never enlarged)."""
     search_ncc_min: float = 0.45
@@ -200,6 +204,8 @@ class CpuTrackerConfig:
         need(0 < self.search_link_frac <= 1, "search_link_frac", "must be in (0, 1]")
         need(1 <= self.search_angle_step_deg <= 90, "search_angle_step_deg", "must be in [1, 90]")
         need(self.search_candidates >= 1, "search_candidates", "must be >= 1")
+        need(self.search_prefilter_places >= 0, "search_prefilter_places", "must be >= 0 (0 = off)")
+        need(1.0 <= self.search_stretch <= 2.0, "search_stretch", "must be in [1, 2] (1 = off)")
         need(self.search_work_size_px >= 8, "search_work_size_px", "must be >= 8")
         need(-1 <= self.search_ncc_min < self.search_ncc_full <= 1, "search_ncc_min",
              "must satisfy -1 <= search_ncc_min < search_ncc_full <= 1")
@@ -636,8 +642,11 @@ class CpuTracker(Correspondence):
         cfg = self.cfg
         h, w = template.shape[:2]
         side = min(h, w)
+        st = cfg.search_stretch
         params = SearchParams(angle_step_deg=cfg.search_angle_step_deg,
                               candidates=cfg.search_candidates,
+                              prefilter_places=cfg.search_prefilter_places,
+                              stretches=(1.0 / st, 1.0, st) if st > 1.0 else (1.0,),
                               work_size_px=cfg.search_work_size_px)
         for members in cluster_points(pts, cfg.search_link_frac * side):
             if len(members) < 3:

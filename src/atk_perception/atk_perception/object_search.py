@@ -17,7 +17,8 @@ hull of the keypoints of one object, slightly grown) over the target image:
 2. **How it is turned**: around each candidate the template region is
    warped by a family of affine maps ``s * D(c) R(theta) D(c)^-1`` (a yaw
    of the object on the table seen under the camera's foreshortening c:
-   D(c) = diag(1, c)) and correlated with the image (masked zero-mean
+   D(c) = diag(1, c), times diag(1, stretch) for an object now nearer to or
+   further from the camera) and correlated with the image (masked zero-mean
    normalised cross-correlation, on grey: gain and offset changes of the
    light do not matter).
 3. **Precisely**: for the best few distinct places, a finer grid around the
@@ -60,6 +61,8 @@ class SearchParams:
     angle_step_deg: float = 10.0
     scales: tuple[float, ...] = (0.8, 1.0, 1.25)
     aspects: tuple[float, ...] = (0.65, 0.9)
+    stretches: tuple[float, ...] = (1.0,)
+    prefilter_places: int = 0
     candidates: int = 8
     fine_candidates: int = 3
     ecc_iterations: int = 50
@@ -72,10 +75,14 @@ def _rot(theta: float) -> np.ndarray:
     return np.array([[c, -s], [s, c]])
 
 
-def pose_matrix(theta: float, scale: float, aspect: float) -> np.ndarray:
-    """(2, 2) ``scale * D(aspect) R(theta) D(aspect)^-1``, D(c) = diag(1, c)."""
+def pose_matrix(theta: float, scale: float, aspect: float, stretch: float = 1.0) -> np.ndarray:
+    """(2, 2) ``scale * diag(1, stretch) D(aspect) R(theta) D(aspect)^-1``, D(c) = diag(1, c).
+
+    ``stretch`` != 1: the target is foreshortened differently from the
+    template (the object moved nearer to or further from the camera).
+    """
     d = np.diag([1.0, aspect])
-    return scale * d @ _rot(theta) @ np.diag([1.0, 1.0 / aspect])
+    return scale * np.diag([1.0, stretch]) @ d @ _rot(theta) @ np.diag([1.0, 1.0 / aspect])
 
 
 def region_mask(points: np.ndarray, shape: tuple[int, int], grow_px: float) -> np.ndarray:
@@ -259,7 +266,8 @@ def search_object(template: np.ndarray, points: np.ndarray, image: np.ndarray,
     if len(cands) == 0:
         return None
     thetas = np.deg2rad(np.arange(0.0, 360.0, params.angle_step_deg))
-    poses = [(t, s, a) for t in thetas for s in params.scales for a in params.aspects]
+    poses = [(t, s, a, r) for t in thetas for s in params.scales for a in params.aspects
+             for r in params.stretches]
     # Coarse stage on grey with the exact mask: the colour back-projection
     # already chose the places; the pose comes from the texture layout, and
     # grey masked NCC is 2.5x cheaper than colour (an unmasked NCC would be
@@ -268,6 +276,18 @@ def search_object(template: np.ndarray, points: np.ndarray, image: np.ndarray,
     img_g = cv2.cvtColor(img_s, cv2.COLOR_RGB2GRAY) if img_s.ndim == 3 else img_s
     warped = [_Warped(tpl_g, mask_s, c_s, pose_matrix(*p)) for p in poses]
     radius = 0.6 * size_s + 2.0
+    if 0 < params.prefilter_places < len(cands):
+        # Rank the places first with turns only (one scale, aspect and
+        # stretch: a fifth or less of the family), then spend the whole
+        # family on the best few.
+        mid = [i for i, p in enumerate(poses)
+               if p[1] == params.scales[len(params.scales) // 2]
+               and p[2] == params.aspects[len(params.aspects) // 2]
+               and p[3] == params.stretches[len(params.stretches) // 2]]
+        rank = []
+        for cand in cands:
+            rank.append(max(_match(img_g, warped[i], cand, radius)[0] for i in mid))
+        cands = cands[np.argsort(-np.array(rank))[:params.prefilter_places]]
     found = []  # (coarse score, position (2,) in the scaled image, pose)
     for cand in cands:
         best = (-2.0, cand, poses[0])
@@ -341,13 +361,13 @@ def _fine(template: np.ndarray, mask: np.ndarray, centre: np.ndarray, image: np.
           coarse: tuple, k: float, step: float, size: float
           ) -> tuple[float, np.ndarray, tuple] | None:
     """Masked full-resolution search around a coarse (score, position, pose): (score, position (2,), pose)."""
-    theta0, s0, a0 = coarse[2]
+    theta0, s0, a0, r0 = coarse[2]
     pos0 = (coarse[1] + 0.5) / k - 0.5
     best = None
     for dt in (-0.5, -0.25, 0.0, 0.25, 0.5):
         for ds in (0.92, 1.0, 1.08):
             for a in sorted({a0, a0 * 0.88, min(1.0, a0 / 0.88)}):
-                pose = (theta0 + dt * step, s0 * ds, a)
+                pose = (theta0 + dt * step, s0 * ds, a, r0)
                 w = _Warped(template, mask, centre, pose_matrix(*pose))
                 sc, pos, res = _match(image, w, pos0, 0.15 * size + 2.0)
                 if res is not None and (best is None or sc > best[0]):
