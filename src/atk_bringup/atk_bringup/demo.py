@@ -58,6 +58,9 @@ class DemoConfig:
     ros_timeout_s: float = 120.0
     methods: tuple[str, ...] = METHODS
     rgb_steps: int = 600
+    #: Keep exactly this many keypoints (None: those whose keep-probability
+    #: passes atk-train's threshold, the ATK way).
+    top_n: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("demos", "width", "height", "candidates", "steps", "eval_episodes", "rgb_steps"):
@@ -158,6 +161,8 @@ def train_seed(cfg: DemoConfig, seed: int, tag: str = "") -> Path:
             "--steps", str(cfg.steps), "--seed", str(seed),
             "--track-cache", str(cfg.out / "cache" / "tracks"),
             "--baselines", ",".join(baselines) or "none", "--rgb-steps", str(cfg.rgb_steps)]
+    if cfg.top_n is not None:
+        argv += ["--top-n", str(cfg.top_n)]
     _say("atk-train " + " ".join(argv))
     rc = cli.main(argv)
     if rc != 0:
@@ -309,6 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dagger-episodes", type=int, default=10, help="rollouts per DAgger round (default: 10)")
     p.add_argument("--ros-episodes", type=int, default=1,
                    help="ATK episodes deployed through the real ROS graph over DDS (default: 1; 0 skips)")
+    p.add_argument("--top-n", type=int, default=None,
+                   help="keep exactly N keypoints (default: those the mask keeps; --quick: 4)")
     p.add_argument("--methods", default=",".join(METHODS),
                    help=f"methods to train and evaluate (default: {','.join(METHODS)})")
     p.add_argument("--full", action="store_true",
@@ -324,11 +331,13 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
     except ValueError:
         raise ValueError(f"--size must look like 320x240, got {args.size!r}") from None
     demos, seeds, evals = 30, "0,1", 10
-    steps, dagger_eps, rgb_steps = args.steps, args.dagger_episodes, 600
+    steps, dagger_eps, rgb_steps, top_n = args.steps, args.dagger_episodes, 600, args.top_n
     if args.full:
         demos, seeds, evals = 100, "0,1,2", 20
     if args.quick:
+        # 150 steps cannot settle the mask: keep the 4 most probable keypoints
         demos, seeds, evals, steps, dagger_eps, rgb_steps = 6, "0", 1, 150, 2, 30
+        top_n = top_n or 4
     out = args.out or Path("runs") / datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
     try:
         train_seeds = tuple(int(s) for s in (args.seeds or seeds).split(","))
@@ -339,7 +348,7 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
                       eval_episodes=args.eval_episodes or evals, dagger_rounds=args.dagger_rounds,
                       dagger_episodes=dagger_eps, ros_episodes=args.ros_episodes,
                       methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
-                      rgb_steps=rgb_steps)
+                      rgb_steps=rgb_steps, top_n=top_n)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
