@@ -72,6 +72,7 @@ def main() -> None:
     print(f"{args.width}x{args.height}, config {args.config}")
     for body in args.objects:
         print(f"--- {body} (12 points)")
+        right, wrong = [], []  # median confidence of episodes <= 3 px / > 3 px
         for conds in CONDITIONS:
             errs, confs, secs = [], [], []
             for k in range(1, args.episodes + 1):
@@ -83,8 +84,13 @@ def main() -> None:
                 errs.append(float(np.median(np.linalg.norm(out - gt, axis=1))))
                 confs.append(float(np.median(conf)))
             errs_a, conf_a = np.array(errs), np.array(confs)
+            right += conf_a[errs_a <= 3].tolist()
+            wrong += conf_a[errs_a > 3].tolist()
             print(f"{'+'.join(conds):16s} err px {np.round(errs_a, 1)}  conf {np.round(conf_a, 2)}  "
                   f"<=3px {int((errs_a <= 3).sum())}/{len(errs)}  {np.mean(secs):.2f} s/transfer")
+        print(f"confidence when right (<= 3 px, {len(right)}): min {min(right, default=np.nan):.2f}"
+              f" median {np.median(right) if right else np.nan:.2f}; when wrong ({len(wrong)}):"
+              f" max {max(wrong, default=np.nan):.2f} median {np.median(wrong) if wrong else np.nan:.2f}")
 
 
 if __name__ == "__main__":

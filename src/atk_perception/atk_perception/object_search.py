@@ -21,6 +21,15 @@ hull of the keypoints of one object, slightly grown) over the target image:
    further from the camera) and correlated with the image (masked zero-mean
    normalised cross-correlation, on grey: gain and offset changes of the
    light do not matter).
+2b. **Turn again, inside only**: at each of the best few distinct places
+   the turn is searched again with a separate target foreshortening
+   (``repose_stretches``), scale +-8%, on the region eroded by
+   ``repose_shrink`` of its size. The coarse family ties template and
+   target foreshortening, and the region's border (a plate's side wall,
+   the table) looks alike for any small turn: together they let a small
+   wrong turn of a round plate outscore its true large one. The lead of
+   the best turn over the best one more than ``turn_apart_deg`` away is
+   returned: a small lead means the turn is ambiguous.
 3. **Precisely**: for the best few distinct places, a finer grid around the
    best pose on full-resolution colour with a sub-pixel peak, then an ECC
    alignment (full affine, masked) of the best, kept if it scores higher.
@@ -52,6 +61,10 @@ class SearchResult:
     score: float
     runner_up: float
     size_px: float
+    turn_runner_up: float = -1.0
+    """Best coarse score of a pose at the same place turned by more than
+    ``turn_apart_deg`` from the best, minus the best coarse score (<= 0;
+    -1 if not measured): near 0, the object's turn is ambiguous."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +81,18 @@ class SearchParams:
     ecc_iterations: int = 50
     work_size_px: float = 28.0
     grow_px: float = 2.0
+    repose_stretches: tuple[float, ...] = (0.8, 0.89, 1.0, 1.12, 1.25)
+    """At each finalist place, the turn is searched again over these target
+    foreshortenings (empty: off); cheap, one place at a time."""
+    turn_apart_deg: float = 25.0
+    repose_places: int = 3
+    repose_shrink: float = 0.15
+    repose_colour: bool = False
+    repose_angle_step_deg: float = 10.0
+    repose_size_px: float = 28.0
+    """The turn search runs on the best ``repose_places`` finalists, on
+    images scaled so that the object is about this big (twice the coarse
+    size: a plate's rim pattern is a few pixels at 28 px)."""
 
 
 def _rot(theta: float) -> np.ndarray:
@@ -306,13 +331,50 @@ def search_object(template: np.ndarray, points: np.ndarray, image: np.ndarray,
             finals.append(f)
         if len(finals) >= params.fine_candidates:
             break
+    margins = [-1.0] * len(finals)
+    if params.repose_stretches:
+        k2 = min(1.0, params.repose_size_px / size)
+        tg_full, ig_full = template, image
+        if not params.repose_colour and template.ndim == 3:
+            tg_full = cv2.cvtColor(template, cv2.COLOR_RGB2GRAY)
+            ig_full = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+        if k2 < 0.97:
+            tpl2 = cv2.resize(tg_full, None, fx=k2, fy=k2, interpolation=cv2.INTER_AREA)
+            img2 = cv2.resize(ig_full, None, fx=k2, fy=k2, interpolation=cv2.INTER_AREA)
+            mask2 = (cv2.resize(mask_full, None, fx=k2, fy=k2, interpolation=cv2.INTER_AREA)
+                     > 127).astype(np.uint8) * 255
+        else:
+            k2, tpl2, img2, mask2 = 1.0, tg_full, ig_full, mask_full
+        c2 = (centre + 0.5) * k2 - 0.5
+        rthetas = np.deg2rad(np.arange(0.0, 360.0, params.repose_angle_step_deg))
+        # The turn comes from the inside of the region: its border (a
+        # plate's side wall, the table around it) looks the same for a small
+        # turn whatever the texture says, and wins over the true large turn.
+        e = int(round(params.repose_shrink * size * k2))
+        if e > 0:
+            inner = cv2.erode(mask2, cv2.getStructuringElement(cv2.MORPH_ELLIPSE,
+                                                                (2 * e + 1, 2 * e + 1)))
+            if np.count_nonzero(inner) >= 0.25 * np.count_nonzero(mask2):
+                mask2 = inner
+        out = []
+        for j, f in enumerate(finals):
+            if j >= params.repose_places:
+                out.append(f + (-1.0,))
+                continue
+            pos2 = ((f[1] + 0.5) / k + 0.5) * k2 - 0.5
+            sc, p2, pose, m = _repose(tpl2, mask2, c2, img2, (f[0], pos2, f[2]), params,
+                                      rthetas, size * k2)
+            out.append((sc, ((p2 + 0.5) / k2 + 0.5) * k - 0.5, pose, m))
+        margins = [f[3] for f in out]
+        finals = [f[:3] for f in out]
     step = math.radians(params.angle_step_deg)
-    refined = [_fine(template, mask_full, centre, image, f, k, step, size) for f in finals]
-    refined = [r for r in refined if r is not None]
+    refined = [_fine(template, mask_full, centre, image, f, k, step, size) + (m,)
+               for f, m in zip(finals, margins)]
+    refined = [r for r in refined if r[0] is not None]
     if not refined:
         return None
     refined.sort(key=lambda r: -r[0])
-    sc, pos, pose = refined[0]
+    sc, pos, pose, turn_margin = refined[0]
     others = [r[0] for r in refined[1:] if np.hypot(*(r[1] - pos)) > 0.7 * size]
     runner_up = max(others) if others else -1.0
     lin = pose_matrix(*pose)
@@ -323,7 +385,34 @@ def search_object(template: np.ndarray, points: np.ndarray, image: np.ndarray,
             sc_ecc = affine_score(template, points, image, better, params.grow_px)
             if sc_ecc > sc:
                 sc, affine = sc_ecc, better
-    return SearchResult(affine, float(sc), float(runner_up), size)
+    return SearchResult(affine, float(sc), float(runner_up), size, float(turn_margin))
+
+
+def _repose(tpl_g: np.ndarray, mask_s: np.ndarray, c_s: np.ndarray, img_g: np.ndarray,
+            coarse: tuple, params: SearchParams, thetas: np.ndarray, size_s: float) -> tuple:
+    """Search the turn again at one place with separate target foreshortening.
+
+    The coarse family ties template and target foreshortening; a round
+    object that moved nearer to the camera is seen less foreshortened and
+    its true turn can score below a wrong one. Returns (score, position
+    (2,), pose, turn margin): the margin is the best score at a turn more
+    than ``turn_apart_deg`` away minus the best score (<= 0).
+    """
+    _, pos0, (_, s0, a0, _) = coarse
+    radius = 0.1 * size_s + 1.5
+    results = []  # (score, position, pose)
+    for t in thetas:
+        for s in (s0 * 0.92, s0, s0 * 1.08):
+            for r in params.repose_stretches:
+                w = _Warped(tpl_g, mask_s, c_s, pose_matrix(t, s, a0, r))
+                sc, pos, _ = _match(img_g, w, pos0, radius)
+                results.append((sc, pos, (t, s, a0, r)))
+    best = max(results, key=lambda x: x[0])
+    apart = math.radians(params.turn_apart_deg)
+    far = [x[0] for x in results
+           if abs((x[2][0] - best[2][0] + math.pi) % (2 * math.pi) - math.pi) > apart]
+    margin = (max(far) - best[0]) if far else -1.0
+    return best[0], best[1], best[2], min(0.0, margin)
 
 
 def _ecc(template: np.ndarray, mask: np.ndarray, image: np.ndarray, affine: np.ndarray,
@@ -373,4 +462,4 @@ def _fine(template: np.ndarray, mask: np.ndarray, centre: np.ndarray, image: np.
                 if res is not None and (best is None or sc > best[0]):
                     r, c = np.unravel_index(int(np.argmax(res)), res.shape)
                     best = (sc, pos + _subpixel(res, r, c), pose)
-    return best
+    return best if best is not None else (None, None, None)
