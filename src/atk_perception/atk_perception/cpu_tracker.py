@@ -150,6 +150,8 @@ class CpuTrackerConfig:
     """Confidence is also scaled by min(1, (score - best score elsewhere) / this): a look-alike elsewhere makes the answer doubtful."""
     search_better_by: float = 0.03
     """The search replaces a cluster's SIFT fit only when its score beats the NCC of the template region at the SIFT fit by this."""
+    search_turn_margin: float = 0.1
+    """Coarse-score margin of the best turn over any turn more than 25 degrees away at the same place at or above which the turn is unambiguous (confidence scales down linearly below it: a round plate's points turned about its centre must not be confident)."""
 
     def __post_init__(self) -> None:
         def need(ok: bool, field: str, rule: str) -> None:
@@ -211,6 +213,7 @@ class CpuTrackerConfig:
              "must satisfy -1 <= search_ncc_min < search_ncc_full <= 1")
         need(self.search_margin > 0, "search_margin", "must be > 0")
         need(0 <= self.search_better_by <= 1, "search_better_by", "must be in [0, 1]")
+        need(self.search_turn_margin > 0, "search_turn_margin", "must be > 0")
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -664,7 +667,9 @@ class CpuTracker(Correspondence):
             appearance = float(np.clip((result.score - cfg.search_ncc_min)
                                        / (cfg.search_ncc_full - cfg.search_ncc_min), 0, 1))
             unique = float(np.clip((result.score - result.runner_up) / cfg.search_margin, 0, 1))
-            c = appearance * unique
+            turn = (1.0 if result.turn_runner_up <= -1.0 else
+                    float(np.clip(-result.turn_runner_up / cfg.search_turn_margin, 0, 1)))
+            c = appearance * unique * turn
             sift_score = -1.0
             if found.sum() >= 3:
                 a_sift, _ = cv2.estimateAffine2D(pts[members][found], out[members][found],
