@@ -5,6 +5,7 @@
     python benchmarks/bench_latency.py                      # video camera, CPU tracker, N=16, 640x480 @ 30 fps
     python benchmarks/bench_latency.py --source sim         # the MuJoCo simulator as the camera (25 fps)
     python benchmarks/bench_latency.py --trigger timer      # the policy node's default 10 Hz timer
+    python benchmarks/bench_latency.py --reanchor-mode split  # the CPU tracker's re-anchoring over two frames (node default: async)
 
 What runs: the camera node (video backend replaying a folder of two
 consecutive real frames, tests/data/images/rubberwhale{1,2}.png, alternating,
@@ -87,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--width", type=int, default=640)
     ap.add_argument("--height", type=int, default=480)
     ap.add_argument("--tracker-backend", choices=("cpu", "cotracker"), default="cpu")
+    ap.add_argument("--reanchor-mode", choices=("async", "split", "inline"), default=None,
+                    help="CPU tracker re-anchoring mode (default: the tracker node's, async)")
     ap.add_argument("--trigger", choices=("keypoints", "timer"), default="keypoints",
                     help="policy node trigger (keypoints: act on each frame, the low-latency mode)")
     args = ap.parse_args(argv)
@@ -110,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         (video_dir / f"frame_{i:03d}.png").write_bytes(FRAMES[i].read_bytes())
     values = {"sim": "true" if sim else "false", "camera": "video", "video": str(video_dir),
               "tracker_backend": args.tracker_backend, "use_sim_time": "false", "log_level": "warn",
-              "task": "sushi", "seed": "0", "expert": "true"}
+              "task": "sushi", "seed": "0", "expert": "true",
+              "sim_width": str(args.width), "sim_height": str(args.height)}
 
     def command(name: str, model: str, *extra: str) -> ResolvedProcess:
         spec = deploy[name]
@@ -198,7 +202,12 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"no frame on camera/color/image_raw within {FIRST_FRAME_TIMEOUT_S} s")
         model = make_model(first_frame["rgb"], args.num_keypoints, Path(tmp.name) / "model")
         gate = ["keypoint_timeout_s:=10.0"] if sim else []
-        tracker = command("tracker", str(model))
+        # The first transfer (SIFT + appearance search) can take seconds on a
+        # busy 2-core machine; the stamp jump it leaves must not start another
+        # transfer, over and over (max_frame_gap_s 1 s would): this measures
+        # steady-state tracking.
+        tracker = command("tracker", str(model), "max_frame_gap_s:=30.0",
+                          *([f'reanchor_mode:="{args.reanchor_mode}"'] if args.reanchor_mode else []))
         policy = command("policy", str(model), f'trigger:="{args.trigger}"', *gate)
         more = GraphRunner([tracker, policy], out=sys.stderr)
         more.start()
@@ -244,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     proc = [v[2] for v in kps.values()]
 
     print(f"\nlatency benchmark: source={args.source} {args.width}x{args.height} tracker={args.tracker_backend} "
-          f"N={args.num_keypoints} trigger={args.trigger}, {args.seconds:.0f} s window")
+          f"N={args.num_keypoints} trigger={args.trigger} reanchor_mode={args.reanchor_mode or 'node default'}, "
+          f"{args.seconds:.0f} s window")
     print(f"  frames received            {len(frames)} ({len(frames) / (t_end - t_start):.1f} fps)")
     print(f"  frames with a joint_target {len(targets)}")
     print(f"  frames without one         {no_target}; the tracker reported skipping {tracker_skipped} on purpose "

@@ -18,6 +18,12 @@ ROS-free, no learned weights, OpenCV only. Two parts:
   pulled by the matches of the static table around it. The anchored estimate
   is fused with the tracked one by their variances (tracked variance grows
   each frame, anchored variance comes from the fit residuals).
+  ``reanchor_mode`` says where that work runs: ``"split"`` (library
+  default: deterministic) over two frames; ``"inline"`` all on the frame it
+  is due; ``"async"`` (the tracker node's default) in a background thread on
+  a snapshot (frame k, the points at frame k), its correction carried forward
+  by the LK motion from k to the frame where it finishes, so that no frame
+  waits for SIFT (but where it lands depends on thread timing).
 
 Confidence decays by ``confidence_decay`` per frame since the last
 re-anchoring, because the drift the re-anchoring corrects is invisible to the
@@ -33,6 +39,10 @@ or ``(H, W, 3)`` RGB, uint8.
 from __future__ import annotations
 
 import math
+import threading
+import weakref
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, fields
 
 import cv2
@@ -42,6 +52,8 @@ from atk_perception.correspondence import Correspondence, CorrespondenceError, T
 from atk_perception.image_checks import check_image, check_points, check_same_size
 from atk_perception.object_search import (SearchParams, affine_score, cluster_points, region_mask,
                                           search_object)
+
+REANCHOR_MODES = ("inline", "split", "async")
 
 
 @dataclass
@@ -68,8 +80,8 @@ class CpuTrackerConfig:
     # --- re-anchoring to the template ---
     reanchor_period: int = 5
     """Re-anchor every this many frames (1 = every frame, 0 = never: plain LK)."""
-    reanchor_split: bool = True
-    """Spread a re-anchoring over two frames (SIFT detection on one, matching and fitting on the next, the correction carried over by that frame's LK motion): halves the peak cost of a frame."""
+    reanchor_mode: str = "split"
+    """Where a re-anchoring runs (the tracker node defaults to 'async'; the library keeps 'split' because offline users (keypoint propagation, in-process evaluation, tests) feed frames faster than real time and want results that do not depend on thread timing). 'inline': all on the frame it is due (that frame costs SIFT + fits, ~90 ms at 640x480). 'split': SIFT on that frame, fits on the next, the correction carried over by that frame's LK motion (~65 ms peak). 'async': a background thread works on a snapshot (frame k and its points) while frames keep coming; when it finishes at frame k+m its correction is carried forward by the LK motion from k to k+m, and frames_since_anchor counts from k. Every frame then costs only LK (OpenCV releases the GIL, so the job runs on the other core)."""
     reanchor_radius_px: float = 160.0
     """Re-anchoring searches SIFT features in the points' bounding box grown by this (0 = whole image)."""
     reanchor_sift_pixels: int = 120_000
@@ -169,6 +181,8 @@ class CpuTrackerConfig:
         need(self.fb_confidence_scale_px > 0, "fb_confidence_scale_px", "must be > 0")
         need(self.lk_drift_std_px > 0, "lk_drift_std_px", "must be > 0")
         need(self.reanchor_period >= 0, "reanchor_period", "must be >= 0 (0 disables)")
+        need(self.reanchor_mode in REANCHOR_MODES, "reanchor_mode",
+             f"must be one of {REANCHOR_MODES}")
         need(self.reanchor_radius_px >= 0, "reanchor_radius_px", "must be >= 0")
         need(self.reanchor_sift_pixels == 0 or self.reanchor_sift_pixels >= 10_000,
              "reanchor_sift_pixels", "must be 0 (full resolution) or >= 10000")
@@ -571,11 +585,62 @@ def _local_affine(rel_src: np.ndarray, dst: np.ndarray,
     return coef, rms
 
 
-class CpuTracker(Correspondence):
-    """The CPU default h_C backend (see the module docstring)."""
+@dataclass
+class _Fused:
+    """Outcome of fusing a re-anchoring with the track at one frame (all (N, ...) per point)."""
 
-    def __init__(self, config: CpuTrackerConfig | None = None) -> None:
+    points: np.ndarray
+    var: np.ndarray
+    anchor_conf: np.ndarray
+    result: AnchorResult | None
+
+
+@dataclass
+class _Template:
+    """What re-anchoring matches against: the reset image (H, W), its points (N, 2), its SIFT features."""
+
+    gray: np.ndarray
+    points: np.ndarray
+    features: _Features
+
+
+@dataclass
+class _AsyncJob:
+    """A re-anchoring running in the background on the snapshot of frame ``frame``."""
+
+    future: Future
+    frame: int
+    points: np.ndarray
+    """(N, 2) tracked points of the snapshot."""
+    var: np.ndarray
+    """(N,) tracked variance of the snapshot."""
+
+
+REANCHOR_WAIT_TIMEOUT_S = 10.0
+"""Default bound of :meth:`CpuTracker.wait_for_reanchor` (a 640x480 job takes ~0.1 s)."""
+
+
+class CpuTracker(Correspondence):
+    """The CPU default h_C backend (see the module docstring).
+
+    With ``reanchor_mode="async"`` the tracker owns one worker thread (started
+    on the first re-anchoring); :meth:`close` stops it, and
+    :meth:`wait_for_reanchor` waits for the job in flight (tests use it to
+    make results independent of thread timing). ``executor`` replaces that
+    worker (e.g. one that runs jobs only when told, for deterministic tests).
+    ``update`` and ``reset`` are meant for one thread; only the re-anchoring
+    job runs beside it, on copies.
+    """
+
+    def __init__(self, config: CpuTrackerConfig | None = None,
+                 executor: Executor | None = None) -> None:
         self.cfg = config if config is not None else CpuTrackerConfig()
+        self._executor: Executor | None = executor
+        self._own_executor = executor is None
+        self._executor_lock = threading.Lock()
+        self._closed = False
+        self._job: _AsyncJob | None = None
+        self._next_async_frame = 0
         self._anchor = SiftAnchor(self.cfg)
         self._lk_params = dict(
             winSize=(self.cfg.lk_window_px, self.cfg.lk_window_px),
@@ -595,6 +660,56 @@ class CpuTracker(Correspondence):
         self._pending: tuple | None = None  # (gray, tracked, visible, features) of a split re-anchoring
         self.last_anchor: AnchorResult | None = None
         """Diagnostics of the latest re-anchoring (None before the first)."""
+        self.last_anchor_delay_frames = 0
+        """Frames between the snapshot of the latest applied re-anchoring and the frame it was applied to (async mode; 0 inline, 1 split)."""
+        self.reanchors_applied = 0
+        """Re-anchorings applied since ``reset``."""
+
+    # ------------------------------------------------------------------ async worker
+    def close(self) -> None:
+        """Stop the re-anchoring worker (waits for a job in flight, ~0.1 s); idempotent.
+
+        After ``close`` the tracker still transfers, but ``update`` in async
+        mode raises CorrespondenceError.
+        """
+        self._closed = True
+        self._job = None
+        with self._executor_lock:
+            ex, self._executor = self._executor, None
+        if ex is not None and self._own_executor:
+            ex.shutdown(wait=True, cancel_futures=True)
+
+    def wait_for_reanchor(self, timeout_s: float = REANCHOR_WAIT_TIMEOUT_S) -> bool:
+        """Block until the re-anchoring in flight (if any) has finished; True if there was one.
+
+        It is applied by the next ``update``. Raises TimeoutError when it
+        takes longer than ``timeout_s``.
+        """
+        job = self._job
+        if job is None:
+            return False
+        done, _ = wait_futures([job.future], timeout=timeout_s)
+        if not done:
+            raise TimeoutError(f"the CPU tracker's background re-anchoring (snapshot of frame "
+                               f"{job.frame}) did not finish within {timeout_s} s")
+        return True
+
+    @property
+    def reanchor_pending(self) -> bool:
+        """Whether a background re-anchoring is in flight (async mode)."""
+        return self._job is not None
+
+    def _submit(self, fn, *args) -> Future:
+        with self._executor_lock:
+            if self._executor is None:
+                if self._closed:
+                    raise CorrespondenceError("update() after close(): the CPU tracker's "
+                                              "re-anchoring worker was stopped; make a new tracker")
+                self._executor = ThreadPoolExecutor(max_workers=1,
+                                                    thread_name_prefix="cpu-tracker-reanchor")
+                # Stop the thread when the tracker is collected without close().
+                weakref.finalize(self, self._executor.shutdown, wait=False, cancel_futures=True)
+            return self._executor.submit(fn, *args)
 
     # ------------------------------------------------------------------ transfer
     def transfer(self, template_image: np.ndarray, template_points: np.ndarray,
@@ -701,7 +816,13 @@ class CpuTracker(Correspondence):
         self._frames_since_anchor = 0
         self._frame = 0
         self._pending = None
+        # A job in flight belongs to the old template: it keeps running (it
+        # cannot be interrupted) but its result is never read.
+        self._job = None
+        self._next_async_frame = self.cfg.reanchor_period
         self.last_anchor = None
+        self.last_anchor_delay_frames = 0
+        self.reanchors_applied = 0
 
     def _lk_image(self, g: np.ndarray) -> np.ndarray:
         """The (H, W) uint8 image LK runs on: ``g`` itself, or its high-pass version."""
@@ -745,7 +866,9 @@ class CpuTracker(Correspondence):
         self._var = self._var + np.float32(cfg.lk_drift_std_px ** 2)
         self._frames_since_anchor += 1
 
-        if self._pending is not None:
+        if cfg.reanchor_mode == "async":
+            new_pts = self._async_step(g, new_pts, visible)
+        elif self._pending is not None:
             # Second half of a split re-anchoring: fit on the stored frame,
             # then carry each correction over by this frame's LK motion.
             old_g, old_pts, old_vis, feats = self._pending
@@ -753,12 +876,14 @@ class CpuTracker(Correspondence):
             fixed = self._reanchor(old_g, old_pts, old_vis, feats)
             moved = np.where(visible[:, None], new_pts - old_pts, 0.0)
             new_pts = (fixed + moved).astype(np.float32)
+            self.last_anchor_delay_frames = 1
         elif cfg.reanchor_period > 0 and self._frame % cfg.reanchor_period == 0:
-            if cfg.reanchor_split and self._template_features is not None:
+            if cfg.reanchor_mode == "split" and self._template_features is not None:
                 feats = self._anchor.features(g, new_pts, 1.0, cfg.reanchor_sift_pixels)
                 self._pending = (g, new_pts.copy(), visible.copy(), feats)
             else:
                 new_pts = self._reanchor(g, new_pts, visible)
+                self.last_anchor_delay_frames = 0
 
         # Points that left the view keep their (outside) estimate, reported
         # not visible: clipping them to the border would invent a position.
@@ -776,26 +901,44 @@ class CpuTracker(Correspondence):
         conf = np.where(visible, conf, 0.0).astype(np.float32)
         return TrackResult(new_pts.copy(), np.clip(conf, 0.0, 1.0), visible.copy())
 
-    def _anchor_looks_better(self, g: np.ndarray, i: int, res: AnchorResult,
-                             tracked: np.ndarray, track_visible: bool) -> bool:
-        """Whether point ``i``'s anchor should replace its (disagreeing or lost) track.
+    def _async_step(self, g: np.ndarray, new_pts: np.ndarray, visible: np.ndarray) -> np.ndarray:
+        """Async mode: apply a finished background re-anchoring, start the next when due.
 
-        Geometry alone is not enough: when a moved object has too few matches
-        to form its own motion group, the only candidate is the table's, and
-        it would drag the point back to where the object used to be. So the
-        anchor must look like the template (NCC above ``ncc_min``) and, if
-        the track is alive, at least as much as the tracked position does.
+        ``new_pts`` (N, 2) are this frame's tracked points; returns them
+        corrected. Only numpy work happens here: the SIFT, matching and
+        fitting run in the worker on copies.
         """
-        ncc_anchor = float(res.ncc[i])
-        if np.isnan(ncc_anchor):
-            return True  # flat template patch: appearance cannot decide
-        if ncc_anchor <= self.cfg.ncc_min:
-            return False
-        if not track_visible:
-            return True
-        ncc_track = self._anchor.ncc_at(self._template_gray, g, self._template_points[i],
-                                        tracked, res.linear[i])
-        return ncc_track is None or ncc_anchor >= ncc_track
+        cfg = self.cfg
+        if self._closed:
+            raise CorrespondenceError("update() after close(): the CPU tracker's re-anchoring "
+                                      "worker was stopped; make a new tracker")
+        job = self._job
+        if job is not None and job.future.done():
+            self._job = None
+            fused: _Fused | None = job.future.result()  # a worker exception surfaces here
+            if fused is not None:
+                # The correction is for frame k (the snapshot): carry it forward
+                # by the LK motion from k to now. A point lost meanwhile was held
+                # in place, so its motion only counts while it was tracked.
+                new_pts = (fused.points + (new_pts - job.points)).astype(np.float32)
+                # The drift accumulated since k is not corrected: keep its variance.
+                self._var = (fused.var + (self._var - job.var)).astype(np.float32)
+                self._anchor_conf = fused.anchor_conf
+                self._frames_since_anchor = self._frame - job.frame
+                self.last_anchor = fused.result
+                self.last_anchor_delay_frames = self._frame - job.frame
+                self.reanchors_applied += 1
+        if (cfg.reanchor_period > 0 and self._job is None and self._template_features is not None
+                and self._frame >= self._next_async_frame):
+            # Due, and no job in flight (a job that overran delays the next one
+            # instead of queueing stale snapshots behind it).
+            tpl = _Template(self._template_gray, self._template_points, self._template_features)
+            snap_pts, snap_var = new_pts.copy(), self._var.copy()
+            future = self._submit(_fuse_job, cfg, tpl, g, snap_pts.copy(), visible.copy(),
+                                  snap_var.copy(), self._anchor_conf.copy())
+            self._job = _AsyncJob(future, self._frame, snap_pts, snap_var)
+            self._next_async_frame = self._frame + cfg.reanchor_period
+        return new_pts
 
     def _reanchor(self, g: np.ndarray, tracked: np.ndarray, visible: np.ndarray,
                   feats: _Features | None = None) -> np.ndarray:
@@ -803,35 +946,81 @@ class CpuTracker(Correspondence):
 
         ``feats``: the SIFT features of ``g`` when already detected (split re-anchoring).
         """
-        cfg = self.cfg
         if self._template_features is None:
             return tracked
-        if feats is None:
-            feats = self._anchor.features(g, tracked, 1.0, cfg.reanchor_sift_pixels)
-        src, dst = self._anchor.match(self._template_features, feats)
-        res = self._anchor.anchor(src, dst, self._template_points, self._template_gray, g,
-                                  prior=tracked, prior_ok=visible)
-        self.last_anchor = res
-        out = tracked.copy()
-        for i in range(len(out)):
-            if not res.found[i]:
-                continue
-            agree = np.hypot(*(res.points[i] - tracked[i])) <= cfg.prior_gate_px
-            if visible[i] and agree:
-                vt, va = float(self._var[i]), float(res.variance[i])
-                wa = vt / (vt + va)
-                out[i] = tracked[i] + wa * (res.points[i] - tracked[i])
-                self._var[i] = vt * va / (vt + va)
-                self._anchor_conf[i] = max(float(res.confidence[i]), 0.0)
-            elif res.geometric[i] >= cfg.jump_min_confidence and self._anchor_looks_better(
-                    g, i, res, tracked[i], visible[i]):
-                # The track was lost or went astray (e.g. followed an occluder
-                # or a look-alike): the matches around the point say where it
-                # is, and the template looks at least as much like it there.
-                out[i] = res.points[i]
-                self._var[i] = res.variance[i]
-                self._anchor_conf[i] = float(res.confidence[i])
-            else:
-                self._anchor_conf[i] *= cfg.disagree_confidence_factor
+        tpl = _Template(self._template_gray, self._template_points, self._template_features)
+        fused = _fuse(self._anchor, self.cfg, tpl, g, tracked, visible, self._var,
+                      self._anchor_conf, feats)
+        self._var, self._anchor_conf = fused.var, fused.anchor_conf
+        self.last_anchor = fused.result
         self._frames_since_anchor = 0
-        return out
+        self.reanchors_applied += 1
+        return fused.points
+
+
+def _fuse_job(cfg: CpuTrackerConfig, tpl: _Template, g: np.ndarray, tracked: np.ndarray,
+              visible: np.ndarray, var: np.ndarray, anchor_conf: np.ndarray) -> _Fused:
+    """Background re-anchoring: its own SiftAnchor (OpenCV objects are not shared across threads)."""
+    return _fuse(SiftAnchor(cfg), cfg, tpl, g, tracked, visible, var, anchor_conf)
+
+
+def _anchor_looks_better(anchor: SiftAnchor, cfg: CpuTrackerConfig, tpl: _Template,
+                         g: np.ndarray, i: int, res: AnchorResult,
+                         tracked: np.ndarray, track_visible: bool) -> bool:
+    """Whether point ``i``'s anchor should replace its (disagreeing or lost) track.
+
+    Geometry alone is not enough: when a moved object has too few matches
+    to form its own motion group, the only candidate is the table's, and
+    it would drag the point back to where the object used to be. So the
+    anchor must look like the template (NCC above ``ncc_min``) and, if
+    the track is alive, at least as much as the tracked position does.
+    """
+    ncc_anchor = float(res.ncc[i])
+    if np.isnan(ncc_anchor):
+        return True  # flat template patch: appearance cannot decide
+    if ncc_anchor <= cfg.ncc_min:
+        return False
+    if not track_visible:
+        return True
+    ncc_track = anchor.ncc_at(tpl.gray, g, tpl.points[i], tracked, res.linear[i])
+    return ncc_track is None or ncc_anchor >= ncc_track
+
+
+def _fuse(anchor: SiftAnchor, cfg: CpuTrackerConfig, tpl: _Template, g: np.ndarray,
+          tracked: np.ndarray, visible: np.ndarray, var: np.ndarray, anchor_conf: np.ndarray,
+          feats: _Features | None = None) -> _Fused:
+    """Fuse the tracked points (N, 2) on ``g`` with their re-anchoring to ``tpl``.
+
+    ``visible`` (N,) bool, ``var`` (N,) px^2 and ``anchor_conf`` (N,) are the
+    track's state at ``g``; they are not modified (the result holds the new
+    values), so this runs on a snapshot in a worker thread as well as inline.
+    ``feats``: the SIFT features of ``g`` when already detected (split mode).
+    """
+    if feats is None:
+        feats = anchor.features(g, tracked, 1.0, cfg.reanchor_sift_pixels)
+    src, dst = anchor.match(tpl.features, feats)
+    res = anchor.anchor(src, dst, tpl.points, tpl.gray, g, prior=tracked, prior_ok=visible)
+    out = tracked.copy()
+    var = var.astype(np.float32)  # a copy
+    anchor_conf = anchor_conf.astype(np.float32)
+    for i in range(len(out)):
+        if not res.found[i]:
+            continue
+        agree = np.hypot(*(res.points[i] - tracked[i])) <= cfg.prior_gate_px
+        if visible[i] and agree:
+            vt, va = float(var[i]), float(res.variance[i])
+            wa = vt / (vt + va)
+            out[i] = tracked[i] + wa * (res.points[i] - tracked[i])
+            var[i] = vt * va / (vt + va)
+            anchor_conf[i] = max(float(res.confidence[i]), 0.0)
+        elif res.geometric[i] >= cfg.jump_min_confidence and _anchor_looks_better(
+                anchor, cfg, tpl, g, i, res, tracked[i], visible[i]):
+            # The track was lost or went astray (e.g. followed an occluder
+            # or a look-alike): the matches around the point say where it
+            # is, and the template looks at least as much like it there.
+            out[i] = res.points[i]
+            var[i] = res.variance[i]
+            anchor_conf[i] = float(res.confidence[i])
+        else:
+            anchor_conf[i] *= cfg.disagree_confidence_factor
+    return _Fused(out, var, anchor_conf, res)

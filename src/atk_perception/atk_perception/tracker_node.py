@@ -40,6 +40,13 @@ PARAMS = (
               "downloaded). Required for backend 'cotracker'"),
     ParamSpec("device", "", "torch device for backend 'cotracker' (e.g. cuda, cpu); "
               "empty: the backend's default"),
+    # 'async' by default here (not in the library, whose offline users want
+    # results independent of thread timing): it takes SIFT off the frame path,
+    # which is what sets the node's latency tail (docs/perception.md).
+    ParamSpec("reanchor_mode", "async", "backend 'cpu': where re-anchoring to the template "
+              "runs: 'async' (background thread, every frame costs only LK), 'split' (over "
+              "two frames), 'inline' (on the frame it is due)",
+              choices=("async", "split", "inline")),
     ParamSpec("model_dir", "", "trained model folder with model.json + template.png; "
               "its template and keypoints are tracked. Empty: use points + template_image"),
     ParamSpec("points", [], "flat list x0, y0, x1, y1, ... of keypoints in pixels of "
@@ -77,11 +84,13 @@ _STATE_NAMES = {TrackerState.INITIALISING: "INITIALISING", TrackerState.TRACKING
                 TrackerState.LOST: "LOST"}
 
 
-def make_backend(backend: str, checkpoint: str, device: str):
+def make_backend(backend: str, checkpoint: str, device: str, reanchor_mode: str = "async"):
     """Build h_C; ValueError/FileNotFoundError with an operator message on failure."""
     from atk_perception.backends import make_correspondence  # noqa: PLC0415 (torch for cotracker)
 
     overrides: dict[str, Any] = {}
+    if backend == "cpu":
+        overrides["reanchor_mode"] = reanchor_mode
     if backend == "cotracker":
         if not checkpoint:
             raise ParameterError("parameter checkpoint: backend 'cotracker' needs a local "
@@ -147,7 +156,7 @@ def _build_node_class():
                 frame_timeout_s=p["frame_timeout_s"],
                 template_size_mismatch=p["template_size_mismatch"])
             template = self._load_template(p)
-            h_c = make_backend(p["backend"], p["checkpoint"], p["device"])
+            h_c = make_backend(p["backend"], p["checkpoint"], p["device"], p["reanchor_mode"])
             self.session = TrackingSession(h_c, template, config)
             self.get_logger().info(
                 f"tracking {len(template)} keypoints ({', '.join(template.names)}) from "
@@ -337,6 +346,10 @@ def main(argv: list[str] | None = None) -> int:
             pass
     finally:
         if node is not None:
+            # Stops the CPU backend's re-anchoring thread (waits for a job in flight).
+            close = getattr(node.session.h_c, "close", None)
+            if close is not None:
+                close()
             node.destroy_node()
         rclpy.try_shutdown()
     return 0

@@ -75,8 +75,8 @@ def test_reanchoring_beats_plain_lk(sequences, default_runs):
 
 def test_confidence_decays_between_reanchors(sequences):
     seq = sequences["lighting"]
-    # Unsplit: the re-anchoring then lands exactly on frames 10, 20, ...
-    cfg = CpuTrackerConfig(reanchor_period=10, confidence_decay=0.9, reanchor_split=False)
+    # Inline: the re-anchoring then lands exactly on frames 10, 20, ...
+    cfg = CpuTrackerConfig(reanchor_period=10, confidence_decay=0.9, reanchor_mode="inline")
     _, conf, vis = _run(CpuTracker(cfg), seq)
     # Frames 10 (re-anchored) .. 19: the median confidence must fall steadily.
     med = np.median(conf[9:19], axis=1)
@@ -169,7 +169,7 @@ def test_transfer_without_motion_groups_fails_and_says_so():
 
 def test_unsplit_reanchoring_holds_drift_too(sequences):
     seq = sequences["rotation"]
-    errs, _, _ = _run(CpuTracker(CpuTrackerConfig(reanchor_split=False)), seq)
+    errs, _, _ = _run(CpuTracker(CpuTrackerConfig(reanchor_mode="inline")), seq)
     vis = seq.visible[1:]
     assert np.median(errs[-1][vis[-1]]) < 0.5, errs[-1]
     assert np.mean(errs[vis] < 3.0) > 0.95
