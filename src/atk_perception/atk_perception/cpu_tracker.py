@@ -934,7 +934,9 @@ class CpuTracker(Correspondence):
             # instead of queueing stale snapshots behind it).
             tpl = _Template(self._template_gray, self._template_points, self._template_features)
             snap_pts, snap_var = new_pts.copy(), self._var.copy()
-            future = self._submit(_fuse_job, cfg, tpl, g, snap_pts.copy(), visible.copy(),
+            # g.copy(): a grey input is the caller's own array, which it may
+            # reuse for its next frame while the job still reads it.
+            future = self._submit(_fuse_job, cfg, tpl, g.copy(), snap_pts.copy(), visible.copy(),
                                   snap_var.copy(), self._anchor_conf.copy())
             self._job = _AsyncJob(future, self._frame, snap_pts, snap_var)
             self._next_async_frame = self._frame + cfg.reanchor_period
