@@ -50,8 +50,8 @@ class DemoConfig:
     height: int = 240
     candidates: int = 64
     train_seeds: tuple[int, ...] = (0, 1)
-    steps: int = 3000
-    eval_episodes: int = 10
+    steps: int = 2000
+    eval_episodes: int = 5
     dagger_rounds: int = 1
     dagger_episodes: int = 10
     ros_episodes: int = 1
@@ -61,6 +61,12 @@ class DemoConfig:
     #: Keep exactly this many keypoints (None: those whose keep-probability
     #: passes atk-train's threshold, the ATK way).
     top_n: int | None = None
+    #: Evaluation processes (episodes are independent; 2 uses both cores here).
+    eval_workers: int = 2
+    #: An evaluation episode whose policy has held (not acted) for this many
+    #: seconds in a row ends as a failure, as an operator would stop a stuck
+    #: robot (0: run to the task's time limit).
+    stall_s: float = 5.0
 
     def __post_init__(self) -> None:
         for name in ("demos", "width", "height", "candidates", "steps", "eval_episodes", "rgb_steps"):
@@ -71,6 +77,10 @@ class DemoConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be an integer >= 0, got {v!r}")
+        if not isinstance(self.eval_workers, int) or self.eval_workers < 1:
+            raise ValueError(f"--eval-workers must be an integer >= 1, got {self.eval_workers!r}")
+        if not (self.stall_s >= 0):
+            raise ValueError(f"--stall-s must be >= 0 seconds, got {self.stall_s!r}")
         if not self.train_seeds:
             raise ValueError("--seeds must name at least one training seed")
         if self.demos < 4:
@@ -218,7 +228,38 @@ def ros_episode(cfg: DemoConfig, model_dir: Path, seed: int) -> dict:
 
 # --------------------------------------------------------------------------- 3b. batch evaluation
 
-def evaluate(cfg: DemoConfig, env, models: dict[int, Path]) -> dict[str, dict[str, CellStats]]:
+_WORKER: dict = {}
+
+
+def _worker_init(width: int, height: int) -> None:
+    """Evaluation worker: its own simulator (one EGL context per process) and
+    one torch thread (two workers share the machine's cores)."""
+    import torch
+
+    torch.set_num_threads(1)
+    from .sim.env import SimConfig, SimEnv
+
+    _WORKER["env"] = SimEnv(SimConfig(width=width, height=height, render_depth=False))
+    _WORKER["agents"] = {}
+
+
+def _worker_episode(job: tuple) -> dict:
+    method, train_seed, cond, seed, path, task, stall_s = job
+    agents = _WORKER["agents"]
+    if (method, train_seed) not in agents:
+        agents[(method, train_seed)] = make_agent(method, Path(path))
+    res = run_episode(_WORKER["env"], agents[(method, train_seed)], task, seed, CONDITIONS[cond],
+                      stall_steps=stall_s and int(round(stall_s * _WORKER["env"].config.control_hz)))
+    return {"method": method, "train_seed": train_seed, "condition": cond, "seed": seed,
+            "success": res.success, "steps": res.steps, "error": res.error}
+
+
+def evaluate(cfg: DemoConfig, models: dict[int, Path]) -> dict[str, dict[str, CellStats]]:
+    """Every method x training seed x condition x evaluation episode, in
+    ``cfg.eval_workers`` processes; results are appended to eval/episodes.jsonl
+    as they come, so an interrupted evaluation resumes."""
+    import multiprocessing as mp
+
     from tqdm import tqdm
 
     results_path = cfg.out / "eval" / "episodes.jsonl"
@@ -228,32 +269,35 @@ def evaluate(cfg: DemoConfig, env, models: dict[int, Path]) -> dict[str, dict[st
         for line in results_path.read_text().splitlines():
             r = json.loads(line)
             done[(r["method"], r["train_seed"], r["condition"], r["seed"])] = r["success"]
-    total = len(cfg.methods) * len(models) * len(CONDITIONS) * cfg.eval_episodes
-    bar = tqdm(total=total, desc="evaluation", unit="ep", initial=len(done))
-    table: dict[str, dict[str, CellStats]] = {m: {c: CellStats() for c in CONDITIONS} for m in cfg.methods}
+    eval_seeds = [10_000 + i for i in range(cfg.eval_episodes)]  # the same scenes for every method
+    jobs = [(m, ts, c, seed, str(method_dirs(d)[m]), cfg.task, cfg.stall_s)
+            for m in cfg.methods for ts, d in models.items() for c in CONDITIONS for seed in eval_seeds
+            if (m, ts, c, seed) not in done]
+    total = len(cfg.methods) * len(models) * len(CONDITIONS) * len(eval_seeds)
+    bar = tqdm(total=total, desc="evaluation", unit="ep", initial=total - len(jobs))
     with open(results_path, "a") as log:
-        for method in cfg.methods:
-            for train_seed, model_dir in models.items():
-                agent = None
-                for cond, perturbations in CONDITIONS.items():
-                    successes = []
-                    for i in range(cfg.eval_episodes):
-                        seed = 10_000 + i  # the same scenes for every method
-                        key = (method, train_seed, cond, seed)
-                        if key not in done:
-                            if agent is None:
-                                agent = make_agent(method, method_dirs(model_dir)[method])
-                            res = run_episode(env, agent, cfg.task, seed, perturbations)
-                            done[key] = res.success
-                            log.write(json.dumps({"method": method, "train_seed": train_seed, "condition": cond,
-                                                  "seed": seed, "success": res.success, "steps": res.steps,
-                                                  "error": res.error}) + "\n")
-                            log.flush()
-                            bar.update(1)
-                        successes.append(done[key])
-                        bar.set_postfix_str(f"{method} s{train_seed} {cond}")
-                    table[method][cond].rates.append(float(np.mean(successes)))
+        def record(r: dict) -> None:
+            done[(r["method"], r["train_seed"], r["condition"], r["seed"])] = r["success"]
+            log.write(json.dumps(r) + "\n")
+            log.flush()
+            bar.update(1)
+            bar.set_postfix_str(f"{r['method']} s{r['train_seed']} {r['condition']}")
+
+        if cfg.eval_workers > 1 and len(jobs) > 1:
+            # spawn: no forked EGL context or torch thread pool
+            with mp.get_context("spawn").Pool(cfg.eval_workers, _worker_init, (cfg.width, cfg.height)) as pool:
+                for r in pool.imap_unordered(_worker_episode, jobs):
+                    record(r)
+        else:
+            _worker_init(cfg.width, cfg.height)
+            for job in jobs:
+                record(_worker_episode(job))
     bar.close()
+    table: dict[str, dict[str, CellStats]] = {m: {c: CellStats() for c in CONDITIONS} for m in cfg.methods}
+    for m in cfg.methods:
+        for ts in models:
+            for c in CONDITIONS:
+                table[m][c].rates.append(float(np.mean([done[(m, ts, c, seed)] for seed in eval_seeds])))
     return table
 
 
@@ -306,9 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", default="320x240", help="camera resolution WxH (default: 320x240)")
     p.add_argument("--candidates", type=int, default=64, help="candidate keypoints C (default: 64)")
     p.add_argument("--seeds", default=None, help="training seeds, comma-separated (default: 0,1; --full 0,1,2)")
-    p.add_argument("--steps", type=int, default=3000, help="optimiser steps per training run (default: 3000)")
+    p.add_argument("--steps", type=int, default=2000,
+                   help="optimiser steps per training run (default: 2000; the mask settles by ~1500)")
     p.add_argument("--eval-episodes", type=int, default=None,
-                   help="evaluation episodes per method, seed and condition (default: 10; --full 20)")
+                   help="evaluation episodes per method, seed and condition (default: 5; --full 20)")
     p.add_argument("--dagger-rounds", type=int, default=1,
                    help="DAgger rounds: the expert labels states the learned ATK policy reaches (default: 1)")
     p.add_argument("--dagger-episodes", type=int, default=10, help="rollouts per DAgger round (default: 10)")
@@ -316,6 +361,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ATK episodes deployed through the real ROS graph over DDS (default: 1; 0 skips)")
     p.add_argument("--top-n", type=int, default=None,
                    help="keep exactly N keypoints (default: those the mask keeps; --quick: 4)")
+    p.add_argument("--eval-workers", type=int, default=2,
+                   help="parallel evaluation processes (default: 2)")
+    p.add_argument("--stall-s", type=float, default=5.0,
+                   help="an evaluation episode whose policy held this long in a row fails (0: no limit; "
+                        "default: 5)")
     p.add_argument("--methods", default=",".join(METHODS),
                    help=f"methods to train and evaluate (default: {','.join(METHODS)})")
     p.add_argument("--full", action="store_true",
@@ -330,10 +380,10 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
         w, h = (int(v) for v in args.size.lower().split("x"))
     except ValueError:
         raise ValueError(f"--size must look like 320x240, got {args.size!r}") from None
-    demos, seeds, evals = 30, "0,1", 10
+    demos, seeds, evals = 30, "0,1", 5
     steps, dagger_eps, rgb_steps, top_n = args.steps, args.dagger_episodes, 600, args.top_n
     if args.full:
-        demos, seeds, evals = 100, "0,1,2", 20
+        demos, seeds, evals, steps = 100, "0,1,2", 20, max(steps, 3000)
     if args.quick:
         # 150 steps cannot settle the mask: keep the 4 most probable keypoints
         demos, seeds, evals, steps, dagger_eps, rgb_steps = 6, "0", 1, 150, 2, 30
@@ -348,7 +398,8 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
                       eval_episodes=args.eval_episodes or evals, dagger_rounds=args.dagger_rounds,
                       dagger_episodes=dagger_eps, ros_episodes=args.ros_episodes,
                       methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
-                      rgb_steps=rgb_steps, top_n=top_n)
+                      rgb_steps=rgb_steps, top_n=top_n, eval_workers=args.eval_workers,
+                      stall_s=args.stall_s)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -392,7 +443,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     t = _stage(4, f"evaluation: {len(cfg.methods)} methods x {len(CONDITIONS)} conditions x "
                   f"{cfg.eval_episodes} episodes x {len(models)} seeds")
-    table = evaluate(cfg, env, models)
+    table = evaluate(cfg, models)
     condition_grid(cfg, env, first, cfg.out / "conditions.png")
     timings["evaluation"] = time.perf_counter() - t
 

@@ -130,15 +130,24 @@ class EpisodeResult:
 
 def run_episode(env, agent: Agent, task: str, seed: int, perturbations: Sequence[str],
                 max_steps: int | None = None,
-                on_step: Callable[[int, object, np.ndarray], None] | None = None) -> EpisodeResult:
+                on_step: Callable[[int, object, np.ndarray], None] | None = None,
+                stall_steps: int | None = None) -> EpisodeResult:
     """Roll ``agent`` out in ``env`` until success, the env's time limit or
     ``max_steps``. A policy that produces a non-finite action fails the episode
-    (the driver would refuse it) instead of crashing the evaluation."""
+    (the driver would refuse it) instead of crashing the evaluation; so does
+    one that has held (``agent.holds`` growing) for ``stall_steps`` control
+    steps in a row."""
     obs = env.reset(task=task, seed=seed, perturbations=tuple(perturbations))
     agent.reset(obs)
     steps = 0
+    held_in_a_row = 0
     while not env.done and (max_steps is None or steps < max_steps):
+        holds_before = getattr(agent, "holds", 0)
         action = agent.act(obs)
+        held_in_a_row = held_in_a_row + 1 if getattr(agent, "holds", 0) > holds_before else 0
+        if stall_steps and held_in_a_row >= stall_steps:
+            return EpisodeResult(task, seed, tuple(perturbations), False, steps,
+                                 f"held for {held_in_a_row} steps: {getattr(agent, 'last_reason', '')}")
         if not np.all(np.isfinite(action)):
             return EpisodeResult(task, seed, tuple(perturbations), False, steps, "non-finite action")
         if on_step is not None:
