@@ -267,6 +267,14 @@ def main(argv: list[str] | None = None) -> int:
           f"(target: p99 < 50 ms)")
     print(f"  (image receipt -> joint_target: p50 {percentile_ms(lat_recv, 50):.1f} ms, "
           f"p99 {percentile_ms(lat_recv, 99):.1f} ms)")
+    # Where the time goes, for the frames whose keypoints this script saw too.
+    both = [k for k in targets if k in kps]
+    to_kp = [kps[k][0] - frames[k] for k in both]
+    kp_to_target = [targets[k] - kps[k][0] for k in both]
+    print(f"  split over {len(both)} frames: image receipt -> keypoints p50 {percentile_ms(to_kp, 50):.1f} / "
+          f"p99 {percentile_ms(to_kp, 99):.1f} ms (tracker queue + processing + DDS); keypoints -> "
+          f"joint_target p50 {percentile_ms(kp_to_target, 50):.1f} / p99 {percentile_ms(kp_to_target, 99):.1f} ms "
+          f"(policy node + DDS)")
     return 0
 
 
