@@ -61,6 +61,10 @@ class DemoConfig:
     #: Keep exactly this many keypoints (None: those whose keep-probability
     #: passes atk-train's threshold, the ATK way).
     top_n: int | None = None
+    #: Std of the noise (rad) on the executed joint targets of every second
+    #: demonstration (DART); 0: clean demonstrations only. The sushi grasp
+    #: tolerates 0.01 (4/4 noisy expert episodes succeeded) but not 0.03 (0/5).
+    noise_rad: float = 0.01
     #: Evaluation processes (episodes are independent; 2 uses both cores here).
     eval_workers: int = 2
     #: An evaluation episode whose policy has held (not acted) for this many
@@ -79,6 +83,8 @@ class DemoConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be an integer >= 0, got {v!r}")
         if not isinstance(self.eval_workers, int) or self.eval_workers < 1:
             raise ValueError(f"--eval-workers must be an integer >= 1, got {self.eval_workers!r}")
+        if not (self.noise_rad >= 0):
+            raise ValueError(f"--noise must be >= 0 rad, got {self.noise_rad!r}")
         if not (self.stall_s >= 0):
             raise ValueError(f"--stall-s must be >= 0 seconds, got {self.stall_s!r}")
         if not self.train_seeds:
@@ -110,10 +116,14 @@ def make_env(cfg: DemoConfig):
 
 
 def collect_demos(cfg: DemoConfig, env) -> list[Path]:
-    """Scripted-expert demonstrations under RP, one bag per episode."""
+    """Scripted-expert demonstrations under RP, one bag per episode. Every
+    second one (odd seeds) is executed with noise on the joint targets and
+    labelled with the expert's clean action at each state it reaches (DART),
+    so the policy sees recoveries; ``noise_rad`` 0 records clean demos only."""
     from tqdm import tqdm
 
-    from .demonstrations import record_expert_episode
+    from .demonstrations import record_expert_episode, record_relabelled_episode
+    from .evaluation import NoisyExpertAgent
 
     bag_dir = cfg.out / "bags"
     bag_dir.mkdir(parents=True, exist_ok=True)
@@ -125,7 +135,11 @@ def collect_demos(cfg: DemoConfig, env) -> list[Path]:
             continue
         if path.exists():
             shutil.rmtree(path)  # an interrupted bag: record it again
-        res = record_expert_episode(env, path, task=cfg.task, seed=seed, perturbations=("RP",))
+        if cfg.noise_rad > 0 and seed % 2 == 1:
+            res = record_relabelled_episode(env, NoisyExpertAgent(env, cfg.noise_rad, seed), path,
+                                            task=cfg.task, seed=seed, perturbations=("RP",))
+        else:
+            res = record_expert_episode(env, path, task=cfg.task, seed=seed, perturbations=("RP",))
         failed += not res.success
         bags.append(path)
     _say(f"{len(bags)} demonstration bags in {bag_dir} ({failed} new ones failed and are labelled so)")
@@ -361,6 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ATK episodes deployed through the real ROS graph over DDS (default: 1; 0 skips)")
     p.add_argument("--top-n", type=int, default=None,
                    help="keep exactly N keypoints (default: those the mask keeps; --quick: 4)")
+    p.add_argument("--noise", type=float, default=0.01,
+                   help="std (rad) of noise on the executed joint targets of every second demonstration, "
+                        "labelled with the expert's clean actions (DART); 0: clean demos only (default: 0.01)")
     p.add_argument("--eval-workers", type=int, default=2,
                    help="parallel evaluation processes (default: 2)")
     p.add_argument("--stall-s", type=float, default=5.0,
@@ -398,7 +415,7 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
                       eval_episodes=args.eval_episodes or evals, dagger_rounds=args.dagger_rounds,
                       dagger_episodes=dagger_eps, ros_episodes=args.ros_episodes,
                       methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
-                      rgb_steps=rgb_steps, top_n=top_n, eval_workers=args.eval_workers,
+                      rgb_steps=rgb_steps, top_n=top_n, eval_workers=args.eval_workers, noise_rad=args.noise,
                       stall_s=args.stall_s)
 
 

@@ -118,6 +118,28 @@ class ExpertAgent:
         return np.asarray(self.env.expert_action(), dtype=np.float64)
 
 
+class NoisyExpertAgent:
+    """The expert with Gaussian noise on its joint targets (DART, Laskey et
+    al. 2017). Recorded with the expert's clean action as the label
+    (demonstrations.record_relabelled_episode), its episodes show the expert
+    recovering from small deviations, which clean demonstrations never do."""
+
+    def __init__(self, env, joint_noise_rad: float, seed: int) -> None:
+        if not joint_noise_rad >= 0:
+            raise ValueError(f"joint_noise_rad must be >= 0, got {joint_noise_rad!r}")
+        self.env = env
+        self.sigma = float(joint_noise_rad)
+        self.rng = np.random.default_rng(seed)
+
+    def reset(self, obs) -> None:
+        pass
+
+    def act(self, obs) -> np.ndarray:
+        action = np.asarray(self.env.expert_action(), dtype=np.float64).copy()
+        action[:6] += self.rng.normal(scale=self.sigma, size=6)
+        return action
+
+
 @dataclass
 class EpisodeResult:
     task: str
