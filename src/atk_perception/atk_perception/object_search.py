@@ -88,6 +88,13 @@ class SearchParams:
     repose_places: int = 3
     repose_shrink: float = 0.15
     repose_colour: bool = False
+    fine_inner: bool = True
+    """The fine stage and ECC also use the eroded region (objects of at
+    least ``inner_min_size_px``): its border is the table around it, which
+    a new background changes (a plate on a checkerboard lost to a patch of
+    checkerboard). A ~20 px nigiri keeps its whole region: eroded by 3 px
+    it is placed less precisely (up to 2.9 px against 2.3 px)."""
+    inner_min_size_px: float = 32.0
     repose_angle_step_deg: float = 10.0
     repose_size_px: float = 28.0
     """The turn search runs on the best ``repose_places`` finalists, on
@@ -222,13 +229,15 @@ def _match(img: np.ndarray, warped: _Warped, centre: np.ndarray,
 
 
 def affine_score(template: np.ndarray, points: np.ndarray, image: np.ndarray,
-                 affine: np.ndarray, grow_px: float = 2.0) -> float:
+                 affine: np.ndarray, grow_px: float = 2.0, mask: np.ndarray | None = None
+                 ) -> float:
     """Masked NCC of the region of ``points`` (N, 2) warped by ``affine`` (2, 3) at its place in ``image``.
 
     The score :func:`search_object` maximises, for a placement found some
     other way (e.g. the SIFT fit): -1 when it falls outside the image.
     """
-    mask = region_mask(points, template.shape[:2], grow_px)
+    if mask is None:
+        mask = region_mask(points, template.shape[:2], grow_px)
     ys, xs = np.nonzero(mask)
     if len(xs) == 0:
         return -1.0
@@ -367,8 +376,16 @@ def search_object(template: np.ndarray, points: np.ndarray, image: np.ndarray,
             out.append((sc, ((p2 + 0.5) / k2 + 0.5) * k - 0.5, pose, m))
         margins = [f[3] for f in out]
         finals = [f[:3] for f in out]
+    mask_f = mask_full
+    if params.fine_inner and size >= params.inner_min_size_px:
+        e = int(round(params.repose_shrink * size))
+        if e > 0:
+            inner = cv2.erode(mask_full, cv2.getStructuringElement(cv2.MORPH_ELLIPSE,
+                                                                    (2 * e + 1, 2 * e + 1)))
+            if np.count_nonzero(inner) >= 0.25 * area:
+                mask_f = inner
     step = math.radians(params.angle_step_deg)
-    refined = [_fine(template, mask_full, centre, image, f, k, step, size) + (m,)
+    refined = [_fine(template, mask_f, centre, image, f, k, step, size) + (m,)
                for f, m in zip(finals, margins)]
     refined = [r for r in refined if r[0] is not None]
     if not refined:
@@ -380,9 +397,9 @@ def search_object(template: np.ndarray, points: np.ndarray, image: np.ndarray,
     lin = pose_matrix(*pose)
     affine = np.hstack([lin, (pos - lin @ centre)[:, None]])
     if params.ecc_iterations > 0:
-        better = _ecc(template, mask_full, image, affine, params.ecc_iterations)
+        better = _ecc(template, mask_f, image, affine, params.ecc_iterations)
         if better is not None:
-            sc_ecc = affine_score(template, points, image, better, params.grow_px)
+            sc_ecc = affine_score(template, points, image, better, params.grow_px, mask_f)
             if sc_ecc > sc:
                 sc, affine = sc_ecc, better
     return SearchResult(affine, float(sc), float(runner_up), size, float(turn_margin))
