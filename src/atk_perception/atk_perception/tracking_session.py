@@ -161,6 +161,7 @@ class TrackingSession:
         self._bad_streak = 0
         self._frames_until_retry = 0
         self._last_stamp: float | None = None
+        self._last_processing_s = 0.0  # wall time spent on the previous frame
         self._stalled = False
         self._scaled_template: KeypointTemplate | None = None
 
@@ -226,9 +227,15 @@ class TrackingSession:
             self._frames_until_retry = 0
         elif self._last_stamp is not None and not self._needs_transfer:
             gap = stamp_s - self._last_stamp
-            if gap < 0 or gap > self.config.max_frame_gap_s:
+            # Frames that arrived while the previous one was processed were
+            # dropped on purpose (newest-frame policy): a slow transfer (seconds
+            # on a loaded CPU) must not read as a break in the stream, or every
+            # transfer would trigger the next one.
+            allowed = self.config.max_frame_gap_s + self._last_processing_s
+            if gap < 0 or gap > allowed:
                 what = ("went backwards by %.2f s (recording restarted?)" % -gap if gap < 0
-                        else "jumped by %.2f s (> max_frame_gap_s %.2f)" % (gap, self.config.max_frame_gap_s))
+                        else "jumped by %.2f s (> max_frame_gap_s %.2f + %.2f s processing)"
+                        % (gap, self.config.max_frame_gap_s, self._last_processing_s))
                 notes.append(f"source stamp {what}: keypoints transferred again")
                 self._needs_transfer = True
                 self._frames_until_retry = 0
@@ -249,6 +256,8 @@ class TrackingSession:
         except CorrespondenceError as exc:
             notes.append(f"frame skipped: {exc}")
             return self._output(t0, notes, reported_state=TrackerState.LOST)
+        finally:
+            self._last_processing_s = time.perf_counter() - t0
         return self._output(t0, notes)
 
     def report_bad_frame(self, reason: str) -> SessionOutput:
