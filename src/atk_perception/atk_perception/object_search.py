@@ -23,7 +23,7 @@ hull of the keypoints of one object, slightly grown) over the target image:
    light do not matter).
 2b. **Turn again, inside only**: at each of the best few distinct places
    the turn is searched again with a separate target foreshortening
-   (``repose_stretches``), scale +-8%, on the region eroded by
+   (``repose_stretches``) at the coarse scale, on the region eroded by
    ``repose_shrink`` of its size. The coarse family ties template and
    target foreshortening, and the region's border (a plate's side wall,
    the table) looks alike for any small turn: together they let a small
@@ -88,6 +88,8 @@ class SearchParams:
     repose_places: int = 3
     repose_shrink: float = 0.15
     repose_colour: bool = False
+    repose_scales: tuple[float, ...] = (1.0,)
+    """Scales (times the coarse pose's) of the turn search."""
     fine_inner: bool = True
     """The fine stage and ECC also use the eroded region (objects of at
     least ``inner_min_size_px``): its border is the table around it, which
@@ -419,7 +421,7 @@ def _repose(tpl_g: np.ndarray, mask_s: np.ndarray, c_s: np.ndarray, img_g: np.nd
     radius = 0.1 * size_s + 1.5
     results = []  # (score, position, pose)
     for t in thetas:
-        for s in (s0 * 0.92, s0, s0 * 1.08):
+        for s in (s0 * f for f in params.repose_scales):
             for r in params.repose_stretches:
                 w = _Warped(tpl_g, mask_s, c_s, pose_matrix(t, s, a0, r))
                 sc, pos, _ = _match(img_g, w, pos0, radius)
