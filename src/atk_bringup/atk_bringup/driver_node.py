@@ -177,6 +177,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from atk_bringup.ur_interface import HardwareError
 
+    # The 500 Hz servo thread shares the GIL with the executor threads; with
+    # Python's default 5 ms switch interval it was seen running ~10 of 250
+    # cycles per second beside a busy executor. 0.5 ms lets it in on time.
+    sys.setswitchinterval(0.0005)
     rclpy.init(args=argv)
     node = None
     try:

@@ -5,6 +5,7 @@ Also: the opt-in hardware test (``-m hardware``, needs ATK_UR_IP).
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 
@@ -67,6 +68,12 @@ def ros_graph():
     from atk_bringup.ur_interface import URBackend
     from atk_bringup.ur_stand_in import StandInGripper, StandInRobot
 
+    # The 250 Hz servo thread, the stand-in and both nodes' executor threads
+    # share one Python process here (on the robot PC the driver has its own):
+    # with the default 5 ms GIL switch interval the servo thread ran about 10
+    # of its 250 cycles per second and the arm crept towards its target.
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(0.0005)
     context = rclpy.Context()
     rclpy.init(context=context)
     robot = StandInRobot(follow=1.0, realtime=True)
@@ -75,7 +82,13 @@ def ros_graph():
     from rclpy.parameter import Parameter
     node = driver_node.DriverNode(
         backend=URBackend(robot, robot, gripper), context=context,
+        # watchdog_timeout 2 s: here the DDS round trip runs beside the 250 Hz
+        # servo thread and the stand-in in one Python process, and target
+        # callbacks were seen 0.5-1.7 s apart, tripping a 0.5 s watchdog again
+        # and again. The watchdog's own timing (within two control periods) is
+        # tested on ServoLoop with an injected clock in test_servo_loop.py.
         parameter_overrides=[Parameter("control_rate_hz", value=250.0),
+                             Parameter("watchdog_timeout", value=2.0),
                              Parameter("joint_state_rate_hz", value=100.0),
                              Parameter("gripper_raw_open", value=0),
                              Parameter("gripper_raw_closed", value=255)])
@@ -93,6 +106,7 @@ def ros_graph():
         client.destroy_node()
         rclpy.shutdown(context=context)
         spinner.join(timeout=5.0)
+        sys.setswitchinterval(switch)
 
 
 def _wait_for(predicate, timeout_s: float, what: str) -> None:
