@@ -21,14 +21,13 @@ already there, so an interrupted run continues where it stopped.
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import json
 import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -443,7 +442,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     models = {s: train_seed(cfg, s) for s in cfg.train_seeds}
     for r in range(1, cfg.dagger_rounds + 1):
         _say(f"DAgger round {r}: rolling out the ATK policy (seed {cfg.train_seeds[0]}), expert relabels")
-        collect_dagger(cfg, env, models[cfg.train_seeds[0]] if r == 1 else models[cfg.train_seeds[0]], r)
+        collect_dagger(cfg, env, models[cfg.train_seeds[0]], r)
         models = {s: train_seed(cfg, s, tag=f"_dagger{r}") for s in cfg.train_seeds}
     timings["training"] = time.perf_counter() - t
     first = models[cfg.train_seeds[0]]

@@ -105,19 +105,6 @@ class ImageAgent:
         return np.asarray(self.policy.select_action(obs.rgb, obs.joint_positions), dtype=np.float64)
 
 
-class ExpertAgent:
-    """The privileged scripted expert (an upper bound, and the DAgger teacher)."""
-
-    def __init__(self, env) -> None:
-        self.env = env
-
-    def reset(self, obs) -> None:
-        pass
-
-    def act(self, obs) -> np.ndarray:
-        return np.asarray(self.env.expert_action(), dtype=np.float64)
-
-
 class NoisyExpertAgent:
     """The expert with Gaussian noise on its joint targets (DART, Laskey et
     al. 2017). Recorded with the expert's clean action as the label
