@@ -34,23 +34,26 @@ class DemoResult:
 def record_expert_episode(env, out_dir: str | Path, *, task: str, seed: int,
                           perturbations: Sequence[str] = (), max_steps: int | None = None,
                           stamp_offset_s: float = 0.0, with_depth: bool = False,
-                          namespace: str = "") -> DemoResult:
+                          namespace: str = "", after_success_s: float = 1.0) -> DemoResult:
     """Run the privileged scripted expert of ``env`` (an atk_bringup.sim.env.SimEnv
     with rendering on) for one episode and write it to the bag ``out_dir``.
 
-    The episode runs until the task succeeds, the time limit passes, or
-    ``max_steps`` control steps. The last observation (no action follows it)
-    is not written. Returns where the bag is and whether the task succeeded.
+    The episode runs until the task succeeds (and then ``after_success_s``
+    more: the expert lets go and backs off, so that releasing is in the data
+    more than the one step it takes; without it a learned policy kept holding
+    the nigiri over the plate), the time limit passes, or ``max_steps``
+    control steps. The last observation (no action follows it) is not
+    written. Returns where the bag is and whether the task succeeded.
     """
     return _record(env, out_dir, None, task=task, seed=seed, perturbations=perturbations,
                    max_steps=max_steps, stamp_offset_s=stamp_offset_s, with_depth=with_depth,
-                   namespace=namespace)
+                   namespace=namespace, after_success_s=after_success_s)
 
 
 def record_relabelled_episode(env, agent, out_dir: str | Path, *, task: str, seed: int,
                               perturbations: Sequence[str] = (), max_steps: int | None = None,
                               stamp_offset_s: float = 0.0, with_depth: bool = False,
-                              namespace: str = "") -> DemoResult:
+                              namespace: str = "", after_success_s: float = 1.0) -> DemoResult:
     """DAgger (student-teacher distillation): ``agent`` (``reset(obs)``,
     ``act(obs) -> (7,)``, e.g. a deployed ATK policy) drives the robot, and the
     bag records, at every state the agent reaches, the privileged expert's
@@ -62,11 +65,14 @@ def record_relabelled_episode(env, agent, out_dir: str | Path, *, task: str, see
     """
     return _record(env, out_dir, agent, task=task, seed=seed, perturbations=perturbations,
                    max_steps=max_steps, stamp_offset_s=stamp_offset_s, with_depth=with_depth,
-                   namespace=namespace)
+                   namespace=namespace, after_success_s=after_success_s)
 
 
 def _record(env, out_dir: str | Path, agent, *, task: str, seed: int, perturbations: Sequence[str],
-            max_steps: int | None, stamp_offset_s: float, with_depth: bool, namespace: str) -> DemoResult:
+            max_steps: int | None, stamp_offset_s: float, with_depth: bool, namespace: str,
+            after_success_s: float = 0.0) -> DemoResult:
+    if not after_success_s >= 0:
+        raise ValueError(f"after_success_s must be >= 0, got {after_success_s!r}")
     if max_steps is not None and max_steps < 1:
         raise ValueError(f"max_steps must be >= 1 or None, got {max_steps!r}")
     if stamp_offset_s < 0:
@@ -80,9 +86,15 @@ def _record(env, out_dir: str | Path, agent, *, task: str, seed: int, perturbati
     k = np.asarray(env.intrinsics, np.float64)
     info = CameraInfoData(w, h, tuple(k.reshape(-1)))
     steps = 0
+    post_steps = int(round(after_success_s * float(env.config.control_hz)))
+    post = 0
     writer = EpisodeBagWriter(out_dir, with_depth=with_depth, namespace=namespace)
     try:
-        while not env.done and (max_steps is None or steps < max_steps):
+        while max_steps is None or steps < max_steps:
+            if env.done:
+                if not env.success() or post >= post_steps:
+                    break
+                post += 1
             stamp = stamp_offset_s + float(obs.time)
             action = np.asarray(env.expert_action(), np.float64)
             executed = action if agent is None else np.asarray(agent.act(obs), np.float64)

@@ -48,6 +48,10 @@ class KeypointTemplate:
     ids: tuple[int, ...]
     names: tuple[str, ...]
     source: str = ""
+    #: (M, 2) float32 pixels: more points on the image (the model's other
+    #: candidates) that ``transfer`` maps along with ``points`` and then drops,
+    #: so that h_C sees each object through several points; None: none.
+    support: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         img = self.image
@@ -80,6 +84,12 @@ class KeypointTemplate:
                 f"outside the {w}x{h} template image{self._from()}; were the points "
                 "defined on an image of another size?")
 
+    def transfer_points(self) -> np.ndarray:
+        """(N + M, 2): the keypoints, then the support points."""
+        if self.support is None or len(self.support) == 0:
+            return self.points
+        return np.concatenate([self.points, self.support]).astype(np.float32)
+
     def _from(self) -> str:
         return f" ({self.source})" if self.source else ""
 
@@ -98,10 +108,13 @@ class KeypointTemplate:
         img = cv2.resize(self.image, (width, height), interpolation=cv2.INTER_AREA
                          if sx < 1 else cv2.INTER_LINEAR)
         # Pixel centres: x' + 0.5 = (x + 0.5) * s.
-        pts = (self.points + 0.5) * np.array([sx, sy], np.float32) - 0.5
-        pts = np.clip(pts, 0, [width - 1, height - 1]).astype(np.float32)
-        return KeypointTemplate(img, pts, self.ids, self.names,
-                                f"{self.source} resized to {width}x{height}")
+        def scale(p: np.ndarray) -> np.ndarray:
+            q = (p + 0.5) * np.array([sx, sy], np.float32) - 0.5
+            return np.clip(q, 0, [width - 1, height - 1]).astype(np.float32)
+
+        return KeypointTemplate(img, scale(self.points), self.ids, self.names,
+                                f"{self.source} resized to {width}x{height}",
+                                None if self.support is None else scale(self.support))
 
 
 def default_names(ids: Sequence[int]) -> tuple[str, ...]:
@@ -141,6 +154,7 @@ def load_model_template(model_dir: str | Path) -> KeypointTemplate:
         ids = [int(i) for i in kp["ids"]]
         xy = np.asarray(kp["canonical_xy"], dtype=np.float32)
         names = kp.get("names") or default_names(ids)
+        support = np.asarray(kp.get("support_xy") or np.zeros((0, 2)), dtype=np.float32).reshape(-1, 2)
         image_name = meta["template_image"]
         size = meta["image_size"]
     except (KeyError, TypeError, ValueError) as exc:
@@ -159,8 +173,12 @@ def load_model_template(model_dir: str | Path) -> KeypointTemplate:
             or [int(s) for s in size] != [image.shape[1], image.shape[0]]):
         raise TemplateError(f"{meta_path}: image_size {size!r} does not match "
                             f"{image_name} ({image.shape[1]}x{image.shape[0]})")
+    h, w = image.shape[:2]
+    support = support[(support[:, 0] >= 0) & (support[:, 0] <= w - 1)
+                      & (support[:, 1] >= 0) & (support[:, 1] <= h - 1)]
     return KeypointTemplate(image, xy.reshape(-1, 2) if xy.size else xy,
-                            tuple(ids), tuple(str(n) for n in names), str(model_dir))
+                            tuple(ids), tuple(str(n) for n in names), str(model_dir),
+                            support if len(support) else None)
 
 
 def parse_points(values: Sequence[float]) -> np.ndarray:

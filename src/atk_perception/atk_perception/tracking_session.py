@@ -362,9 +362,11 @@ class TrackingSession:
             notes.append(f"transfer failed; next attempt in {self._frames_until_retry + 1} frame(s)")
             return
         tpl = self._template_for(self._image_size)
-        pts, conf = self.h_c.transfer(tpl.image, tpl.points, image)
-        pts = np.asarray(pts, np.float32)
-        conf = np.asarray(conf, np.float32)
+        # with the template's support points (if any), then only the keypoints
+        n_kp = len(tpl.points)
+        pts, conf = self.h_c.transfer(tpl.image, tpl.transfer_points(), image)
+        pts = np.asarray(pts, np.float32)[:n_kp]
+        conf = np.asarray(conf, np.float32)[:n_kp]
         w, h = self._image_size
         pts_in = np.clip(pts, 0, [w - 1, h - 1]).astype(np.float32)
         confident = conf >= cfg.min_point_confidence

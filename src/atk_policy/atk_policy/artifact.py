@@ -16,7 +16,7 @@ ROS-free. Layout of ``model_dir``::
      "weights": {"file": "policy.safetensors", "sha256": "...", "tensors": {name: shape}},
      "model": {"num_keypoints": N, "learn_mask": false, "config": {ModelConfig}},
      "normalisation": {"proprio_mean": [7], "proprio_std": [7], "action_mean": [7], "action_std": [7],
-                       "action_mode": "delta" | "absolute"},
+                       "action_mode": "delta" | "absolute" | "tcp", "chunk": K, "binary_gripper": bool},
      "observation": {...}, "action": {...},     # layout, see docs/interfaces.md
      "config": {ATKConfig} or null, "selection": {...} or null, "extra": {...},
      "content_sha256": "..."}   # sha256 of the rest: any later edit is refused
@@ -123,9 +123,14 @@ def _utc_now() -> str:
 
 def save_policy(model_dir: str | Path, policy: Any, template_image: np.ndarray, *,
                 config: Any = None, selection: dict | None = None,
-                extra: dict | None = None) -> Path:
+                extra: dict | None = None, support_xy: np.ndarray | None = None) -> Path:
     """Write ``policy`` (a model.KeypointPolicy) and the canonical image.
 
+    support_xy: (M, 2) pixels, the other candidates on the canonical image.
+    The tracker transfers them together with the policy's keypoints (as
+    propagation transferred all candidates when the training data was made)
+    and keeps the policy's: h_C's object search needs a few points per
+    object, which a minimal set of N rarely has.
     template_image: (H, W, 3) uint8 RGB of size policy.image_size.
     selection: JSON-ready report (candidate ids, keep-probabilities, errors).
     config: an ATKConfig (or its dict). Returns the folder.
@@ -153,6 +158,8 @@ def save_policy(model_dir: str | Path, policy: Any, template_image: np.ndarray, 
             "ids": [int(i) for i in policy.keypoint_ids],
             "names": [str(n) for n in policy.keypoint_names],
             "canonical_xy": [[float(x), float(y)] for x, y in np.asarray(policy.canonical_xy)],
+            **({} if support_xy is None or len(support_xy) == 0 else
+               {"support_xy": [[float(x), float(y)] for x, y in np.asarray(support_xy, np.float64).reshape(-1, 2)]}),
         },
         "template_image": TEMPLATE_FILE,
         "template_sha256": sha256_file(d / TEMPLATE_FILE),

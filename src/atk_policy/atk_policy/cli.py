@@ -110,9 +110,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="initial keep-probability of every candidate (default: %(default)s)")
     g.add_argument("--tau", type=float, nargs=2, default=(mc.tau_start, mc.tau_end), metavar=("START", "END"),
                    help="Gumbel temperature, annealed exponentially (default: %(default)s)")
-    g.add_argument("--action-mode", choices=("delta", "absolute"), default=mc.action_mode,
+    g.add_argument("--action-mode", choices=("delta", "absolute", "tcp"), default=mc.action_mode,
                    help="'delta': joint targets are learned relative to the measured joints (the step "
-                        "the expert takes); 'absolute': raw targets (default: %(default)s)")
+                        "the expert takes); 'absolute': raw targets; 'tcp': Cartesian steps of the "
+                        "tool (UR5e + 2F-85 kinematics), converted to joint targets by IK "
+                        "(default: %(default)s)")
+    g.add_argument("--chunk", type=int, default=mc.chunk, metavar="K",
+                   help="action chunking: predict K control steps at once, execute them one per "
+                        "step (default: %(default)s)")
+    g.add_argument("--no-binary-gripper", action="store_true",
+                   help="publish the regressed gripper command as is instead of 0/1")
     g.add_argument("--head", choices=HEADS, default=mc.head,
                    help="policy head: deterministic MSE or Gaussian NLL (default: %(default)s)")
     g.add_argument("--hidden", default=",".join(map(str, mc.hidden)), metavar="W,W",
@@ -292,7 +299,9 @@ def run(args: argparse.Namespace) -> dict:
                                        seed=args.candidate_seed),
             propagation=PropagationConfig(backend=args.backend, workers=args.workers,
                                           min_confidence=args.min_confidence),
-            model=ModelConfig(head=args.head, action_mode=args.action_mode, hidden=hidden, init_keep_prob=args.init_keep_prob,
+            model=ModelConfig(head=args.head, action_mode=args.action_mode, chunk=args.chunk,
+                              binary_gripper=not args.no_binary_gripper, hidden=hidden,
+                              init_keep_prob=args.init_keep_prob,
                               tau_start=args.tau[0], tau_end=args.tau[1], keep_threshold=args.threshold),
             train=TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, mask_lr=args.mask_lr,
                               alpha=args.alpha, warmup_steps=min(args.warmup_steps, args.steps),
@@ -363,7 +372,8 @@ def run(args: argparse.Namespace) -> dict:
                           "mask_samples_per_s": res.mask_fit.samples_per_s}
     report["selection"] = {k: v for k, v in sel.items() if k != "keep_probs"}
     if main_rank:
-        save_policy(out, res.final.policy, canonical, config=cfg, selection=sel,
+        others = np.delete(np.asarray(cands.points), np.asarray(res.selected, int), axis=0)
+        save_policy(out, res.final.policy, canonical, config=cfg, selection=sel, support_xy=others,
                     extra={"canonical_from": canon_from,
                            "candidate_source": [cands.source[i] for i in res.selected]})
 
@@ -410,7 +420,8 @@ def run(args: argparse.Namespace) -> dict:
 
         rgb_train = replace(cfg.train, steps=args.rgb_steps, batch_size=args.rgb_batch_size, alpha=0.0,
                             warmup_steps=min(cfg.train.warmup_steps, args.rgb_steps))
-        pol, fr = train_rgb(episodes, tr_ids, va_ids, rgb_train, progress=progress)
+        pol, fr = train_rgb(episodes, tr_ids, va_ids, rgb_train, progress=progress,
+                            action_mode=cfg.model.action_mode, chunk=cfg.model.chunk)
         base_err["rgb"] = fr.val_mse
         runs["rgb"] = fr.history
         if main_rank:

@@ -72,6 +72,11 @@ class ModelConfig:
     #: "delta": joint targets are learned relative to the measured joints
     #: (see atk_policy.model.ACTION_MODES for why); "absolute": raw targets.
     action_mode: str = "delta"
+    #: Action chunking: the network predicts this many steps at once and the
+    #: policy executes them one per control step (see atk_policy.action_space).
+    chunk: int = 1
+    #: Publish the gripper command as 0 or 1 (threshold 0.5), see atk_policy.action_space.
+    binary_gripper: bool = True
     hidden: tuple[int, ...] = (256, 256)
     #: Initial keep-probability sigmoid(logit) of every candidate.
     init_keep_prob: float = 0.5
@@ -90,8 +95,10 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _check(self.head in HEADS, "head", self.head, f"must be one of {HEADS}")
-        _check(self.action_mode in ("delta", "absolute"), "action_mode", self.action_mode,
-               "must be 'delta' or 'absolute'")
+        _check(self.action_mode in ("delta", "absolute", "tcp"), "action_mode", self.action_mode,
+               "must be 'delta', 'absolute' or 'tcp'")
+        _check(isinstance(self.chunk, int) and 1 <= self.chunk <= 64, "chunk", self.chunk,
+               "must be an int in 1..64")
         self.hidden = tuple(int(h) for h in self.hidden)
         _check(len(self.hidden) >= 1 and all(h >= 1 for h in self.hidden), "hidden", self.hidden,
                "must be one or more positive layer widths")

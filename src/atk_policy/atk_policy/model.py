@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from .config import ModelConfig
+from .action_space import ACTION_MODES as _ACTION_MODES, ActionSpace
 from .dataset import ACTION_DIM, PROPRIO_DIM
 
 #: Standard deviations below this are treated as this (a constant joint
@@ -41,88 +42,124 @@ class PolicyInputError(ValueError):
     """Bad observation given to select_action (shape, NaN); says which."""
 
 
-#: How actions are represented to the network. "delta": the 6 joint targets
-#: relative to the measured joints (target - q), the gripper command as is;
-#: "absolute": the raw targets. With absolute targets the next target is
-#: almost the current joint position, which proprioception alone predicts,
-#: so the sparsity penalty pruned every keypoint on the simulated sushi
-#: demonstrations (0 of 64 kept, max keep-probability 0.007); the step the
-#: expert takes, which depends on where the objects are, is what the
-#: keypoints must explain.
-ACTION_MODES = ("delta", "absolute")
+#: How actions are represented to the network: see atk_policy.action_space.
+#: "delta" (joint targets relative to the measured joints) was the first
+#: default: with "absolute" targets the next target is almost the current
+#: joint position, which proprioception alone predicts, so the sparsity
+#: penalty pruned every keypoint on the simulated sushi demonstrations (0 of
+#: 64 kept). "tcp" (Cartesian steps of the tool) is what atk-demo trains.
+ACTION_MODES = _ACTION_MODES
 
 
 @dataclass
 class Normalisation:
-    """Action representation and the statistics that standardise
-    proprioception and actions; each statistic is (7,) float32 (the action
-    statistics are those of the represented action, see ACTION_MODES)."""
+    """Action representation and the statistics that standardise the
+    network's robot-state features (P,) and its targets (K * A,) (see
+    atk_policy.action_space). float32 arrays."""
 
     proprio_mean: np.ndarray
     proprio_std: np.ndarray
     action_mean: np.ndarray
     action_std: np.ndarray
     action_mode: str = "delta"
+    chunk: int = 1
+    binary_gripper: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("proprio_mean", "proprio_std", "action_mean", "action_std"):
-            v = np.asarray(getattr(self, name), dtype=np.float32).reshape(-1)
-            if v.shape != (7,) or not np.all(np.isfinite(v)):
-                raise ValueError(f"normalisation field {name!r} must be 7 finite numbers, got {v}")
-            if name.endswith("std") and np.any(v <= 0):
-                raise ValueError(f"normalisation field {name!r} must be > 0, got {v}")
-            setattr(self, name, v)
         if self.action_mode not in ACTION_MODES:
             raise ValueError(f"normalisation field 'action_mode' must be one of {ACTION_MODES}, "
                              f"got {self.action_mode!r}")
+        space = self.space()
+        dims = {"proprio_mean": space.proprio_dim, "proprio_std": space.proprio_dim,
+                "action_mean": space.output_dim, "action_std": space.output_dim}
+        for name, n in dims.items():
+            v = np.asarray(getattr(self, name), dtype=np.float32).reshape(-1)
+            if v.shape != (n,) or not np.all(np.isfinite(v)):
+                raise ValueError(f"normalisation field {name!r} must be {n} finite numbers for action_mode "
+                                 f"{self.action_mode!r} and chunk {self.chunk}, got {v}")
+            if name.endswith("std") and np.any(v <= 0):
+                raise ValueError(f"normalisation field {name!r} must be > 0, got {v}")
+            setattr(self, name, v)
 
-    @property
-    def offset_mask(self) -> np.ndarray:
-        """(7,) 1 where the action is relative to the matching proprioception."""
-        return np.array([1.0] * 6 + [0.0], np.float32) if self.action_mode == "delta" else np.zeros(7, np.float32)
+    def space(self) -> ActionSpace:
+        return ActionSpace(self.action_mode, self.chunk, self.binary_gripper)
 
     @classmethod
-    def from_data(cls, proprio: np.ndarray, actions: np.ndarray, action_mode: str = "delta") -> "Normalisation":
-        """proprio, actions: (S, 7) training samples (actions in robot units)."""
-        rel = actions - proprio * (np.array([1.0] * 6 + [0.0], np.float32) if action_mode == "delta" else 0.0)
-        return cls(proprio.mean(0), np.maximum(proprio.std(0), MIN_STD),
-                   rel.mean(0), np.maximum(rel.std(0), MIN_STD), action_mode)
+    def from_data(cls, proprio: np.ndarray, actions: np.ndarray, action_mode: str = "delta",
+                  chunk: int = 1, episode: np.ndarray | None = None,
+                  binary_gripper: bool = True) -> "Normalisation":
+        """proprio, actions: (S, 7) training samples in robot units; episode (S,)
+        their episode index (needed for chunk > 1)."""
+        space = ActionSpace(action_mode, chunk, binary_gripper)
+        feats = space.features(proprio)
+        ep = np.zeros(len(feats), np.int64) if episode is None else np.asarray(episode)
+        lab = space.chunk(space.labels(proprio, actions), ep)
+        return cls(feats.mean(0), np.maximum(feats.std(0), MIN_STD),
+                   lab.mean(0), np.maximum(lab.std(0), MIN_STD), action_mode, int(chunk), bool(binary_gripper))
 
     def to_dict(self) -> dict:
         d: dict = {k: [float(x) for x in getattr(self, k)]
                    for k in ("proprio_mean", "proprio_std", "action_mean", "action_std")}
         d["action_mode"] = self.action_mode
+        d["chunk"] = int(self.chunk)
+        d["binary_gripper"] = bool(self.binary_gripper)
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Normalisation":
         keys = {"proprio_mean", "proprio_std", "action_mean", "action_std", "action_mode"}
-        if set(d) != keys:
-            raise ValueError(f"normalisation must have exactly the keys {sorted(keys)}, got {sorted(d)}")
-        return cls(**{k: (v if k == "action_mode" else np.asarray(v, dtype=np.float32)) for k, v in d.items()})
+        optional = {"chunk", "binary_gripper"}
+        if not keys <= set(d) or not set(d) <= keys | optional:
+            raise ValueError(f"normalisation must have the keys {sorted(keys)} (and optionally "
+                             f"{sorted(optional)}), got {sorted(d)}")
+        return cls(**d)
 
 
 class ActionCodec(nn.Module):
-    """Standardise actions for the network and back (torch side of Normalisation).
+    """Standardise features and targets for the network and back (torch side of Normalisation).
 
-    encode: action (B, 7) robot units, proprio (B, 7) -> (B, 7) standardised
-    targets; decode: network output (B, 7) -> actions (B, 7) robot units.
+    proprio: features (B, P) -> standardised; encode: targets (B, K*A) ->
+    standardised; decode: network output (B, K*A) -> targets (B, K*A).
     """
 
     def __init__(self, norm: Normalisation) -> None:
         super().__init__()
         # Not persistent: the statistics live in model.json (human-readable).
-        for name in ("proprio_mean", "proprio_std", "action_mean", "action_std", "offset_mask"):
+        for name in ("proprio_mean", "proprio_std", "action_mean", "action_std"):
             self.register_buffer(name, torch.as_tensor(getattr(norm, name)), persistent=False)
 
     def proprio(self, proprio: torch.Tensor) -> torch.Tensor:
         return (proprio - self.proprio_mean) / self.proprio_std
 
-    def encode(self, action: torch.Tensor, proprio: torch.Tensor) -> torch.Tensor:
-        return (action - proprio * self.offset_mask - self.action_mean) / self.action_std
+    def encode(self, target: torch.Tensor) -> torch.Tensor:
+        return (target - self.action_mean) / self.action_std
 
-    def decode(self, out: torch.Tensor, proprio: torch.Tensor) -> torch.Tensor:
-        return out * self.action_std + self.action_mean + proprio * self.offset_mask
+    def decode(self, out: torch.Tensor) -> torch.Tensor:
+        return out * self.action_std + self.action_mean
+
+
+class ChunkRunner:
+    """Deployment side of action chunking: predict K steps, execute them one
+    per call (each converted to a command from the joints measured at that
+    call), predict again when they are used up. ``reset`` drops what is left."""
+
+    def __init__(self, space: ActionSpace) -> None:
+        self.space = space
+        self._queue: list[np.ndarray] = []
+
+    def reset(self) -> None:
+        self._queue = []
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    def step(self, proprio: np.ndarray, predict) -> np.ndarray:
+        """predict: () -> (K * A,) targets, called when the queue is empty."""
+        if not self._queue:
+            out = np.asarray(predict(), np.float64).reshape(self.space.chunk_steps, self.space.action_dim)
+            self._queue = list(out)
+        return self.space.command(proprio, self._queue.pop(0))
 
 
 # --------------------------------------------------------------------------- mask
@@ -227,11 +264,12 @@ class GaussianMLPHead(PolicyHead):
         return nll, {"nll": nll.detach(), "mse": mse.detach()}
 
 
-def make_head(cfg: ModelConfig, in_dim: int) -> PolicyHead:
+def make_head(cfg: ModelConfig, in_dim: int, out_dim: int = ACTION_DIM) -> PolicyHead:
     if cfg.head == "mlp_mse":
-        return MLPHead(in_dim, cfg.hidden)
+        return MLPHead(in_dim, cfg.hidden, out_dim)
     if cfg.head == "mlp_gaussian":
-        return GaussianMLPHead(in_dim, cfg.hidden, min_log_std=cfg.min_log_std, max_log_std=cfg.max_log_std)
+        return GaussianMLPHead(in_dim, cfg.hidden, out_dim, min_log_std=cfg.min_log_std,
+                               max_log_std=cfg.max_log_std)
     raise ValueError(f"unknown head {cfg.head!r}")
 
 
@@ -274,9 +312,11 @@ class KeypointPolicy(nn.Module):
                              f"{len(self.keypoint_names)} names")
         if self.learn_mask:
             self.mask_logits = nn.Parameter(torch.full((num_keypoints,), logit(cfg.init_keep_prob)))
-        in_dim = 2 * num_keypoints + (num_keypoints if self.use_indicator else 0) + PROPRIO_DIM
-        self.head = make_head(cfg, in_dim)
+        self.space = norm.space()
+        in_dim = 2 * num_keypoints + (num_keypoints if self.use_indicator else 0) + self.space.proprio_dim
+        self.head = make_head(cfg, in_dim, self.space.output_dim)
         self.codec = ActionCodec(norm)
+        self.runner = ChunkRunner(self.space)
         self.register_buffer("_scale", torch.tensor([2.0 / w, 2.0 / h]), persistent=False)
         self.tau = cfg.tau_start
 
@@ -325,12 +365,22 @@ class KeypointPolicy(nn.Module):
         return self._eval_mask(batch)
 
     # ---- training
+    def prepare(self, data, device: str) -> dict[str, torch.Tensor]:
+        """Training tensors of a train.TrackSet in this policy's action space:
+        keypoints (S, C, 2) px, proprio = features (S, P), action = targets (S, K*A)."""
+        feats = self.space.features(data.proprio)
+        target = self.space.chunk(self.space.labels(data.proprio, data.actions), data.episode)
+        return {"keypoints": torch.as_tensor(data.keypoints, device=device),
+                "proprio": torch.as_tensor(feats, device=device),
+                "action": torch.as_tensor(target, device=device)}
+
     def forward(self, batch: dict[str, torch.Tensor], alpha: float = 0.0) -> tuple[torch.Tensor, dict]:
-        """batch: keypoints (B, C, 2) px, proprio (B, 7), action (B, 7). Returns (loss, logs)."""
+        """batch (see ``prepare``): keypoints (B, C, 2) px, proprio (B, P)
+        features, action (B, K*A) targets. Returns (loss, logs)."""
         kp, proprio, action = batch["keypoints"], batch["proprio"], batch["action"]
         mask = self._mask(kp.shape[0])
         feats = self._features(kp, proprio, mask)
-        target = self.codec.encode(action, proprio)
+        target = self.codec.encode(action)
         loss, logs = self.head.loss(feats, target)
         if self.learn_mask:
             probs = torch.sigmoid(self.mask_logits)
@@ -343,10 +393,10 @@ class KeypointPolicy(nn.Module):
 
     @torch.no_grad()
     def predict(self, keypoints: torch.Tensor, proprio: torch.Tensor) -> torch.Tensor:
-        """keypoints (B, C, 2) px, proprio (B, 7) -> actions (B, 7) in robot units."""
+        """keypoints (B, C, 2) px, proprio (B, P) features -> targets (B, K*A) (see ``prepare``)."""
         mask = self._eval_mask(keypoints.shape[0])
         out = self.head.predict(self._features(keypoints, proprio, mask))
-        return self.codec.decode(out, proprio)
+        return self.codec.decode(out)
 
     # ---- selection
     @torch.no_grad()
@@ -370,7 +420,8 @@ class KeypointPolicy(nn.Module):
         for k, (a, b) in enumerate(zip(src, dst)):
             if k == 0:
                 w = a.weight
-                cols = [2 * i + j for i in ids for j in (0, 1)] + list(range(w.shape[1] - PROPRIO_DIM, w.shape[1]))
+                p = self.space.proprio_dim
+                cols = [2 * i + j for i in ids for j in (0, 1)] + list(range(w.shape[1] - p, w.shape[1]))
                 b.weight.copy_(w[:, cols])
                 bias = a.bias.clone()
                 if self.use_indicator:
@@ -382,10 +433,14 @@ class KeypointPolicy(nn.Module):
 
     # ---- deployment
     def reset(self) -> None:
-        """Forget per-episode state. The MLP policies are memoryless; kept for the interface."""
+        """Forget per-episode state: the steps left of the current action chunk."""
+        self.runner.reset()
 
     def select_action(self, keypoints: np.ndarray, proprio: np.ndarray) -> np.ndarray:
-        """keypoints (N, 2) float pixels (the artifact's keypoint order), proprio (7,) -> action (7,) float32."""
+        """keypoints (N, 2) float pixels (the artifact's keypoint order), proprio (7,)
+        measured joints + gripper -> action (7,) float32: joint targets + gripper
+        command. With chunks of K > 1 steps the network runs every K calls and
+        the calls between execute its remaining steps (``reset`` starts over)."""
         kp = np.asarray(keypoints, dtype=np.float32)
         pr = np.asarray(proprio, dtype=np.float32).reshape(-1)
         if kp.shape != (self.num_keypoints, 2):
@@ -397,10 +452,14 @@ class KeypointPolicy(nn.Module):
                                    f"{np.where(~np.isfinite(kp).all(1))[0].tolist()}")
         if not np.all(np.isfinite(pr)):
             raise PolicyInputError(f"proprio contains non-finite values: {pr.tolist()}")
-        was_training = self.training
-        self.eval()
-        dev = self._scale.device
-        out = self.predict(torch.from_numpy(kp)[None].to(dev), torch.from_numpy(pr)[None].to(dev))
-        if was_training:
-            self.train()
-        return out[0].cpu().numpy().astype(np.float32)
+        def predict() -> np.ndarray:
+            was_training = self.training
+            self.eval()
+            dev = self._scale.device
+            feats = torch.from_numpy(self.space.features(pr[None]))
+            out = self.predict(torch.from_numpy(kp)[None].to(dev), feats.to(dev))
+            if was_training:
+                self.train()
+            return out[0].cpu().numpy()
+
+        return self.runner.step(pr, predict)

@@ -23,7 +23,7 @@ from torch import nn
 
 from .config import TrainConfig
 from .dataset import Episode
-from .model import ActionCodec, Normalisation, PolicyInputError
+from .model import ActionCodec, ChunkRunner, Normalisation, PolicyInputError
 
 RGB_KIND = "atk-rgb-policy"
 
@@ -109,8 +109,11 @@ class RGBPolicy(nn.Module):
             layers += [nn.Conv2d(c_in, c, 5 if k == 0 else 3, stride=2, padding=2 if k == 0 else 1), nn.GELU()]
             c_in = c
         self.encoder = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.head = nn.Sequential(nn.Linear(c_in + 7, cfg.hidden), nn.GELU(), nn.Linear(cfg.hidden, 7))
+        self.space = norm.space()
+        self.head = nn.Sequential(nn.Linear(c_in + self.space.proprio_dim, cfg.hidden), nn.GELU(),
+                                  nn.Linear(cfg.hidden, self.space.output_dim))
         self.codec = ActionCodec(norm)
+        self.runner = ChunkRunner(self.space)
 
     def param_groups(self, lr: float, mask_lr: float, weight_decay: float) -> list[dict]:
         return [{"params": list(self.parameters()), "lr": lr, "weight_decay": weight_decay, "name": "policy"}]
@@ -120,18 +123,26 @@ class RGBPolicy(nn.Module):
         z = self.encoder(x)
         return self.head(torch.cat([z, self.codec.proprio(proprio)], 1))
 
+    def prepare(self, data: ImageSet, device: str) -> dict[str, torch.Tensor]:
+        """Training tensors in this policy's action space (see KeypointPolicy.prepare)."""
+        target = self.space.chunk(self.space.labels(data.proprio, data.actions), data.episode)
+        return {"image": torch.as_tensor(data.images, device=device),
+                "proprio": torch.as_tensor(self.space.features(data.proprio), device=device),
+                "action": torch.as_tensor(target, device=device)}
+
     def forward(self, batch: dict[str, torch.Tensor], alpha: float = 0.0) -> tuple[torch.Tensor, dict]:
-        target = self.codec.encode(batch["action"], batch["proprio"])
+        target = self.codec.encode(batch["action"])
         mse = ((self._out(batch["image"], batch["proprio"]) - target) ** 2).mean()
         return mse, {"loss": mse.detach(), "mse": mse.detach()}
 
     @torch.no_grad()
     def predict(self, image: torch.Tensor, proprio: torch.Tensor) -> torch.Tensor:
-        """image (B, 3, h, w) uint8 at input size, proprio (B, 7) -> actions (B, 7)."""
-        return self.codec.decode(self._out(image, proprio), proprio)
+        """image (B, 3, h, w) uint8 at input size, proprio (B, P) features -> targets (B, K*A)."""
+        return self.codec.decode(self._out(image, proprio))
 
     def reset(self) -> None:
-        """Memoryless; kept for the policy interface."""
+        """Forget the steps left of the current action chunk."""
+        self.runner.reset()
 
     def select_action(self, image: np.ndarray, proprio: np.ndarray) -> np.ndarray:
         """image (H, W, 3) uint8 RGB camera frame, proprio (7,) -> action (7,) float32."""
@@ -142,21 +153,25 @@ class RGBPolicy(nn.Module):
         pr = np.asarray(proprio, np.float32).reshape(-1)
         if pr.shape != (7,) or not np.all(np.isfinite(pr)):
             raise PolicyInputError(f"proprio must be 7 finite values, got {pr.tolist()}")
-        self.eval()
-        x = torch.from_numpy(resize_frame(img, self.cfg.input_size))[None]
-        return self.predict(x, torch.from_numpy(pr)[None])[0].numpy().astype(np.float32)
+        def predict() -> np.ndarray:
+            self.eval()
+            x = torch.from_numpy(resize_frame(img, self.cfg.input_size))[None]
+            return self.predict(x, torch.from_numpy(self.space.features(pr[None])))[0].numpy()
+
+        return self.runner.step(pr, predict)
 
 
 def train_rgb(episodes: Sequence[Episode], train_ids: Sequence[int], val_ids: Sequence[int],
               train_cfg: TrainConfig, cfg: RGBConfig | None = None, progress: bool = True,
-              images: ImageSet | None = None) -> tuple[RGBPolicy, Any]:
+              images: ImageSet | None = None, action_mode: str = "delta",
+              chunk: int = 1) -> tuple[RGBPolicy, Any]:
     """Train the RGB baseline on the given episode split; returns (policy, FitResult)."""
     from .train import fit
 
     cfg = cfg or RGBConfig()
     data = images or ImageSet.from_episodes(episodes, cfg.input_size, progress)
     train, val = data.subset_episodes(train_ids), (data.subset_episodes(val_ids) if len(val_ids) else None)
-    norm = Normalisation.from_data(train.proprio, train.actions)
+    norm = Normalisation.from_data(train.proprio, train.actions, action_mode, chunk, train.episode)
     pol = RGBPolicy(cfg, norm, episodes[0].image_size)
     res = fit(pol, train, val, train_cfg, desc="rgb", progress=progress)
     return pol, res

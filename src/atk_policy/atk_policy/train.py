@@ -218,8 +218,10 @@ def fit(model: torch.nn.Module, train: TrackSet, val: TrackSet | None, cfg: Trai
     torch.manual_seed(cfg.seed + rank)
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed + 7919 * rank)
     model.to(device).train()
-    train_t = train.tensors(device)
-    val_t = val.tensors(device) if val is not None and len(val) else None
+    # the model's action space decides what the network sees and predicts
+    prep = model.prepare if hasattr(model, "prepare") else (lambda d, dev: d.tensors(dev))
+    train_t = prep(train, device)
+    val_t = prep(val, device) if val is not None and len(val) else None
     n_train = len(train)
     if n_train == 0:
         raise TrainingError("the training split is empty")
@@ -394,7 +396,8 @@ def train_on_keypoints(name: str, train: TrackSet, val: TrackSet | None, ids: Se
                                 f"expected {len(ids)} without a mask")
         pol = init
     else:
-        norm = Normalisation.from_data(train.proprio, train.actions, cfg.model.action_mode)
+        norm = Normalisation.from_data(train.proprio, train.actions, cfg.model.action_mode, cfg.model.chunk,
+                                       train.episode, cfg.model.binary_gripper)
         torch.manual_seed(cfg.train.seed)  # initial weights depend on the seed only, not on earlier runs
         pol = make_policy(tr, range(len(ids)), np.asarray(canonical_xy)[list(ids)], cfg.model, norm,
                           learn_mask=False, names=names)
@@ -451,7 +454,8 @@ def run_atk(tracks: TrackSet, canonical_xy: np.ndarray, cfg: ATKConfig, *, progr
         raise TrainingError(f"N = {top_n} keypoints requested from only C = {c} candidates; C must be >= N")
     tr_ids, va_ids = split_episodes(len(tracks.names), cfg.train.val_fraction, cfg.train.seed)
     train, val = tracks.subset_episodes(tr_ids), tracks.subset_episodes(va_ids) if va_ids else None
-    norm = Normalisation.from_data(train.proprio, train.actions, cfg.model.action_mode)
+    norm = Normalisation.from_data(train.proprio, train.actions, cfg.model.action_mode, cfg.model.chunk,
+                                   train.episode, cfg.model.binary_gripper)
     ck = (lambda n: Path(workdir) / f"{n}.ckpt") if workdir else (lambda n: None)
 
     torch.manual_seed(cfg.train.seed)  # initial weights depend on the seed only, not on earlier runs

@@ -83,7 +83,7 @@ def test_heads_fit_a_keypoint_function(head):
     pol = KeypointPolicy(2, (640, 480), ModelConfig(head=head, hidden=(64, 64)), norm)
     res = fit(pol, ts, ts, TrainConfig(steps=800, batch_size=256, eval_every=800), progress=False)
     assert res.val_mse < 0.05, res.val_mse
-    loss, logs = pol(ts.tensors("cpu"))
+    loss, logs = pol(pol.prepare(ts, "cpu"))
     assert ("nll" in logs) == (head == "mlp_gaussian")
 
 
@@ -92,7 +92,9 @@ def test_select_action_validates_and_matches_predict():
     kp, pr = np.array([[10, 20], [300, 200], [600, 400]], np.float32), np.arange(7, dtype=np.float32) / 7
     a = pol.select_action(kp, pr)
     assert a.shape == (7,) and a.dtype == np.float32
-    b = pol.predict(torch.from_numpy(kp)[None], torch.from_numpy(pr)[None])[0].numpy()
+    # select_action = the predicted step, made a command from the measured joints
+    step = pol.predict(torch.from_numpy(kp)[None], torch.from_numpy(pr)[None])[0].numpy()
+    b = np.concatenate([step[:6] + pr[:6], [1.0 if step[6] > 0.5 else 0.0]])
     np.testing.assert_allclose(a, b, rtol=1e-6)
     pol.reset()
     with pytest.raises(PolicyInputError, match=r"\(3, 2\)"):

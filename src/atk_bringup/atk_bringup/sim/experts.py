@@ -47,9 +47,20 @@ class ExpertConfig:
     max_rot_speed: float = 1.5    # rad/s of the TCP
     at_tol: float = 0.006         # m: "at the waypoint"
     yaw_tol: float = 0.08         # rad
+    #: Sushi: turn the gripper to grasp across the nigiri's width (True), or
+    #: grasp it at the tool's home yaw whatever its orientation (False, the
+    #: default). The 2F-85 opens 85 mm and the nigiri's diagonal is 74 mm, so a
+    #: fixed-yaw grasp takes it at any orientation (40/40 seeded episodes); an
+    #: aligned grasp asks the policy to infer the grasp direction's sign from
+    #: two keypoints 14 px apart, which an MLP did not learn from 100 demos.
+    align_sushi_grasp: bool = False
+    #: Sushi: TCP within this of the grasp point (m, horizontal and vertical)
+    #: counts as there. The fixed-yaw grasp tolerates a centimetre; at 6 mm
+    #: the expert bobbed up and down over the nigiri, which a learner copies.
+    sushi_grasp_tol: float = 0.012
 
     def __post_init__(self) -> None:
-        for name in ("max_speed", "max_rot_speed", "at_tol", "yaw_tol"):
+        for name in ("max_speed", "max_rot_speed", "at_tol", "yaw_tol", "sushi_grasp_tol"):
             v = getattr(self, name)
             if not np.isfinite(v) or v <= 0:
                 raise ValueError(f"ExpertConfig.{name} must be a positive number, got {v!r}")
@@ -172,11 +183,20 @@ class PickPlaceExpert(ScriptedExpert):
     grasp_above = 0.010   # TCP above the sushi's body origin when grasping
     release_above = 0.006  # sushi origin above its resting height on the plate when released
 
+    #: Tool yaw of the fixed-yaw grasp: the home pose's (fingers closing along world -y/+y).
+    fixed_grasp_yaw = -np.pi / 2
+
+    def grasp_yaw(self, state) -> float:
+        """Tool yaw for grasping the nigiri (see ExpertConfig.align_sushi_grasp)."""
+        if self.config.align_sushi_grasp:
+            return body_yaw(state.data, state.task.sushi) + np.pi / 2
+        return self.fixed_grasp_yaw
+
     def key_poses(self, state):
         t: SushiTask = state.task
         d = state.data
         s, p = d.xpos[t.sushi], d.xpos[t.plate]
-        yaw = body_yaw(d, t.sushi) + np.pi / 2
+        yaw = self.grasp_yaw(state)
         return [("sushi grasp", s + [0, 0, self.grasp_above], yaw),
                 ("plate place", np.array([p[0], p[1], 0.06]), yaw)]
 
@@ -187,7 +207,7 @@ class PickPlaceExpert(ScriptedExpert):
         g = self.gripper(state)
         s = d.xpos[t.sushi].copy()
         plate = d.xpos[t.plate].copy()
-        yaw = self.closest_yaw(state, body_yaw(d, t.sushi) + np.pi / 2)
+        yaw = self.closest_yaw(state, self.grasp_yaw(state))
         _, r = self.tcp(state)
         cur_yaw = float(np.arctan2(r[1, 0], r[0, 0]))
         if state.succeeded or t.success(m, d):
@@ -205,16 +225,17 @@ class PickPlaceExpert(ScriptedExpert):
                 return self.move(state, [plate[0] + off[0], plate[1] + off[1], target_z + off[2]], cur_yaw, 0.0)
             return self.move(state, [plate[0] + off[0], plate[1] + off[1], target_z + off[2]], cur_yaw, 1.0)
         # not holding it: approach, descend, close (or re-open after a miss)
+        tol = self.config.sushi_grasp_tol
         grasp = s + [0.0, 0.0, self.grasp_above]
         pre = grasp + [0.0, 0.0, self.pre_height]
         xy_err = np.linalg.norm(tcp[:2] - grasp[:2])
         yaw_err = abs(_wrap(cur_yaw - yaw))
-        at_grasp = xy_err < self.config.at_tol and abs(tcp[2] - grasp[2]) < self.config.at_tol
+        at_grasp = xy_err < tol and abs(tcp[2] - grasp[2]) < tol
         if at_grasp:
             if g > 0.9:   # closed on nothing: open and back off
                 return self.move(state, pre, yaw, 0.0)
             return self.move(state, grasp, yaw, 1.0)
-        if xy_err > self.config.at_tol or yaw_err > self.config.yaw_tol:
+        if xy_err > tol or yaw_err > self.config.yaw_tol:
             if tcp[2] < grasp[2] + 0.05 and xy_err > 0.02:
                 return self.move(state, [tcp[0], tcp[1], pre[2]], cur_yaw, 0.0)   # up first
             return self.move(state, pre, yaw, 0.0)
