@@ -55,3 +55,17 @@ def test_max_steps_cuts_the_episode(env, tmp_path):
     assert res.steps == 12
     (ep,), _ = load_episodes(res.path, config=BagConversionConfig(skip_failed=False))
     assert len(ep) == 12 and ep.meta["label"]["perturbations"] == ["RP"]
+
+
+def test_after_success_the_expert_releases_on_record(env, tmp_path):
+    """Demos go on for after_success_s past success: the released nigiri and
+    the open gripper command are in the data for more than one step."""
+    short = record_expert_episode(env, tmp_path / "a", task="sushi", seed=2, after_success_s=0.0)
+    long = record_expert_episode(env, tmp_path / "b", task="sushi", seed=2, after_success_s=1.0)
+    assert short.success and long.success
+    assert long.steps == short.steps + int(round(1.0 * env.config.control_hz))
+    (ep,), _ = load_episodes(long.path, config=BagConversionConfig(skip_failed=False))
+    assert np.all(ep.actions[short.steps - 1:, 6] == 0.0)       # open from the release on
+    assert ep.proprio[-1, 6] < 0.2                                 # and the gripper did open
+    with pytest.raises(ValueError, match="after_success_s"):
+        record_expert_episode(env, tmp_path / "c", task="sushi", seed=2, after_success_s=-1.0)

@@ -82,3 +82,23 @@ def test_resized_template_keeps_pixel_centres() -> None:
     half = tpl.resized(292, 194)
     assert half.size == (292, 194) and half.image.shape == (194, 292, 3)
     np.testing.assert_allclose(half.points, [[0, 0], [291, 193], [145.5, 96.5]], atol=0.26)
+
+
+def test_support_points_load_and_scale_with_the_template(tmp_path):
+    """model.json's support_xy (the model's other candidates) load after the
+    keypoints, are dropped when outside the image, and scale with the template."""
+    import json
+
+    from atk_perception.keypoint_template import load_model_template
+
+    img = np.zeros((40, 60, 3), np.uint8)
+    cv2.imwrite(str(tmp_path / "template.png"), img)
+    (tmp_path / "model.json").write_text(json.dumps({
+        "format_version": 1, "image_size": [60, 40], "template_image": "template.png",
+        "keypoints": {"ids": [3, 5], "canonical_xy": [[10, 10], [20, 30]],
+                      "support_xy": [[1, 2], [59, 39], [70, 5]]}}))
+    tpl = load_model_template(tmp_path)
+    np.testing.assert_array_equal(tpl.support, [[1, 2], [59, 39]])
+    np.testing.assert_array_equal(tpl.transfer_points(), [[10, 10], [20, 30], [1, 2], [59, 39]])
+    big = tpl.resized(120, 80)
+    np.testing.assert_allclose(big.support, [[2.5, 4.5], [118.5, 78.5]])  # pixel centres: (x + .5) * 2 - .5

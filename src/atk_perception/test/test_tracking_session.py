@@ -247,3 +247,26 @@ def test_slow_transfer_is_not_a_stamp_jump(scene, monkeypatch) -> None:
     assert "jumped" not in out.message and out.state == TrackerState.TRACKING
     out = s.process(warp(img, pts, 3)[0], 14.0)   # this frame took ~0 s: 0.8 s > 0.5
     assert "jumped by 0.80 s" in out.message
+
+
+def test_transfer_maps_support_points_too_but_tracks_only_the_keypoints(scene) -> None:
+    """With support points, h_C.transfer gets keypoints + support (the C
+    candidates propagation transferred) and the session keeps the N keypoints."""
+    img, pts = scene
+    hc = make_correspondence("cpu")
+    seen = []
+    real = hc.transfer
+
+    def spy(template_image, template_points, image):
+        seen.append(np.asarray(template_points).copy())
+        return real(template_image, template_points, image)
+
+    hc.transfer = spy
+    tpl = KeypointTemplate(img, pts[:3], (1, 2, 3), ("a", "b", "c"), support=pts[3:])
+    s = TrackingSession(hc, tpl, SessionConfig())
+    frame, gt = warp(img, pts, 2)
+    out = s.process(frame, stamp_s=0.0)
+    assert out.state == TrackerState.TRACKING, out.message
+    assert len(seen) == 1 and seen[0].shape == (8, 2)
+    np.testing.assert_array_equal(seen[0][:3], pts[:3])
+    assert out.points.shape == (3, 2) and np.abs(out.points - gt[:3]).max() < TOL_PX
