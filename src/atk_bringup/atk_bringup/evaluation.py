@@ -58,10 +58,12 @@ class KeypointAgent:
         self.last_reason = ""
         self._last_action: np.ndarray | None = None
         self._pending = None
+        self._was_running = True   # the policy was reset with the episode
 
     def reset(self, obs) -> None:
         self.session.request_reset()
         self.policy.reset()
+        self._was_running = True
         self.holds = 0
         self._last_action = None
         self._pending = self._track(obs)  # the transfer onto the first frame
@@ -81,7 +83,11 @@ class KeypointAgent:
         decision = evaluate_gate(self.gate_config, float(obs.time), kp, float(obs.time),
                                  expected_ids=self.policy.keypoint_ids,
                                  expected_image_size=tuple(self.policy.image_size))
+        resumed = decision.running and not self._was_running
+        self._was_running = decision.running
         if decision.running:
+            if resumed:
+                self.policy.reset()  # no context (action chunk) carried over a hold, as the node does
             self._last_action = np.asarray(self.policy.select_action(out.points, obs.joint_positions),
                                            dtype=np.float64)
         else:

@@ -69,6 +69,32 @@ def test_agent_holds_when_template_shows_another_scene(env):
     assert not res.success
 
 
+def test_a_chunked_policy_starts_a_new_chunk_after_a_hold(env, monkeypatch):
+    """The agent drops the rest of an action chunk when the gate holds, as the
+    policy node does: the steps planned before the hold are stale after it."""
+    obs = env.reset(task="sushi", seed=3, perturbations=("RP",))
+    agent = _agent(obs.rgb, _table_points(obs.rgb))
+    resets = []
+    real_reset = agent.policy.reset
+    monkeypatch.setattr(agent.policy, "reset", lambda: (resets.append(1), real_reset()))
+    agent.reset(obs)
+    assert len(resets) == 1
+    agent.act(env.step(agent.act(obs)))
+    assert agent.holds == 0 and len(resets) == 1          # acting on: no reset
+    real_process = agent.session.process
+
+    def lost(image, stamp):                               # the tracker loses the keypoints once
+        out = real_process(image, stamp)
+        return type(out)(**{**out.__dict__, "state": 2})
+
+    monkeypatch.setattr(agent.session, "process", lost)
+    agent.act(env.step(agent._last_action))
+    assert agent.holds == 1 and len(resets) == 1
+    monkeypatch.setattr(agent.session, "process", real_process)
+    agent.act(env.step(agent._last_action))
+    assert agent.holds == 1 and len(resets) == 2          # resumed: a fresh chunk
+
+
 def test_table_formats_mean_and_spread():
     table = {"ATK": {c: CellStats([0.8, 0.6]) for c in CONDITIONS}, "RGB": {"RP": CellStats([0.5])}}
     md = format_table(table, list(CONDITIONS))
