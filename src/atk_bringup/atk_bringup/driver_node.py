@@ -28,6 +28,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from atk_bringup import kinematics as kin
+from atk_perception.node_runner import run_node, wants_help
 
 GRIPPER_JOINT = "gripper"
 
@@ -166,36 +167,15 @@ def target_from_joint_state(names: Sequence[str], positions: Sequence[float]) ->
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    argv = list(sys.argv if argv is None else argv)
-    user_args = argv[1:argv.index("--ros-args")] if "--ros-args" in argv else argv[1:]
-    if "-h" in user_args or "--help" in user_args:
-        print_help()
-        return 0
-    # Imported here so that --help works without a ROS environment.
-    import rclpy
-    from rclpy.executors import ExternalShutdownException
-
     from atk_bringup.ur_interface import HardwareError
 
-    # The 500 Hz servo thread shares the GIL with the executor threads; with
-    # Python's default 5 ms switch interval it was seen running ~10 of 250
-    # cycles per second beside a busy executor. 0.5 ms lets it in on time.
-    sys.setswitchinterval(0.0005)
-    rclpy.init(args=argv)
-    node = None
-    try:
-        node = _define_node()()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except (ParameterError, HardwareError) as exc:
-        print(f"ur_driver_node: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    if not wants_help(list(sys.argv if argv is None else argv)):
+        # The 500 Hz servo thread shares the GIL with the executor threads; with
+        # Python's default 5 ms switch interval it was seen running ~10 of 250
+        # cycles per second beside a busy executor. 0.5 ms lets it in on time.
+        sys.setswitchinterval(0.0005)
+    return run_node("ur_driver", argv, lambda: _define_node()(), print_help=print_help,
+                    startup_errors=(ParameterError, HardwareError), threads=1)
 
 
 def _define_node() -> type:

@@ -19,13 +19,13 @@ import threading
 from pathlib import Path
 from typing import Any, Sequence
 
-import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.serialization import deserialize_message
 
-from atk_perception.node_params import ParameterError, ParamSpec, declare, format_help, log_effective, wants_help
+from atk_perception.node_params import ParameterError, ParamSpec, declare, format_help, log_effective
+from atk_perception.node_runner import run_node
 from atk_policy.bags import EpisodeLabel
 
 from atk_bringup.recording import (KNOWN_TOPIC_TYPES, EpisodeRecorder, RecorderError, TopicSpec, default_qos,
@@ -234,33 +234,13 @@ class RecorderNode(Node):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv if argv is None else argv)
-    if wants_help(argv):
+    def print_help() -> None:
         extra = "topics of docs/interfaces.md known by name: " + ", ".join(KNOWN_TOPIC_TYPES)
         print(format_help("recorder_node", SUMMARY, PARAMS, extra))
-        return 0
-    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
-    rclpy.init(args=argv)
-    node = None
-    try:
-        try:
-            node = RecorderNode()
-        except (ParameterError, RecorderError) as exc:
-            print(f"[recorder] cannot start: {exc}", file=sys.stderr, flush=True)
-            return 2
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        try:
-            executor.spin()
-        except (KeyboardInterrupt, ExternalShutdownException):
-            pass
-    finally:
-        if node is not None:
-            node.shutdown()
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node("recorder", argv, RecorderNode, print_help=print_help,
+                    startup_errors=(ParameterError, RecorderError), threads=1,
+                    on_exit=lambda node: node.shutdown())
 
 
 if __name__ == "__main__":

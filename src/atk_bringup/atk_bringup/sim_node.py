@@ -32,6 +32,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from atk_bringup import kinematics as kin
+from atk_perception.node_runner import run_node
 from atk_bringup.driver_node import target_from_joint_state
 
 GRIPPER_JOINT = "gripper"
@@ -106,31 +107,10 @@ def check_param(p: Param, value: Any) -> Optional[str]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    argv = list(sys.argv if argv is None else argv)
-    user_args = argv[1:argv.index("--ros-args")] if "--ros-args" in argv else argv[1:]
-    if "-h" in user_args or "--help" in user_args:
-        print_help()
-        return 0
-    import rclpy
-    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+    import os
 
-    rclpy.init(args=argv)
-    node = None
-    try:
-        node = _define_node()()
-        executor = MultiThreadedExecutor()
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except ParameterError as exc:
-        print(f"sim_node: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node("sim", argv, lambda: _define_node()(), print_help=print_help,
+                    startup_errors=(ParameterError,), threads=os.cpu_count() or 2)
 
 
 def _define_node() -> type:

@@ -21,7 +21,8 @@ import time
 from atk_perception.camera_sources import (
     KINECT_DEPTH_MODES, KINECT_EXPOSURE_RANGE_US, CameraError, CameraIntrinsics, CameraSource,
     DeviceClockMapper, EndOfStream, Frame, RetryPolicy, make_camera_source)
-from atk_perception.node_params import ParamSpec, ParameterError, format_help, wants_help
+from atk_perception.node_params import ParamSpec, ParameterError, format_help
+from atk_perception.node_runner import run_node
 
 NODE_NAME = "camera"
 
@@ -276,34 +277,11 @@ def _build_node_class():
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv if argv is None else argv)
-    if wants_help(argv):
-        print(format_help("camera_node", SUMMARY, PARAMS))
-        return 0
-    import rclpy  # noqa: PLC0415
-    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor  # noqa: PLC0415
-
-    rclpy.init(args=argv)
-    node = None
-    try:
-        try:
-            node = _build_node_class()()
-        except (ParameterError, ValueError) as exc:
-            print(f"[camera] cannot start: {exc}", file=sys.stderr, flush=True)
-            return 2
-        # The executor only runs the diagnostics timer; capture has its own thread.
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        try:
-            executor.spin()
-        except (KeyboardInterrupt, ExternalShutdownException):
-            pass
-    finally:
-        if node is not None:
-            node.shutdown()
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    # One thread spins the diagnostics timer; capture has its own thread.
+    return run_node("camera", argv, lambda: _build_node_class()(),
+                    print_help=lambda: print(format_help("camera_node", SUMMARY, PARAMS)),
+                    startup_errors=(ParameterError, ValueError), threads=1,
+                    on_exit=lambda node: node.shutdown())
 
 
 if __name__ == "__main__":

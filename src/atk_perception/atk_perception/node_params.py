@@ -68,14 +68,7 @@ def format_help(node_name: str, summary: str, specs: Sequence[ParamSpec],
     return "\n".join(lines)
 
 
-def wants_help(argv: Sequence[str]) -> bool:
-    """True when ``--help``/``-h`` appears before any ``--ros-args``."""
-    for arg in argv[1:]:
-        if arg == "--ros-args":
-            return False
-        if arg in ("--help", "-h"):
-            return True
-    return False
+from .node_runner import wants_help  # noqa: E402,F401  (re-exported: the nodes' help check)
 
 
 def declare(node: Any, specs: Sequence[ParamSpec]) -> dict[str, Any]:

@@ -25,7 +25,8 @@ from atk_perception.correspondence import CorrespondenceError
 from atk_perception.image_conversion import ImageConversionError, array_to_imgmsg, imgmsg_to_rgb8
 from atk_perception.keypoint_template import (
     TemplateError, load_model_template, load_points_template)
-from atk_perception.node_params import ParamSpec, ParameterError, format_help, wants_help
+from atk_perception.node_params import ParamSpec, ParameterError, format_help
+from atk_perception.node_runner import run_node
 from atk_perception.tracking_session import (
     SIZE_MISMATCH_POLICIES, LatestFrameSlot, SessionConfig, SessionOutput, TrackerState,
     TrackingSession)
@@ -319,40 +320,20 @@ def _build_node_class():
     return TrackerNode
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv if argv is None else argv)
-    if wants_help(argv):
-        print(format_help("tracker_node", SUMMARY, PARAMS))
-        return 0
-    import rclpy  # noqa: PLC0415
-    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor  # noqa: PLC0415
+def _close_backend(node) -> None:
+    """Stops the CPU backend's re-anchoring thread (waits for a job in flight)."""
+    close = getattr(node.session.h_c, "close", None)
+    if close is not None:
+        close()
 
-    rclpy.init(args=argv)
-    node = None
-    try:
-        try:
-            node = _build_node_class()()
-        except (ParameterError, TemplateError, ValueError, FileNotFoundError, ImportError) as exc:
-            # Startup errors an operator can fix: say what, and exit non-zero
-            # (nothing could be tracked without a template or backend).
-            print(f"[tracker] cannot start: {exc}", file=sys.stderr, flush=True)
-            return 2
-        # Two threads: one receives frames while the other processes.
-        executor = MultiThreadedExecutor(num_threads=2)
-        executor.add_node(node)
-        try:
-            executor.spin()
-        except (KeyboardInterrupt, ExternalShutdownException):
-            pass
-    finally:
-        if node is not None:
-            # Stops the CPU backend's re-anchoring thread (waits for a job in flight).
-            close = getattr(node.session.h_c, "close", None)
-            if close is not None:
-                close()
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+
+def main(argv: list[str] | None = None) -> int:
+    # Startup errors an operator can fix (no template, unknown backend) exit 2:
+    # nothing could be tracked. Two threads: one receives frames while the other processes.
+    return run_node("tracker", argv, lambda: _build_node_class()(),
+                    print_help=lambda: print(format_help("tracker_node", SUMMARY, PARAMS)),
+                    startup_errors=(ParameterError, TemplateError, ValueError, FileNotFoundError, ImportError),
+                    threads=2, on_exit=_close_backend)
 
 
 if __name__ == "__main__":

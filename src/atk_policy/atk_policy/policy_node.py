@@ -30,6 +30,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from atk_perception.node_runner import run_node
 from atk_policy.gating import GateConfig, GateDecision, GateState, KeypointInput, evaluate_gate
 
 UR_JOINTS = ("shoulder_pan_joint", "shoulder_lift_joint", "elbow_joint", "wrist_1_joint", "wrist_2_joint",
@@ -115,37 +116,8 @@ def check_action(action: Any) -> tuple[Optional[np.ndarray], str]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    argv = list(sys.argv if argv is None else argv)
-    user_args = argv[1:argv.index("--ros-args")] if "--ros-args" in argv else argv[1:]
-    if "-h" in user_args or "--help" in user_args:
-        print_help()
-        return 0
-    # Imported here so that --help works without a ROS environment.
-    import rclpy
-    from rclpy.executors import ExternalShutdownException
-
-    rclpy.init(args=argv)
-    node = None
-    try:
-        node = _define_node()()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except ParameterError as exc:
-        print(f"policy_node: {exc}", file=sys.stderr)
-        return 2
-    except RuntimeError:
-        # SIGINT shuts the context down from the signal handler; a message
-        # take already under way then fails inside rclpy ("Unable to convert
-        # call argument '0' to Python object", seen once in a CI run). That
-        # is a clean shutdown, anything else is not.
-        if rclpy.ok():
-            raise
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node("policy", argv, lambda: _define_node()(), print_help=print_help,
+                    startup_errors=(ParameterError,), threads=1)
 
 
 class ParameterError(ValueError):

@@ -1,0 +1,83 @@
+"""One ``main()`` for every node of the workspace: start, spin, stop cleanly.
+
+Every node executable does the same around its Node class: ``--help``
+without ROS, ``rclpy.init``, build the node (an operator-fixable startup
+error is printed as ``[name] cannot start: ...`` and exits 2), spin an
+executor, treat Ctrl-C / an external shutdown as a clean exit (0), and on the
+way out release the node's own resources, destroy it and shut rclpy down.
+
+One case needs care, and is why this lives in one place: SIGINT shuts the
+context down from the signal handler, and a message take already under way
+then fails inside rclpy with a RuntimeError ("Unable to convert call argument
+'0' to Python object", seen in a CI run). When the context is no longer ok
+that is the clean shutdown it looks like; any other RuntimeError propagates.
+
+rclpy is imported inside :func:`run_node` only, so that importing a node
+module (for ``--help`` or its ROS-free helpers) needs no ROS environment.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable, Sequence
+
+
+def user_args(argv: Sequence[str]) -> list[str]:
+    """The arguments before ``--ros-args`` (argv[0] excluded)."""
+    argv = list(argv)
+    return argv[1:argv.index("--ros-args")] if "--ros-args" in argv else argv[1:]
+
+
+def wants_help(argv: Sequence[str]) -> bool:
+    """``-h`` / ``--help`` among the user's arguments (not the ROS ones)."""
+    args = user_args(argv)
+    return "-h" in args or "--help" in args
+
+
+def run_node(name: str, argv: Sequence[str] | None, make_node: Callable[[], Any], *,
+             print_help: Callable[[], None] | None = None,
+             startup_errors: tuple[type[BaseException], ...] = (ValueError,),
+             threads: int = 1,
+             on_exit: Callable[[Any], None] | None = None) -> int:
+    """Run one node until shutdown; returns the process exit code.
+
+    print_help: prints the node's usage (``-h`` / ``--help``, no ROS needed).
+    make_node: builds the rclpy Node (after ``rclpy.init``); an exception of
+    ``startup_errors`` is an operator error: printed, exit code 2.
+    threads: 1 spins a SingleThreadedExecutor, more a MultiThreadedExecutor
+    with that many threads. on_exit(node): releases what the node owns
+    (threads, devices) before the node is destroyed.
+    """
+    argv = list(sys.argv if argv is None else argv)
+    if print_help is not None and wants_help(argv):
+        print_help()
+        return 0
+    import rclpy  # noqa: PLC0415
+    from rclpy.executors import (ExternalShutdownException, MultiThreadedExecutor,  # noqa: PLC0415
+                                 SingleThreadedExecutor)
+
+    rclpy.init(args=argv)
+    node = None
+    try:
+        try:
+            node = make_node()
+        except startup_errors as exc:
+            print(f"[{name}] cannot start: {exc}", file=sys.stderr, flush=True)
+            return 2
+        executor = SingleThreadedExecutor() if threads <= 1 else MultiThreadedExecutor(num_threads=threads)
+        executor.add_node(node)
+        try:
+            executor.spin()
+        except (KeyboardInterrupt, ExternalShutdownException):
+            pass
+        except RuntimeError:
+            if rclpy.ok():
+                raise
+    finally:
+        if node is not None:
+            try:
+                if on_exit is not None:
+                    on_exit(node)
+            finally:
+                node.destroy_node()
+        rclpy.try_shutdown()
+    return 0

@@ -1,0 +1,59 @@
+"""The one main() all six nodes use: help, startup errors, clean and unclean stops."""
+from __future__ import annotations
+
+import pytest
+
+from atk_perception.node_runner import run_node, user_args, wants_help
+
+
+def test_help_is_found_before_ros_args_only():
+    assert wants_help(["node", "--help"]) and wants_help(["node", "-h", "--ros-args"])
+    assert not wants_help(["node", "--ros-args", "-h"])
+    assert user_args(["node", "a", "--ros-args", "-p", "x:=1"]) == ["a"]
+
+
+def test_help_prints_without_starting_ros(capsys):
+    built = []
+    rc = run_node("n", ["n", "--help"], lambda: built.append(1), print_help=lambda: print("usage: n"))
+    assert rc == 0 and built == [] and "usage: n" in capsys.readouterr().out
+
+
+def test_a_startup_error_is_reported_and_exits_2(capsys):
+    def bad():
+        raise ValueError("model_dir /nope does not exist")
+
+    assert run_node("tracker", ["tracker"], bad) == 2
+    assert "[tracker] cannot start: model_dir /nope does not exist" in capsys.readouterr().err
+    import rclpy
+
+    assert not rclpy.ok()   # the context was shut down on the way out
+
+
+def _node_raising(after_shutdown: bool):
+    from rclpy.node import Node
+    import rclpy
+
+    class N(Node):
+        def __init__(self):
+            super().__init__("runner_test")
+            self.create_timer(0.01, self.tick)
+
+        def tick(self):
+            if after_shutdown:
+                rclpy.try_shutdown()   # what SIGINT's handler does ...
+            raise RuntimeError("Unable to convert call argument '0' to Python object")  # ... mid-take
+
+    return N
+
+
+def test_a_runtime_error_after_shutdown_is_the_clean_stop_it_looks_like():
+    exits = []
+    rc = run_node("policy", ["policy"], _node_raising(True), on_exit=lambda n: exits.append(type(n).__name__))
+    assert rc == 0 and exits == ["N"]
+
+
+def test_a_runtime_error_while_running_is_not_swallowed():
+    exits = []
+    with pytest.raises(RuntimeError, match="Unable to convert"):
+        run_node("policy", ["policy"], _node_raising(False), on_exit=lambda n: exits.append(1))
+    assert exits == [1]   # resources released all the same
