@@ -47,11 +47,12 @@ class KeypointAgent:
         """template: an atk_perception.keypoint_template.KeypointTemplate (the
         model's canonical image and keypoints)."""
         from atk_perception.tracking_session import TrackingSession
-        from atk_policy.gating import GateConfig
+        from atk_policy.gating import GateConfig, InputGate
 
         self.policy = policy
         self.session = TrackingSession(correspondence, template, session_config)
         self.gate_config = gate_config or GateConfig()
+        self.gate = InputGate(self.gate_config)
         self.points: np.ndarray | None = None      # (N, 2) pixels, newest frame
         self.confidence: np.ndarray | None = None  # (N,)
         self.holds = 0                              # control steps spent holding
@@ -63,6 +64,7 @@ class KeypointAgent:
     def reset(self, obs) -> None:
         self.session.request_reset()
         self.policy.reset()
+        self.gate.reset()
         self._was_running = True
         self.holds = 0
         self._last_action = None
@@ -74,15 +76,15 @@ class KeypointAgent:
         return out
 
     def act(self, obs) -> np.ndarray:
-        from atk_policy.gating import KeypointInput, evaluate_gate
+        from atk_policy.gating import KeypointInput
 
         out = self._pending if self._pending is not None else self._track(obs)
         self._pending = None
         kp = KeypointInput(float(obs.time), int(out.state), np.asarray(self.session.ids), out.points,
                            out.confidence, out.visible, out.image_size, out.message)
-        decision = evaluate_gate(self.gate_config, float(obs.time), kp, float(obs.time),
-                                 expected_ids=self.policy.keypoint_ids,
-                                 expected_image_size=tuple(self.policy.image_size))
+        decision = self.gate.evaluate(float(obs.time), kp, float(obs.time),
+                                      expected_ids=self.policy.keypoint_ids,
+                                      expected_image_size=tuple(self.policy.image_size))
         resumed = decision.running and not self._was_running
         self._was_running = decision.running
         if decision.running:

@@ -62,6 +62,8 @@ PARAMS = (
               "makes a frame bad", min=0.0, max=1.0),
     ParamSpec("lost_after_frames", 3, "consecutive bad frames before state LOST",
               min=1, max=1000),
+    ParamSpec("lost_after_s", 2.0, "... lasting at least this long (source stamps, s): the "
+              "robot's own arm covering keypoints for a moment is not LOST", min=0.0, max=59.0),
     ParamSpec("transfer_min_fraction", 0.5, "a transfer from the template is accepted when "
               "at least this fraction of keypoints is confident", min=0.0, max=1.0),
     ParamSpec("retransfer_every_n_frames", 5, "while LOST, retry the transfer every this "
@@ -151,6 +153,7 @@ def _build_node_class():
                 min_point_confidence=p["min_point_confidence"],
                 min_confident_fraction=p["min_confident_fraction"],
                 lost_after_frames=p["lost_after_frames"],
+                lost_after_s=p["lost_after_s"],
                 transfer_min_fraction=p["transfer_min_fraction"],
                 retransfer_every_n_frames=p["retransfer_every_n_frames"],
                 max_frame_gap_s=p["max_frame_gap_s"],

@@ -103,7 +103,7 @@ def test_first_frame_transfers_then_tracks_ground_truth(scene) -> None:
 
 def test_lost_on_garbage_then_recovers(scene) -> None:
     img, pts = scene
-    s = session(scene, lost_after_frames=2, retransfer_every_n_frames=3)
+    s = session(scene, lost_after_frames=2, lost_after_s=0.0, retransfer_every_n_frames=3)
     s.process(warp(img, pts, 1)[0], 0.0)
     rng = np.random.default_rng(7)
     states, messages = [], []
@@ -270,3 +270,18 @@ def test_transfer_maps_support_points_too_but_tracks_only_the_keypoints(scene) -
     assert len(seen) == 1 and seen[0].shape == (8, 2)
     np.testing.assert_array_equal(seen[0][:3], pts[:3])
     assert out.points.shape == (3, 2) and np.abs(out.points - gt[:3]).max() < TOL_PX
+
+
+def test_lost_needs_the_bad_streak_to_last_lost_after_s(scene) -> None:
+    """Bad frames shorter than lost_after_s (the arm passing over the
+    keypoints) keep TRACKING and the tracks; longer ones go LOST."""
+    img, pts = scene
+    rng = np.random.default_rng(0)
+    s = session(scene, lost_after_frames=2, lost_after_s=0.5)
+    assert s.process(warp(img, pts, 1)[0], stamp_s=0.0).state == TrackerState.TRACKING
+    states = [s.process(rng.integers(0, 255, img.shape, dtype=np.uint8), stamp_s=0.125 * k).state
+              for k in range(1, 6)]   # new noise at 0.125 .. 0.625 s
+    assert states[:4] == [TrackerState.TRACKING] * 4, states   # up to 0.375 s after the first bad frame
+    assert states[4] == TrackerState.LOST                       # 0.5 s after it
+    with pytest.raises(ValueError, match="lost_after_s"):
+        SessionConfig(lost_after_s=-1.0)

@@ -61,13 +61,20 @@ class GateConfig:
     joint_state_timeout_s: the newest joint state may be at most this old.
     confidence_threshold: a keypoint with confidence below this is "low".
     max_low_confidence: the policy still acts with up to this many low
-        keypoints; one more and it holds.
+        keypoints; one more and it holds ...
+    low_confidence_grace_s: ... once they have been too many for this long
+        (s; applied by :class:`InputGate`, the policy node's gate). The
+        robot's own arm covers keypoints for a moment while it grasps or
+        places; holding then froze the arm in the covering pose, so the
+        keypoints never came back (the deadlock of 36 of 49 evaluation
+        episodes before this grace existed). 0: hold at once.
     """
 
     keypoint_timeout_s: float = 0.25
     joint_state_timeout_s: float = 0.25
     confidence_threshold: float = 0.5
     max_low_confidence: int = 2
+    low_confidence_grace_s: float = 2.0
 
     def __post_init__(self) -> None:
         for name in ("keypoint_timeout_s", "joint_state_timeout_s"):
@@ -80,6 +87,9 @@ class GateConfig:
         m = self.max_low_confidence
         if isinstance(m, bool) or not isinstance(m, int) or m < 0:
             raise ValueError(f"GateConfig.max_low_confidence must be an integer >= 0, got {m!r}")
+        g = self.low_confidence_grace_s
+        if not (isinstance(g, (int, float)) and math.isfinite(g) and g >= 0):
+            raise ValueError(f"GateConfig.low_confidence_grace_s must be >= 0 seconds, got {g!r}")
 
 
 @dataclass(frozen=True)
@@ -203,3 +213,36 @@ def evaluate_gate(config: GateConfig, now_s: float, keypoints: Optional[Keypoint
                             age, n_low, low_ids)
     reason = "" if n_low == 0 else f"{n_low} low-confidence keypoints tolerated: ids {list(low_ids)}"
     return GateDecision(GateState.RUNNING, reason or "running", age, n_low, low_ids)
+
+
+class InputGate:
+    """:func:`evaluate_gate` plus the low-confidence grace of
+    ``config.low_confidence_grace_s``: too many low keypoints hold the policy
+    only once they have lasted that long (``now_s`` of successive calls); any
+    other decision, and low-confidence ones after the grace, pass unchanged.
+    One instance per input stream (the policy node, an evaluation agent)."""
+
+    def __init__(self, config: GateConfig) -> None:
+        self.config = config
+        self._low_since: Optional[float] = None
+
+    def reset(self) -> None:
+        self._low_since = None
+
+    def evaluate(self, now_s: float, keypoints: Optional[KeypointInput], joint_state_stamp_s: Optional[float],
+                 expected_ids: Optional[Sequence[int]] = None,
+                 expected_image_size: Optional[tuple[int, int]] = None,
+                 fault: Optional[str] = None) -> GateDecision:
+        d = evaluate_gate(self.config, now_s, keypoints, joint_state_stamp_s, expected_ids, expected_image_size,
+                          fault)
+        if d.state != GateState.HOLD_LOW_CONFIDENCE:
+            self._low_since = None
+            return d
+        if self._low_since is None or now_s < self._low_since:
+            self._low_since = now_s
+        left = self.config.low_confidence_grace_s - (now_s - self._low_since)
+        if left > 0:
+            return GateDecision(GateState.RUNNING, f"{d.reason}; acting on for {left:.1f} s more "
+                                "(low_confidence_grace_s)", d.input_age_s, d.low_confidence_count,
+                                d.low_confidence_ids)
+        return d

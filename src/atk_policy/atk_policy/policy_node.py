@@ -31,7 +31,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from atk_perception.node_runner import run_node
-from atk_policy.gating import GateConfig, GateDecision, GateState, KeypointInput, evaluate_gate
+from atk_policy.gating import GateConfig, GateDecision, GateState, InputGate, KeypointInput
 
 UR_JOINTS = ("shoulder_pan_joint", "shoulder_lift_joint", "elbow_joint", "wrist_1_joint", "wrist_2_joint",
              "wrist_3_joint")
@@ -62,7 +62,9 @@ PARAMS: tuple[Param, ...] = (
           (0.001, 10.0), runtime=True),
     Param("confidence_threshold", 0.5, "A keypoint below this confidence (or not visible) counts as low.",
           (0.0, 1.0), runtime=True),
-    Param("max_low_confidence", 2, "Hold when more keypoints than this are low.", (0, 1000), runtime=True),
+    Param("max_low_confidence", 2, "Hold when more keypoints than this are low ...", (0, 1000), runtime=True),
+    Param("low_confidence_grace_s", 2.0, "... for longer than this (s): the arm covering keypoints while it "
+          "grasps or places must not freeze it there.", (0.0, 60.0), runtime=True),
     Param("gripper_speed", 0.5, "Speed sent with each gripper command, 0..1.", (0.0, 1.0), runtime=True),
     Param("gripper_force", 0.5, "Force sent with each gripper command, 0..1.", (0.0, 1.0), runtime=True),
 )
@@ -168,7 +170,7 @@ def _define_node() -> type:
                 if why:
                     raise ParameterError(why)
                 self._params[p.name] = value
-            self._gate = self._gate_config(self._params)
+            self._gate = InputGate(self._gate_config(self._params))
             self.add_on_set_parameters_callback(self._on_set_parameters)
             self.get_logger().info("effective parameters: " + ", ".join(f"{k}={v!r}"
                                                                          for k, v in self._params.items()))
@@ -228,6 +230,7 @@ def _define_node() -> type:
             return GateConfig(keypoint_timeout_s=float(params["keypoint_timeout_s"]),
                               joint_state_timeout_s=float(params["joint_state_timeout_s"]),
                               confidence_threshold=float(params["confidence_threshold"]),
+                              low_confidence_grace_s=float(params["low_confidence_grace_s"]),
                               max_low_confidence=int(params["max_low_confidence"]))
 
         def _on_set_parameters(self, params) -> SetParametersResult:
@@ -245,7 +248,7 @@ def _define_node() -> type:
                 gate = self._gate_config(updated)
             except ValueError as exc:
                 return SetParametersResult(successful=False, reason=str(exc))
-            self._params, self._gate = updated, gate
+            self._params, self._gate.config = updated, gate
             return SetParametersResult(successful=True)
 
         # --- message conversion ------------------------------------------
@@ -277,8 +280,8 @@ def _define_node() -> type:
         # --- control -----------------------------------------------------
         def _evaluate(self) -> GateDecision:
             fault = self._model_fault or self._js_fault or self._step_fault
-            return evaluate_gate(self._gate, self.get_clock().now().nanoseconds * 1e-9, self._keypoints,
-                                 self._js_stamp, self._expected_ids, self._expected_size, fault)
+            return self._gate.evaluate(self.get_clock().now().nanoseconds * 1e-9, self._keypoints,
+                                       self._js_stamp, self._expected_ids, self._expected_size, fault)
 
         def _control_step(self) -> None:
             self._step_fault = None  # an inference error is retried on the next step

@@ -117,3 +117,29 @@ def test_config_refuses_bad_values(kwargs, field):
 def test_keypoint_input_checks_shapes():
     with pytest.raises(ValueError, match="positions"):
         KeypointInput(0.0, 1, np.arange(3), np.zeros((2, 2)), np.ones(3), np.ones(3, bool))
+
+
+def test_input_gate_grace_acts_through_a_brief_occlusion_then_holds():
+    """Too many low keypoints hold only after low_confidence_grace_s; a
+    recovery in between restarts the clock; other holds are never delayed."""
+    from atk_policy.gating import InputGate
+
+    gate = InputGate(GateConfig(max_low_confidence=0, low_confidence_grace_s=1.0))
+    ok = KeypointInput(0.0, 1, np.array([1, 2]), np.array([[1.0, 1.0], [2.0, 2.0]]), np.array([0.9, 0.9]),
+                       np.array([True, True]), (10, 10))
+
+    def at(t, conf):
+        kp = KeypointInput(t, 1, ok.ids, ok.positions, np.asarray(conf), ok.visible, (10, 10))
+        return gate.evaluate(t, kp, t)
+
+    assert at(0.0, [0.9, 0.9]).running
+    d = at(0.1, [0.1, 0.9])
+    assert d.running and "acting on for 1.0 s more" in d.reason and d.low_confidence_count == 1
+    assert at(0.9, [0.1, 0.9]).running
+    assert at(1.15, [0.1, 0.9]).state == GateState.HOLD_LOW_CONFIDENCE
+    assert at(1.2, [0.9, 0.9]).running                      # recovered: clock cleared
+    assert at(1.3, [0.1, 0.1]).running                      # a new occlusion gets its own grace
+    stale = gate.evaluate(5.0, ok, 5.0)                    # keypoints 5 s old: no grace for staleness
+    assert stale.state == GateState.HOLD_STALE
+    with pytest.raises(ValueError, match="low_confidence_grace_s"):
+        GateConfig(low_confidence_grace_s=-1.0)
