@@ -178,7 +178,9 @@ def _stop(proc: subprocess.Popen) -> str:
 
 def test_holds_on_bad_input_and_resumes(model_dir, harness):
     h = harness
-    proc = _start(f'model_dir:="{model_dir}"', "max_low_confidence:=1", "keypoint_timeout_s:=0.3")
+    # grace 0: low confidence holds at once (the grace has its own test below)
+    proc = _start(f'model_dir:="{model_dir}"', "max_low_confidence:=1", "keypoint_timeout_s:=0.3",
+                  "low_confidence_grace_s:=0.0")
     try:
         # good input -> targets stamped with the keypoints' source stamp
         h.wait_state(RUNNING, STARTUP_TIMEOUT_S)
@@ -222,6 +224,22 @@ def test_holds_on_bad_input_and_resumes(model_dir, harness):
            if (m.header.stamp.sec, m.header.stamp.nanosec) not in h.good_stamps]
     assert not bad, f"joint_target published from held input (stamps {bad[:3]})\n{out}"
     assert "effective parameters" in out and "HOLD_NOT_TRACKING" in out
+
+
+def test_low_confidence_is_acted_through_for_the_grace_then_held(model_dir, harness):
+    h = harness
+    proc = _start(f'model_dir:="{model_dir}"', "max_low_confidence:=1", "low_confidence_grace_s:=1.5")
+    try:
+        h.wait_state(RUNNING, STARTUP_TIMEOUT_S)
+        h.scenario.update(conf=0.2)
+        h.wait_for("a RUNNING status inside the grace", lambda: any(
+            st.state == RUNNING and "acting on for" in st.reason for st in h.statuses), STATE_TIMEOUT_S)
+        st = h.wait_state(HOLD_LOW_CONFIDENCE)
+        assert "ids [3, 7, 11, 20]" in st.reason
+        h.scenario.update(conf=0.9)
+        h.wait_state(RUNNING)
+    finally:
+        _stop(proc)
 
 
 def test_without_model_reports_fault_and_publishes_nothing(harness, tmp_path):
