@@ -63,6 +63,8 @@ PARAMS: tuple[Param, ...] = (
     Param("confidence_threshold", 0.5, "A keypoint below this confidence (or not visible) counts as low.",
           (0.0, 1.0), runtime=True),
     Param("max_low_confidence", 2, "Hold when more keypoints than this are low ...", (0, 1000), runtime=True),
+    Param("max_low_confidence_fraction", 0.4, "... and more than this fraction of them ...", (0.0, 1.0),
+          runtime=True),
     Param("low_confidence_grace_s", 2.0, "... for longer than this (s): the arm covering keypoints while it "
           "grasps or places must not freeze it there.", (0.0, 60.0), runtime=True),
     Param("gripper_speed", 0.5, "Speed sent with each gripper command, 0..1.", (0.0, 1.0), runtime=True),
@@ -230,6 +232,7 @@ def _define_node() -> type:
             return GateConfig(keypoint_timeout_s=float(params["keypoint_timeout_s"]),
                               joint_state_timeout_s=float(params["joint_state_timeout_s"]),
                               confidence_threshold=float(params["confidence_threshold"]),
+                              max_low_confidence_fraction=float(params["max_low_confidence_fraction"]),
                               low_confidence_grace_s=float(params["low_confidence_grace_s"]),
                               max_low_confidence=int(params["max_low_confidence"]))
 

@@ -143,3 +143,19 @@ def test_input_gate_grace_acts_through_a_brief_occlusion_then_holds():
     assert stale.state == GateState.HOLD_STALE
     with pytest.raises(ValueError, match="low_confidence_grace_s"):
         GateConfig(low_confidence_grace_s=-1.0)
+
+
+def test_low_confidence_rule_scales_with_the_number_of_keypoints():
+    """3 low of 5 holds; 3 low of 64 does not (fraction 0.4 allows 25); 26 do."""
+    cfg = GateConfig(max_low_confidence=2, max_low_confidence_fraction=0.4)
+
+    def decide(n, n_low):
+        conf = np.r_[np.full(n_low, 0.1), np.full(n - n_low, 0.9)]
+        kp = KeypointInput(0.0, 1, np.arange(n), np.ones((n, 2)), conf, np.ones(n, bool), (10, 10))
+        return evaluate_gate(cfg, 0.0, kp, 0.0).state
+
+    assert decide(5, 2) == GateState.RUNNING and decide(5, 3) == GateState.HOLD_LOW_CONFIDENCE
+    assert decide(64, 3) == GateState.RUNNING and decide(64, 25) == GateState.RUNNING
+    assert decide(64, 26) == GateState.HOLD_LOW_CONFIDENCE
+    with pytest.raises(ValueError, match="max_low_confidence_fraction"):
+        GateConfig(max_low_confidence_fraction=1.5)
