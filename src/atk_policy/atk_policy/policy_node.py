@@ -63,7 +63,8 @@ PARAMS: tuple[Param, ...] = (
     Param("confidence_threshold", 0.5, "A keypoint below this confidence (or not visible) counts as low.",
           (0.0, 1.0), runtime=True),
     Param("max_low_confidence", 2, "Hold when more keypoints than this are low ...", (0, 1000), runtime=True),
-    Param("max_low_confidence_fraction", 0.4, "... and more than this fraction of them ...", (0.0, 1.0),
+    Param("max_low_confidence_fraction", 0.5, "... and more than this fraction of them (0.5: a majority, the "
+          "line at which the tracker calls a frame bad) ...", (0.0, 1.0),
           runtime=True),
     Param("low_confidence_grace_s", 2.0, "... for longer than this (s): the arm covering keypoints while it "
           "grasps or places must not freeze it there.", (0.0, 60.0), runtime=True),

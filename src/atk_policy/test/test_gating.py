@@ -23,7 +23,8 @@ def _kp(stamp: float = 10.0, state: int = TrackerState.TRACKING, ids=IDS, conf=N
 
 
 CFG = GateConfig(keypoint_timeout_s=0.2, joint_state_timeout_s=0.1, confidence_threshold=0.5,
-                 max_low_confidence=1)
+                 max_low_confidence=1,
+                 max_low_confidence_fraction=0.0)  # the count rule alone (the fraction has its own test)
 
 
 def test_good_input_runs_and_reports_age():
@@ -124,7 +125,7 @@ def test_input_gate_grace_acts_through_a_brief_occlusion_then_holds():
     recovery in between restarts the clock; other holds are never delayed."""
     from atk_policy.gating import InputGate
 
-    gate = InputGate(GateConfig(max_low_confidence=0, low_confidence_grace_s=1.0))
+    gate = InputGate(GateConfig(max_low_confidence=0, max_low_confidence_fraction=0.0, low_confidence_grace_s=1.0))
     ok = KeypointInput(0.0, 1, np.array([1, 2]), np.array([[1.0, 1.0], [2.0, 2.0]]), np.array([0.9, 0.9]),
                        np.array([True, True]), (10, 10))
 
@@ -146,7 +147,7 @@ def test_input_gate_grace_acts_through_a_brief_occlusion_then_holds():
 
 
 def test_low_confidence_rule_scales_with_the_number_of_keypoints():
-    """3 low of 5 holds; 3 low of 64 does not (fraction 0.4 allows 25); 26 do."""
+    """3 low of 5 holds; 3 low of 64 does not (fraction 0.4 allows 25); 26 do; the default 0.5 lets 3 of 6 act."""
     cfg = GateConfig(max_low_confidence=2, max_low_confidence_fraction=0.4)
 
     def decide(n, n_low):
@@ -157,5 +158,8 @@ def test_low_confidence_rule_scales_with_the_number_of_keypoints():
     assert decide(5, 2) == GateState.RUNNING and decide(5, 3) == GateState.HOLD_LOW_CONFIDENCE
     assert decide(64, 3) == GateState.RUNNING and decide(64, 25) == GateState.RUNNING
     assert decide(64, 26) == GateState.HOLD_LOW_CONFIDENCE
+    cfg = GateConfig()
+    assert decide(6, 3) == GateState.RUNNING and decide(6, 4) == GateState.HOLD_LOW_CONFIDENCE
+    assert decide(5, 3) == GateState.HOLD_LOW_CONFIDENCE
     with pytest.raises(ValueError, match="max_low_confidence_fraction"):
         GateConfig(max_low_confidence_fraction=1.5)
