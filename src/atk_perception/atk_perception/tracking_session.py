@@ -374,11 +374,22 @@ class TrackingSession:
             notes.append(f"transfer failed; next attempt in {self._frames_until_retry + 1} frame(s)")
             return
         tpl = self._template_for(self._image_size)
-        # with the template's support points (if any), then only the keypoints
-        n_kp = len(tpl.points)
-        pts, conf = self.h_c.transfer(tpl.image, tpl.transfer_points(), image)
-        pts = np.asarray(pts, np.float32)[:n_kp]
-        conf = np.asarray(conf, np.float32)[:n_kp]
+        pts, conf = self.h_c.transfer(tpl.image, tpl.points, image)
+        pts = np.asarray(pts, np.float32)
+        conf = np.asarray(conf, np.float32)
+        if tpl.support is not None and np.any(conf < cfg.min_point_confidence):
+            # Again with the support points (the model's other candidates), so
+            # that each object is seen through several points; each keypoint
+            # keeps the more confident of its two placements (the paper's
+            # "highest-confidence matches"). Not always: support points on the
+            # background around a small object join its cluster, and under a
+            # new background they spoil a search its keypoints alone win.
+            n_kp = len(tpl.points)
+            pts2, conf2 = self.h_c.transfer(tpl.image, tpl.transfer_points(), image)
+            pts2 = np.asarray(pts2, np.float32)[:n_kp]
+            conf2 = np.asarray(conf2, np.float32)[:n_kp]
+            better = conf2 > conf
+            pts[better], conf[better] = pts2[better], conf2[better]
         w, h = self._image_size
         pts_in = np.clip(pts, 0, [w - 1, h - 1]).astype(np.float32)
         confident = conf >= cfg.min_point_confidence

@@ -249,26 +249,37 @@ def test_slow_transfer_is_not_a_stamp_jump(scene, monkeypatch) -> None:
     assert "jumped by 0.80 s" in out.message
 
 
-def test_transfer_maps_support_points_too_but_tracks_only_the_keypoints(scene) -> None:
-    """With support points, h_C.transfer gets keypoints + support (the C
-    candidates propagation transferred) and the session keeps the N keypoints."""
+def test_support_points_are_a_second_chance_for_unconfident_keypoints(scene) -> None:
+    """Keypoints placed confidently on their own are kept (one transfer). When
+    some are not, a second transfer with the support points (the C
+    candidates propagation transferred) runs and each keypoint keeps its more
+    confident placement; only the N keypoints are tracked."""
     img, pts = scene
     hc = make_correspondence("cpu")
     seen = []
     real = hc.transfer
+    fake_conf: dict[int, np.ndarray] = {}
 
     def spy(template_image, template_points, image):
         seen.append(np.asarray(template_points).copy())
-        return real(template_image, template_points, image)
+        out, conf = real(template_image, template_points, image)
+        return out, fake_conf.get(len(template_points), conf)
 
     hc.transfer = spy
     tpl = KeypointTemplate(img, pts[:3], (1, 2, 3), ("a", "b", "c"), support=pts[3:])
-    s = TrackingSession(hc, tpl, SessionConfig())
     frame, gt = warp(img, pts, 2)
-    out = s.process(frame, stamp_s=0.0)
+    out = TrackingSession(hc, tpl, SessionConfig()).process(frame, stamp_s=0.0)
     assert out.state == TrackerState.TRACKING, out.message
-    assert len(seen) == 1 and seen[0].shape == (8, 2)
-    np.testing.assert_array_equal(seen[0][:3], pts[:3])
+    assert [len(p) for p in seen] == [3]                     # confident alone: no second transfer
+    assert out.points.shape == (3, 2) and np.abs(out.points - gt[:3]).max() < TOL_PX
+
+    seen.clear()
+    fake_conf[3] = np.array([0.9, 0.1, 0.2], np.float32)     # two keypoints unsure on their own
+    fake_conf[8] = np.array([0.3, 0.8, 0.1, 1, 1, 1, 1, 1], np.float32)
+    out = TrackingSession(hc, tpl, SessionConfig()).process(frame, stamp_s=0.0)
+    assert [len(p) for p in seen] == [3, 8]
+    np.testing.assert_array_equal(seen[1][:3], pts[:3])
+    np.testing.assert_allclose(out.confidence, [0.9, 0.8, 0.2])   # the better of the two, per keypoint
     assert out.points.shape == (3, 2) and np.abs(out.points - gt[:3]).max() < TOL_PX
 
 
