@@ -113,6 +113,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     startup_errors=(ParameterError,), threads=os.cpu_count() or 2)
 
 
+def stamp_parts(t: float) -> tuple[int, int]:
+    """Sim time t (s, >= 0) -> (sec, nanosec) of a builtin_interfaces/Time.
+
+    Rounded once, in nanoseconds: rounding the fraction alone turned t =
+    2.9999999999999996 (thirty 0.1 s steps) into 2 s + 1e9 ns, wrapped to 2.0 s,
+    so every whole second the stamps jumped 0.9 s back and then 1.1 s forward:
+    the tracker re-transferred its keypoints on the backward jump (seconds of
+    work) and the policy held on the forward one ("joint state 1.1 s old")."""
+    return divmod(int(round(t * 1e9)), 1_000_000_000)
+
+
 def _define_node() -> type:
     from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
     from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
@@ -138,8 +149,8 @@ def _define_node() -> type:
 
     def stamp_of(t: float):
         from builtin_interfaces.msg import Time
-        sec = int(np.floor(t))
-        return Time(sec=sec, nanosec=int(round((t - sec) * 1e9)) % 1_000_000_000)
+        sec, nanosec = stamp_parts(t)
+        return Time(sec=sec, nanosec=nanosec)
 
     class _SimNode(Node):
         def __init__(self, **node_kwargs: Any) -> None:

@@ -175,3 +175,19 @@ def test_expert_mode_succeeds_and_publishes_actions(graph):
     _wait_for(lambda: "episode" in latest and latest["episode"].done, WAIT_S * 3, "the expert episode to end")
     assert latest["episode"].success, latest["episode"].message
     assert targets and list(targets[-1].name) == list(kin.JOINT_NAMES)
+
+
+def test_stamps_of_accumulated_sim_time_never_go_back():
+    """t built from 0.1 s steps (as the sim's clock is) gives monotonic stamps
+    equal to t to the nanosecond; 2.9999999999999996 s is 3 s, not 2 s."""
+    from atk_bringup.sim_node import stamp_parts
+
+    t, last = 0.0, -1
+    for _ in range(1000):
+        t += 0.1
+        sec, ns = stamp_parts(t)
+        assert 0 <= ns < 1_000_000_000
+        total = sec * 1_000_000_000 + ns
+        assert total > last and abs(total - t * 1e9) < 2
+        last = total
+    assert stamp_parts(2.9999999999999996) == (3, 0)
