@@ -65,13 +65,12 @@ def run_node(name: str, argv: Sequence[str] | None, make_node: Callable[[], Any]
             return 2
         executor = SingleThreadedExecutor() if threads <= 1 else MultiThreadedExecutor(num_threads=threads)
         executor.add_node(node)
-        try:
-            executor.spin()
-        except (KeyboardInterrupt, ExternalShutdownException):
-            pass
-        except RuntimeError:
-            if rclpy.ok():
-                raise
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass   # Ctrl-C / shutdown, also while the node is still being built
+    except RuntimeError:
+        if rclpy.ok():
+            raise
     finally:
         if node is not None:
             try:

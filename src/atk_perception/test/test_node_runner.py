@@ -57,3 +57,14 @@ def test_a_runtime_error_while_running_is_not_swallowed():
     with pytest.raises(RuntimeError, match="Unable to convert"):
         run_node("policy", ["policy"], _node_raising(False), on_exit=lambda n: exits.append(1))
     assert exits == [1]   # resources released all the same
+
+
+def test_ctrl_c_while_the_node_is_being_built_is_a_clean_exit():
+    """SIGINT may arrive while the node loads its model (seen in a test of atk-graph)."""
+    exits = []
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    assert run_node("policy", ["policy"], interrupted, on_exit=exits.append) == 0
+    assert exits == []   # no node was built, so none to release
