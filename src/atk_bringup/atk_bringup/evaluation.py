@@ -71,7 +71,10 @@ class KeypointAgent:
         self._pending = self._track(obs)  # the transfer onto the first frame
 
     def _track(self, obs):
-        out = self.session.process(obs.rgb, float(obs.time))
+        try:
+            out = self.session.process(obs.rgb, float(obs.time))
+        except Exception as exc:  # noqa: BLE001 - as the tracker node: a backend bug skips the frame
+            out = self.session.report_bad_frame(f"tracker error {type(exc).__name__}: {exc}")
         self.points, self.confidence = out.points, out.confidence
         return out
 

@@ -101,3 +101,19 @@ def test_table_formats_mean_and_spread():
     assert "| ATK | 0.70±0.10 | 0.70±0.10 | 0.70±0.10 | 0.70±0.10 |" in md
     assert "| RGB | 0.50±0.00 | n/a | n/a | n/a |" in md
     assert "ATK,RP,0.7000,0.1000,2,0.8000 0.6000" in table_csv(table, list(CONDITIONS))
+
+
+def test_an_h_c_error_skips_the_frame_instead_of_ending_the_evaluation(env, monkeypatch):
+    """As the tracker node does: an exception inside h_C reports the frame as
+    bad (LOST for that frame, so the policy holds) and the episode goes on."""
+    obs = env.reset(task="sushi", seed=3, perturbations=("RP",))
+    agent = _agent(obs.rgb, _table_points(obs.rgb))
+    agent.reset(obs)
+    action = agent.act(obs)                      # the first frame's transfer
+
+    def broken(image, stamp):
+        raise ValueError("cannot convert float NaN to integer")
+
+    monkeypatch.setattr(agent.session, "process", broken)
+    agent.act(env.step(action))
+    assert agent.holds == 1 and "tracker error ValueError" in agent.last_reason

@@ -789,7 +789,9 @@ class CpuTracker(Correspondence):
             if found.sum() >= 3:
                 a_sift, _ = cv2.estimateAffine2D(pts[members][found], out[members][found],
                                                  method=cv2.LMEDS)
-                if a_sift is not None:
+                # LMEDS can return a matrix of NaNs for a degenerate set (seen in an
+                # atk-demo evaluation: it crashed affine_score); that is no fit
+                if a_sift is not None and np.all(np.isfinite(a_sift)):
                     sift_score = affine_score(template, pts[members], image, a_sift,
                                               params.grow_px)
             if result.score > sift_score + cfg.search_better_by:
