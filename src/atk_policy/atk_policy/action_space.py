@@ -129,6 +129,10 @@ class ActionSpace:
         idx = np.minimum(idx, ends[:, None])
         return lab[idx].reshape(s, -1)
 
+    def targets(self, proprio: np.ndarray, actions: np.ndarray, episode: np.ndarray) -> np.ndarray:
+        """(S, 7), (S, 7), (S,) -> (S, K * A): what the network is trained to predict."""
+        return self.chunk(self.labels(proprio, actions), episode)
+
     # ------------------------------------------------------------------ deployment side
     def command(self, proprio: np.ndarray, label: np.ndarray) -> np.ndarray:
         """One predicted step (A,) at measured proprio (7,) -> (7,) float32 joint targets + gripper."""

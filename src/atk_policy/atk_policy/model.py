@@ -93,7 +93,7 @@ class Normalisation:
         space = ActionSpace(action_mode, chunk, binary_gripper)
         feats = space.features(proprio)
         ep = np.zeros(len(feats), np.int64) if episode is None else np.asarray(episode)
-        lab = space.chunk(space.labels(proprio, actions), ep)
+        lab = space.targets(proprio, actions, ep)
         return cls(feats.mean(0), np.maximum(feats.std(0), MIN_STD),
                    lab.mean(0), np.maximum(lab.std(0), MIN_STD), action_mode, int(chunk), bool(binary_gripper))
 
@@ -369,7 +369,7 @@ class KeypointPolicy(nn.Module):
         """Training tensors of a train.TrackSet in this policy's action space:
         keypoints (S, C, 2) px, proprio = features (S, P), action = targets (S, K*A)."""
         feats = self.space.features(data.proprio)
-        target = self.space.chunk(self.space.labels(data.proprio, data.actions), data.episode)
+        target = self.space.targets(data.proprio, data.actions, data.episode)
         return {"keypoints": torch.as_tensor(data.keypoints, device=device),
                 "proprio": torch.as_tensor(feats, device=device),
                 "action": torch.as_tensor(target, device=device)}

@@ -125,7 +125,7 @@ class RGBPolicy(nn.Module):
 
     def prepare(self, data: ImageSet, device: str) -> dict[str, torch.Tensor]:
         """Training tensors in this policy's action space (see KeypointPolicy.prepare)."""
-        target = self.space.chunk(self.space.labels(data.proprio, data.actions), data.episode)
+        target = self.space.targets(data.proprio, data.actions, data.episode)
         return {"image": torch.as_tensor(data.images, device=device),
                 "proprio": torch.as_tensor(self.space.features(data.proprio), device=device),
                 "action": torch.as_tensor(target, device=device)}
