@@ -169,7 +169,6 @@ class TrackingSession:
         self._pending_note = ""
         self._bad_streak = 0
         self._bad_since = 0.0    # source stamp of the first bad frame of the streak
-        self._stamp = 0.0        # source stamp of the frame being processed
         self._frames_until_retry = 0
         self._last_stamp: float | None = None
         self._last_processing_s = 0.0  # wall time spent on the previous frame
@@ -258,7 +257,6 @@ class TrackingSession:
             if self._reset_points is not None and self._outside(self._reset_points, size):
                 self._reset_points = None
         self._last_stamp = stamp_s
-        self._stamp = stamp_s
         self._image_size = size
         try:
             if self._needs_transfer:
@@ -421,15 +419,15 @@ class TrackingSession:
         n_ok = int(self._confident(self._conf, self._visible).sum())
         if n_ok < cfg.min_confident_fraction * len(self._conf):
             if self._bad_streak == 0:
-                self._bad_since = self._stamp
+                self._bad_since = self._last_stamp
             self._bad_streak += 1
             if (self._bad_streak >= cfg.lost_after_frames
-                    and self._stamp - self._bad_since >= cfg.lost_after_s):
+                    and self._last_stamp - self._bad_since >= cfg.lost_after_s):
                 self.state = TrackerState.LOST
                 self._needs_transfer = True
                 self._frames_until_retry = 0
                 notes.append(f"tracking lost: only {n_ok} of {len(self._conf)} keypoints confident "
-                             f"for {self._bad_streak} frames ({self._stamp - self._bad_since:.2f} s); "
+                             f"for {self._bad_streak} frames ({self._last_stamp - self._bad_since:.2f} s); "
                              "transferring again")
         else:
             self._bad_streak = 0
