@@ -62,22 +62,13 @@ def plate_scenes():
                              ("all", 10008, ("RP", "RB", "RO", "LIGHT"))))
 
 
-@pytest.mark.parametrize("condition", ["RP", "all"])
-def test_transfer_places_the_moved_nigiri(scenes, condition):
-    template, pts, targets = scenes
+@pytest.mark.parametrize("fixture,condition", [("scenes", "RP"), ("scenes", "all"),
+                                               ("plate_scenes", "near"), ("plate_scenes", "all")])
+def test_transfer_places_the_moved_object(request, fixture, condition):
+    """The nigiri (moved and turned) and the plate (moved, not turned)."""
+    template, pts, targets = request.getfixturevalue(fixture)
     image, truth = targets[condition]
-    # The object really moved and turned: staying put would be far off.
-    assert np.median(np.linalg.norm(pts - truth, axis=1)) > 20
-    out, conf = CpuTracker().transfer(template, pts, image)
-    err = np.linalg.norm(out - truth, axis=1)
-    assert np.median(err) <= 3.0, err
-    assert np.median(conf) > 0.5, conf
-
-
-@pytest.mark.parametrize("condition", ["near", "all"])
-def test_transfer_places_the_moved_plate_not_turned(plate_scenes, condition):
-    template, pts, targets = plate_scenes
-    image, truth = targets[condition]
+    # The object really moved: staying put would be far off.
     assert np.median(np.linalg.norm(pts - truth, axis=1)) > 20
     out, conf = CpuTracker().transfer(template, pts, image)
     err = np.linalg.norm(out - truth, axis=1)
