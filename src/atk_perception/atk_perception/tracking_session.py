@@ -117,36 +117,61 @@ class SessionOutput:
 class LatestFrameSlot(Generic[T]):
     """Holds only the newest item; counts items overwritten before being taken.
 
-    ``put`` is called from the subscription callback, ``take`` from the
-    worker; a lock keeps the counter exact across threads.
+    ``put`` is called from the subscription callback, ``take`` (or the
+    blocking ``wait_take``) from the worker; one condition variable keeps the
+    counter exact across threads and wakes a waiting worker. ``close`` wakes
+    it for good (shutdown).
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._cond = threading.Condition()
         self._item: T | None = None
         self._dropped = 0
         self._received = 0
+        self._closed = False
 
     def put(self, item: T) -> None:
-        with self._lock:
+        with self._cond:
             if self._item is not None:
                 self._dropped += 1
             self._item = item
             self._received += 1
+            self._cond.notify()
 
     def take(self) -> T | None:
-        with self._lock:
+        with self._cond:
             item, self._item = self._item, None
             return item
 
+    def wait_take(self, timeout_s: float | None = None) -> T | None:
+        """The newest item, waiting up to ``timeout_s`` (None: until one comes
+        or the slot is closed); None on timeout or once closed."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._item is not None or self._closed, timeout_s)
+            if self._closed:
+                return None
+            item, self._item = self._item, None
+            return item
+
+    def close(self) -> None:
+        """Wakes every waiter; ``wait_take`` returns None from now on."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        with self._cond:
+            return self._closed
+
     @property
     def dropped(self) -> int:
-        with self._lock:
+        with self._cond:
             return self._dropped
 
     @property
     def received(self) -> int:
-        with self._lock:
+        with self._cond:
             return self._received
 
 

@@ -84,6 +84,26 @@ def test_latest_frame_slot_keeps_newest_and_counts_drops() -> None:
     assert len(taken) + slot_b.dropped == 20000 and taken == sorted(taken)
 
 
+def test_latest_frame_slot_wait_take_wakes_on_put_and_on_close() -> None:
+    slot: LatestFrameSlot[int] = LatestFrameSlot()
+    assert slot.wait_take(0.01) is None  # timeout, nothing there
+    got: list[int | None] = []
+    waiting = threading.Thread(target=lambda: got.append(slot.wait_take()))
+    waiting.start()
+    slot.put(7)
+    waiting.join(timeout=5.0)
+    assert not waiting.is_alive() and got == [7]
+
+    # close() releases a worker blocked with no timeout, and later waits return at once.
+    waiting = threading.Thread(target=lambda: got.append(slot.wait_take()))
+    waiting.start()
+    slot.close()
+    waiting.join(timeout=5.0)
+    assert not waiting.is_alive() and got == [7, None] and slot.closed
+    slot.put(8)
+    assert slot.wait_take() is None
+
+
 def test_first_frame_transfers_then_tracks_ground_truth(scene) -> None:
     s = session(scene)
     img, pts = scene

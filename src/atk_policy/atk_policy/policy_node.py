@@ -68,6 +68,9 @@ PARAMS: tuple[Param, ...] = (
           runtime=True),
     Param("low_confidence_grace_s", 2.0, "... for longer than this (s): the arm covering keypoints while it "
           "grasps or places must not freeze it there.", (0.0, 60.0), runtime=True),
+    Param("torch_threads", 1, "Threads torch may use for inference. One sample through a small network gains "
+          "nothing from more, and on a small machine the extra threads spin and take CPU from the tracker "
+          "(benchmarks/bench_latency.py, 2 cores: p99 21 ms with 1, 44-52 ms with torch's default).", (1, 64)),
     Param("gripper_speed", 0.5, "Speed sent with each gripper command, 0..1.", (0.0, 1.0), runtime=True),
     Param("gripper_force", 0.5, "Force sent with each gripper command, 0..1.", (0.0, 1.0), runtime=True),
 )
@@ -186,6 +189,9 @@ def _define_node() -> type:
             else:
                 try:
                     if load_policy is None:
+                        import torch  # noqa: PLC0415
+
+                        torch.set_num_threads(int(self._params["torch_threads"]))
                         from atk_policy.artifact import load_policy as _load
                     else:
                         _load = load_policy
