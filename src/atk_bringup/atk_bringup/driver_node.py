@@ -22,107 +22,66 @@ hardware boundary: atk_bringup.ur_interface.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
 from atk_bringup import kinematics as kin
+from atk_perception.node_params import ParameterError, ParamSpec, format_help
 from atk_perception.node_runner import run_node, wants_help
 
 GRIPPER_JOINT = "gripper"
 
 
-@dataclass(frozen=True)
-class Param:
-    name: str
-    default: Any
-    description: str
-    range: Optional[tuple[float, float]] = None  # inclusive, per element for lists
-
-
 _CELL = kin.CELL_JOINT_LIMITS
-PARAMS: tuple[Param, ...] = (
-    Param("robot_ip", "192.168.56.101", "IP address of the UR controller (URSim's default shown)."),
-    Param("control_rate_hz", 500.0, "servoJ streaming rate (Hz): 500 for e-Series, 125 for CB3.", (1.0, 500.0)),
-    Param("lookahead_time", 0.1, "servoJ lookahead time (s): larger is smoother but lags more.", (0.03, 0.2)),
-    Param("gain", 300.0, "servoJ proportional gain.", (100.0, 2000.0)),
-    Param("joint_limits_lower", [float(v) for v in _CELL[:, 0]],
-          "Lower joint position limits (rad, 6 values, pan..wrist3); targets are clamped into them.",
-          (-2 * np.pi, 2 * np.pi)),
-    Param("joint_limits_upper", [float(v) for v in _CELL[:, 1]],
-          "Upper joint position limits (rad, 6 values).", (-2 * np.pi, 2 * np.pi)),
-    Param("max_velocity", [1.0] * 6, "Per-joint speed limit of the interpolator (rad/s, 6 values).",
-          (0.01, np.pi)),
-    Param("max_acceleration", [3.0] * 6, "Per-joint acceleration limit of the interpolator (rad/s^2, 6 "
-          "values).", (0.01, 40.0)),
-    Param("max_target_step", 0.3, "Largest change of any joint between consecutive targets (rad); a "
-          "larger jump is refused.", (0.001, np.pi)),
-    Param("workspace_min", [-0.85, -0.85, 0.015], "TCP workspace box lower corner in the robot base frame "
-          "(m, x y z); targets moving the TCP outside are refused.", (-2.0, 2.0)),
-    Param("workspace_max", [0.85, 0.85, 1.0], "TCP workspace box upper corner (m, x y z).", (-2.0, 2.0)),
-    Param("tcp_offset_z", kin.ROBOTIQ_2F85_TCP_Z, "tool0 -> TCP distance along tool0 z (m) used for the "
-          "workspace box (Robotiq 2F-85 pad centre by default; measure on the cell).", (0.0, 0.5)),
-    Param("watchdog_timeout", 0.5, "Stop smoothly when no fresh target arrives for this long (s).",
-          (0.01, 10.0)),
-    Param("stop_deceleration", 2.0, "Joint deceleration of every stop (rad/s^2).", (0.1, 40.0)),
-    Param("rtde_watchdog_min_frequency", 10.0, "RTDE watchdog (Hz): the controller stops the arm when the "
-          "driver's loop runs slower than this (driver crashed or hung).", (1.0, 500.0)),
-    Param("joint_state_rate_hz", 125.0, "Rate of joint_states (Hz).", (1.0, 500.0)),
-    Param("diagnostics_rate_hz", 2.0, "Rate of diagnostics (Hz); state changes are published at once too.",
-          (0.1, 50.0)),
-    Param("gripper_enabled", True, "Drive a Robotiq 2F gripper through its URCap socket."),
-    Param("gripper_port", 63352, "Robotiq URCap socket port on the controller.", (1, 65535)),
-    Param("gripper_speed", 0.5, "Gripper speed cap (0..1]; a command's speed of 0 means this value.",
-          (0.01, 1.0)),
-    Param("gripper_force", 0.3, "Gripper force cap (0..1]; a command's force of 0 means this value.",
-          (0.01, 1.0)),
-    Param("gripper_raw_open", 3, "Raw gripper position read when fully open (0..255).", (0, 255)),
-    Param("gripper_raw_closed", 230, "Raw gripper position read when fully closed (0..255).", (0, 255)),
+PARAMS: tuple[ParamSpec, ...] = (
+    ParamSpec("robot_ip", "192.168.56.101", "IP address of the UR controller (URSim's default shown).",
+              nonempty=True),
+    ParamSpec("control_rate_hz", 500.0, "servoJ streaming rate (Hz): 500 for e-Series, 125 for CB3.",
+              min=1.0, max=500.0),
+    ParamSpec("lookahead_time", 0.1, "servoJ lookahead time (s): larger is smoother but lags more.",
+              min=0.03, max=0.2),
+    ParamSpec("gain", 300.0, "servoJ proportional gain.", min=100.0, max=2000.0),
+    ParamSpec("joint_limits_lower", [float(v) for v in _CELL[:, 0]],
+              "Lower joint position limits (rad, 6 values, pan..wrist3); targets are clamped into them.",
+              min=-2 * np.pi, max=2 * np.pi, length=6),
+    ParamSpec("joint_limits_upper", [float(v) for v in _CELL[:, 1]],
+              "Upper joint position limits (rad, 6 values).", min=-2 * np.pi, max=2 * np.pi, length=6),
+    ParamSpec("max_velocity", [1.0] * 6, "Per-joint speed limit of the interpolator (rad/s, 6 values).",
+              min=0.01, max=np.pi, length=6),
+    ParamSpec("max_acceleration", [3.0] * 6, "Per-joint acceleration limit of the interpolator (rad/s^2, 6 "
+              "values).", min=0.01, max=40.0, length=6),
+    ParamSpec("max_target_step", 0.3, "Largest change of any joint between consecutive targets (rad); a "
+              "larger jump is refused.", min=0.001, max=np.pi),
+    ParamSpec("workspace_min", [-0.85, -0.85, 0.015], "TCP workspace box lower corner in the robot base frame "
+              "(m, x y z); targets moving the TCP outside are refused.", min=-2.0, max=2.0, length=3),
+    ParamSpec("workspace_max", [0.85, 0.85, 1.0], "TCP workspace box upper corner (m, x y z).",
+              min=-2.0, max=2.0, length=3),
+    ParamSpec("tcp_offset_z", kin.ROBOTIQ_2F85_TCP_Z, "tool0 -> TCP distance along tool0 z (m) used for the "
+              "workspace box (Robotiq 2F-85 pad centre by default; measure on the cell).", min=0.0, max=0.5),
+    ParamSpec("watchdog_timeout", 0.5, "Stop smoothly when no fresh target arrives for this long (s).",
+              min=0.01, max=10.0),
+    ParamSpec("stop_deceleration", 2.0, "Joint deceleration of every stop (rad/s^2).", min=0.1, max=40.0),
+    ParamSpec("rtde_watchdog_min_frequency", 10.0, "RTDE watchdog (Hz): the controller stops the arm when the "
+              "driver's loop runs slower than this (driver crashed or hung).", min=1.0, max=500.0),
+    ParamSpec("joint_state_rate_hz", 125.0, "Rate of joint_states (Hz).", min=1.0, max=500.0),
+    ParamSpec("diagnostics_rate_hz", 2.0, "Rate of diagnostics (Hz); state changes are published at once too.",
+              min=0.1, max=50.0),
+    ParamSpec("gripper_enabled", True, "Drive a Robotiq 2F gripper through its URCap socket."),
+    ParamSpec("gripper_port", 63352, "Robotiq URCap socket port on the controller.", min=1, max=65535),
+    ParamSpec("gripper_speed", 0.5, "Gripper speed cap (0..1]; a command's speed of 0 means this value.",
+              min=0.01, max=1.0),
+    ParamSpec("gripper_force", 0.3, "Gripper force cap (0..1]; a command's force of 0 means this value.",
+              min=0.01, max=1.0),
+    ParamSpec("gripper_raw_open", 3, "Raw gripper position read when fully open (0..255).", min=0, max=255),
+    ParamSpec("gripper_raw_closed", 230, "Raw gripper position read when fully closed (0..255).", min=0, max=255),
 )
-_LIST_LENGTHS = {"joint_limits_lower": 6, "joint_limits_upper": 6, "max_velocity": 6,
-                 "max_acceleration": 6, "workspace_min": 3, "workspace_max": 3}
 
 
-class ParameterError(ValueError):
-    """A parameter given at startup is refused; the message quotes it."""
-
-
-def print_help(out=None) -> None:
-    out = sys.stdout if out is None else out
-    out.write("usage: ur_driver_node [--ros-args -p name:=value ... | --params-file ur_driver.yaml]\n\n"
-              f"{__doc__.strip()}\n\nparameters (read-only after start):\n")
-    for p in PARAMS:
-        extra = f" range [{p.range[0]:g}, {p.range[1]:g}]" if p.range else ""
-        out.write(f"  {p.name} (default {p.default!r}{extra})\n      {p.description}\n")
-
-
-def check_param(p: Param, value: Any) -> Optional[str]:
-    """None when ``value`` is acceptable for ``p``, else the refusal message quoting the value."""
-    if isinstance(p.default, bool):
-        return None if isinstance(value, bool) else f"{p.name} must be true or false, got {value!r}"
-    if isinstance(p.default, str):
-        return None if isinstance(value, str) and value else f"{p.name} must be a non-empty string, got {value!r}"
-    if isinstance(p.default, list):
-        n = _LIST_LENGTHS[p.name]
-        try:
-            vals = [float(v) for v in value]
-        except (TypeError, ValueError):
-            return f"{p.name} must be a list of {n} numbers, got {value!r}"
-        if len(vals) != n:
-            return f"{p.name} must have {n} values, got {len(vals)}: {list(value)!r}"
-        items = vals
-    else:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return f"{p.name} must be a number, got {value!r}"
-        if isinstance(p.default, int) and not isinstance(value, int):
-            return f"{p.name} must be an integer, got {value!r}"
-        items = [float(value)]
-    if p.range is not None:
-        for v in items:
-            if not (np.isfinite(v) and p.range[0] <= v <= p.range[1]):
-                return f"{p.name} must be within [{p.range[0]:.4g}, {p.range[1]:.4g}], got {value!r}"
-    return None
+def print_help() -> None:
+    print(format_help("ur_driver_node", __doc__.strip(), PARAMS,
+                      "All parameters are read-only after start. Parameter file: --ros-args --params-file "
+                      "ur_driver.yaml (atk_bringup/config)."))
 
 
 def build_configs(params: dict[str, Any]):
@@ -180,7 +139,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _define_node() -> type:
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-    from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
     from rclpy.node import Node
     from rclpy.qos import QoSDurabilityPolicy, QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy, \
         qos_profile_sensor_data
@@ -190,6 +148,7 @@ def _define_node() -> type:
     from atk_bringup.servo_loop import DriverState, GripperWorker, ServoLoop
     from atk_bringup.ur_interface import RobotiqSocketGripper, URBackend, connect_ur
     from atk_msgs.msg import GripperCommand
+    from atk_perception.node_params import declare, log_effective
 
     # Commands: reliable so a target is never silently lost, depth 1 because
     # only the newest target is worth executing (docs/interfaces.md).
@@ -209,29 +168,12 @@ def _define_node() -> type:
 
         def __init__(self, backend: Optional[URBackend] = None, **node_kwargs: Any) -> None:
             super().__init__("ur_driver", **node_kwargs)
-            self._params: dict[str, Any] = {}
-            for p in PARAMS:
-                desc = ParameterDescriptor(description=p.description, read_only=True)
-                if p.range is not None and isinstance(p.default, float):
-                    desc.floating_point_range = [FloatingPointRange(from_value=float(p.range[0]),
-                                                                    to_value=float(p.range[1]))]
-                elif p.range is not None and isinstance(p.default, int) and not isinstance(p.default, bool):
-                    desc.integer_range = [IntegerRange(from_value=int(p.range[0]), to_value=int(p.range[1]),
-                                                       step=1)]
-                try:
-                    value = self.declare_parameter(p.name, p.default, desc).value
-                except Exception as exc:  # rclpy raises several types for out-of-range/wrong-typed overrides
-                    raise ParameterError(f"parameter {p.name}: {exc}") from None
-                why = check_param(p, value)
-                if why:
-                    raise ParameterError(why)
-                self._params[p.name] = list(value) if isinstance(p.default, list) else value
+            self._params: dict[str, Any] = declare(self, PARAMS)
             limits, servo_cfg, gripper_cfg = build_configs(self._params)
             rate = self._params["control_rate_hz"]
             if rate not in (125.0, 500.0):
                 self.get_logger().warning(f"control_rate_hz={rate!r} is neither 500 (e-Series) nor 125 (CB3)")
-            self.get_logger().info("effective parameters: " + ", ".join(f"{k}={v!r}"
-                                                                         for k, v in self._params.items()))
+            log_effective(self, self._params)
             self._ip = self._params["robot_ip"]
             if backend is None:
                 receive, control = connect_ur(self._ip, rate)

@@ -26,12 +26,12 @@ import queue
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
 from atk_bringup import kinematics as kin
+from atk_perception.node_params import ParameterError, ParamSpec, format_help
 from atk_perception.node_runner import run_node
 from atk_bringup.driver_node import target_from_joint_state
 
@@ -43,67 +43,31 @@ TASK_CHOICES = ("sushi", "glass_lid", "clock_button", "clock_hand")          # a
 PERTURBATION_CHOICES = ("RP", "RB", "RO", "LIGHT")            # atk_bringup.sim.perturbations
 
 
-@dataclass(frozen=True)
-class Param:
-    name: str
-    default: Any
-    description: str
-    range: Optional[tuple[float, float]] = None
-
-
-PARAMS: tuple[Param, ...] = (
-    Param("task", "sushi", f"Task of the first episode, one of {list(TASK_CHOICES)}."),
-    Param("seed", 0, "Seed of the first episode.", (0, 2 ** 31 - 1)),
-    Param("perturbations", [""], f"Perturbations of the first episode, any of {list(PERTURBATION_CHOICES)} "
-          "([''] = none)."),
-    Param("width", 640, "Image width (px).", (16, 4096)),
-    Param("height", 480, "Image height (px).", (16, 4096)),
-    Param("control_hz", 10.0, "Control rate (Hz): one step, one set of images per period; must divide "
-          "the 500 Hz physics rate.", (0.5, 500.0)),
-    Param("realtime", True, "true: pace steps to the wall clock; false: step as fast as the CPU allows."),
-    Param("publish_depth", True, "Render and publish camera/depth/image_raw (costs a second render pass)."),
-    Param("expert", False, "Drive the arm with the scripted expert (and publish its actions) instead of "
-          "following joint_target / gripper_command."),
-    Param("auto_reset", False, "When an episode is done, start the next one (seed + 1, same task and "
-          "perturbations)."),
-    Param("frame_id", "camera_color_optical_frame", "frame_id of the images and camera info."),
-    Param("episode_status_hz", 1.0, "Rate of periodic sim/episode updates (also sent at once on reset, "
-          "success and end).", (0.1, 100.0)),
+PARAMS: tuple[ParamSpec, ...] = (
+    ParamSpec("task", "sushi", f"Task of the first episode, one of {list(TASK_CHOICES)}.", choices=TASK_CHOICES),
+    ParamSpec("seed", 0, "Seed of the first episode.", min=0, max=2 ** 31 - 1),
+    ParamSpec("perturbations", [""], f"Perturbations of the first episode, any of {list(PERTURBATION_CHOICES)} "
+              "([''] = none).", item_choices=("", *PERTURBATION_CHOICES)),
+    ParamSpec("width", 640, "Image width (px).", min=16, max=4096),
+    ParamSpec("height", 480, "Image height (px).", min=16, max=4096),
+    ParamSpec("control_hz", 10.0, "Control rate (Hz): one step, one set of images per period; must divide "
+              "the 500 Hz physics rate.", min=0.5, max=500.0),
+    ParamSpec("realtime", True, "true: pace steps to the wall clock; false: step as fast as the CPU allows."),
+    ParamSpec("publish_depth", True, "Render and publish camera/depth/image_raw (costs a second render pass)."),
+    ParamSpec("expert", False, "Drive the arm with the scripted expert (and publish its actions) instead of "
+              "following joint_target / gripper_command."),
+    ParamSpec("auto_reset", False, "When an episode is done, start the next one (seed + 1, same task and "
+              "perturbations)."),
+    ParamSpec("frame_id", "camera_color_optical_frame", "frame_id of the images and camera info.", nonempty=True),
+    ParamSpec("episode_status_hz", 1.0, "Rate of periodic sim/episode updates (also sent at once on reset, "
+              "success and end).", min=0.1, max=100.0),
 )
 
 
-class ParameterError(ValueError):
-    """A parameter given at startup is refused; the message quotes it."""
-
-
-def print_help(out=None) -> None:
-    out = sys.stdout if out is None else out
-    out.write("usage: sim_node [--ros-args -p name:=value ... | --params-file sim.yaml]\n\n"
-              f"{__doc__.strip()}\n\nparameters (read-only after start):\n")
-    for p in PARAMS:
-        extra = f" range [{p.range[0]:g}, {p.range[1]:g}]" if p.range else ""
-        out.write(f"  {p.name} (default {p.default!r}{extra})\n      {p.description}\n")
-
-
-def check_param(p: Param, value: Any) -> Optional[str]:
-    """None when ``value`` is acceptable for ``p``, else the refusal message quoting the value."""
-    if isinstance(p.default, bool):
-        return None if isinstance(value, bool) else f"{p.name} must be true or false, got {value!r}"
-    if p.name == "task":
-        return None if value in TASK_CHOICES else f"task must be one of {list(TASK_CHOICES)}, got {value!r}"
-    if p.name == "perturbations":
-        bad = [v for v in value if v and v not in PERTURBATION_CHOICES]
-        return (f"perturbations must be any of {list(PERTURBATION_CHOICES)}, got {list(value)!r}"
-                if bad else None)
-    if isinstance(p.default, str):
-        return None if isinstance(value, str) and value else f"{p.name} must be a non-empty string, got {value!r}"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return f"{p.name} must be a number, got {value!r}"
-    if isinstance(p.default, int) and not isinstance(value, int):
-        return f"{p.name} must be an integer, got {value!r}"
-    if p.range is not None and not (np.isfinite(value) and p.range[0] <= value <= p.range[1]):
-        return f"{p.name} must be within [{p.range[0]:g}, {p.range[1]:g}], got {value!r}"
-    return None
+def print_help() -> None:
+    print(format_help("sim_node", __doc__.strip(), PARAMS,
+                      "All parameters are read-only after start. Parameter file: --ros-args --params-file "
+                      "sim.yaml (atk_bringup/config)."))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -125,7 +89,6 @@ def stamp_parts(t: float) -> tuple[int, int]:
 
 
 def _define_node() -> type:
-    from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
     from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
     from rclpy.node import Node
     from rclpy.qos import QoSDurabilityPolicy, QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy, \
@@ -136,6 +99,7 @@ def _define_node() -> type:
     from atk_bringup.sim.env import SimConfig, SimEnv
     from atk_msgs.msg import EpisodeStatus, GripperCommand
     from atk_msgs.srv import ResetEpisode
+    from atk_perception.node_params import declare, log_effective
 
     # Commands: reliable, keep last 1: only the newest target is worth executing.
     command_qos = QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=1,
@@ -155,30 +119,14 @@ def _define_node() -> type:
     class _SimNode(Node):
         def __init__(self, **node_kwargs: Any) -> None:
             super().__init__("sim", **node_kwargs)
-            self._params: dict[str, Any] = {}
-            for p in PARAMS:
-                desc = ParameterDescriptor(description=p.description, read_only=True)
-                if p.range is not None and isinstance(p.default, float):
-                    desc.floating_point_range = [FloatingPointRange(from_value=float(p.range[0]),
-                                                                    to_value=float(p.range[1]))]
-                elif p.range is not None and isinstance(p.default, int) and not isinstance(p.default, bool):
-                    desc.integer_range = [IntegerRange(from_value=int(p.range[0]), to_value=int(p.range[1]),
-                                                       step=1)]
-                try:
-                    value = self.declare_parameter(p.name, p.default, desc).value
-                except Exception as exc:  # rclpy raises several types for bad overrides
-                    raise ParameterError(f"parameter {p.name}: {exc}") from None
-                why = check_param(p, value)
-                if why:
-                    raise ParameterError(why)
-                self._params[p.name] = list(value) if isinstance(p.default, list) else value
+            self._params: dict[str, Any] = declare(self, PARAMS)
             prm = self._params
             try:
                 cfg = SimConfig(width=int(prm["width"]), height=int(prm["height"]),
                                 control_hz=float(prm["control_hz"]), render_depth=bool(prm["publish_depth"]))
             except ValueError as exc:
                 raise ParameterError(str(exc)) from None
-            self.get_logger().info("effective parameters: " + ", ".join(f"{k}={v!r}" for k, v in prm.items()))
+            log_effective(self, prm)
             self._cfg = cfg
             self._env: Optional[SimEnv] = None   # owned by the stepping thread (EGL is per thread)
             self._target_lock = threading.Lock()

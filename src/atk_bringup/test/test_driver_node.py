@@ -25,11 +25,26 @@ def test_help_needs_no_ros(capsys):
 
 
 def test_param_checks_quote_bad_values():
+    from atk_perception.node_params import ParameterError
+
     by_name = {p.name: p for p in driver_node.PARAMS}
-    assert "0.5" in driver_node.check_param(by_name["lookahead_time"], 0.5)
-    assert "6 values, got 5" in driver_node.check_param(by_name["max_velocity"], [1.0] * 5)
-    assert driver_node.check_param(by_name["max_velocity"], [1.0] * 6) is None
-    assert "nan" in driver_node.check_param(by_name["max_target_step"], float("nan"))
+    assert driver_node.ParameterError is ParameterError  # what main() reports as a startup error
+    with pytest.raises(ParameterError, match=r"lookahead_time: 0\.5 is above the maximum 0\.2"):
+        by_name["lookahead_time"].check(0.5)
+    with pytest.raises(ParameterError, match="6 values, got 5"):
+        by_name["max_velocity"].check([1.0] * 5)
+    assert by_name["max_velocity"].check([1.0] * 6) == [1.0] * 6
+    with pytest.raises(ParameterError, match=r"max_velocity: 4\.0 \(in \[1\.0, 4\.0, 1\.0, 1\.0, 1\.0, 1\.0\]\) "
+                       r"is above the maximum 3\.14159"):
+        by_name["max_velocity"].check([1.0, 4.0, 1.0, 1.0, 1.0, 1.0])
+    with pytest.raises(ParameterError, match="nan"):
+        by_name["max_target_step"].check(float("nan"))
+    with pytest.raises(ParameterError, match="robot_ip: must not be empty"):
+        by_name["robot_ip"].check("")
+    with pytest.raises(ParameterError, match="'fast' is not a number"):
+        by_name["gain"].check("fast")
+    with pytest.raises(ParameterError, match="1.5 is not an integer"):
+        by_name["gripper_port"].check(1.5)
     params = {p.name: p.default for p in driver_node.PARAMS}
     params["workspace_min"], params["workspace_max"] = [0.0, 0.0, 1.0], [1.0, 1.0, 0.5]
     with pytest.raises(driver_node.ParameterError, match="workspace_min"):
@@ -45,7 +60,7 @@ def test_parameter_file_is_complete_and_valid():
     by_name = {p.name: p for p in driver_node.PARAMS}
     assert set(values) == set(by_name)
     for name, value in values.items():
-        assert driver_node.check_param(by_name[name], value) is None, name
+        assert by_name[name].check(value) == value, name  # raises ParameterError when refused
         assert type(value) is type(by_name[name].default), name  # ROS parameter types must match
     limits, servo, _ = driver_node.build_configs(values)
     assert servo.control_rate_hz == 500.0 and limits.watchdog_timeout == 0.5

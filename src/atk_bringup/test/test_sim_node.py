@@ -22,12 +22,26 @@ def test_help_needs_no_ros(capsys):
 
 
 def test_param_checks_quote_bad_values():
+    from atk_perception.node_params import ParameterError
+
     by_name = {p.name: p for p in sim_node.PARAMS}
-    assert "'cook'" in sim_node.check_param(by_name["task"], "cook")
-    assert "DARK" in sim_node.check_param(by_name["perturbations"], ["RP", "DARK"])
-    assert sim_node.check_param(by_name["perturbations"], [""]) is None
-    assert "8" in sim_node.check_param(by_name["width"], 8)
-    assert sim_node.check_param(by_name["realtime"], "yes") is not None
+    assert sim_node.ParameterError is ParameterError  # what main() reports as a startup error
+    with pytest.raises(ParameterError, match="'cook'"):
+        by_name["task"].check("cook")
+    with pytest.raises(ParameterError, match="DARK"):
+        by_name["perturbations"].check(["RP", "DARK"])
+    assert by_name["perturbations"].check([""]) == [""]
+    assert by_name["perturbations"].check(["RP", "LIGHT"]) == ["RP", "LIGHT"]
+    with pytest.raises(ParameterError, match=r"width: 8 is below the minimum 16"):
+        by_name["width"].check(8)
+    with pytest.raises(ParameterError, match="'yes'"):
+        by_name["realtime"].check("yes")
+    with pytest.raises(ParameterError, match="frame_id: must not be empty"):
+        by_name["frame_id"].check("")
+    with pytest.raises(ParameterError, match="'ten' is not a number"):
+        by_name["control_hz"].check("ten")
+    with pytest.raises(ParameterError, match="640.0 is not an integer"):
+        by_name["width"].check(640.0)
 
 
 def test_parameter_file_is_complete_and_valid():
@@ -40,7 +54,7 @@ def test_parameter_file_is_complete_and_valid():
     by_name = {p.name: p for p in sim_node.PARAMS}
     assert set(values) == set(by_name)
     for name, value in values.items():
-        assert sim_node.check_param(by_name[name], value) is None, name
+        assert by_name[name].check(value) == value, name  # raises ParameterError when refused
         assert type(value) is type(by_name[name].default), name
 
 

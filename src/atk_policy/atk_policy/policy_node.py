@@ -25,11 +25,11 @@ Library: atk_policy.artifact (model), atk_policy.gating (holding rules).
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from atk_perception.node_params import ParameterError, ParamSpec, format_help
 from atk_perception.node_runner import run_node
 from atk_policy.gating import GateConfig, GateDecision, GateState, InputGate, KeypointInput
 
@@ -39,67 +39,39 @@ GRIPPER_JOINT = "gripper"
 TRIGGERS = ("timer", "keypoints")
 
 
-@dataclass(frozen=True)
-class Param:
-    name: str
-    default: Any
-    description: str
-    range: Optional[tuple[float, float]] = None  # inclusive
-    choices: Optional[tuple[str, ...]] = None
-    runtime: bool = False  # may be changed while running (ros2 param set)
-
-
-PARAMS: tuple[Param, ...] = (
-    Param("model_dir", "", "Folder of the trained policy (model.json + policy.safetensors). Empty: the node "
-          "reports FAULT until restarted with a model."),
-    Param("trigger", "timer", "timer: act at control_rate_hz on the newest input (the trained control rate); "
-          "keypoints: act on each new keypoint array at once (lowest latency).", choices=TRIGGERS),
-    Param("control_rate_hz", 10.0, "Control rate of trigger=timer (Hz).", (0.5, 100.0)),
-    Param("status_rate_hz", 10.0, "Rate of policy/status (Hz), also while holding.", (0.5, 100.0)),
-    Param("keypoint_timeout_s", 0.25, "Hold when the newest keypoints' source image stamp is older than this "
-          "(s).", (0.001, 10.0), runtime=True),
-    Param("joint_state_timeout_s", 0.25, "Hold when the newest joint state is older than this (s).",
-          (0.001, 10.0), runtime=True),
-    Param("confidence_threshold", 0.5, "A keypoint below this confidence (or not visible) counts as low.",
-          (0.0, 1.0), runtime=True),
-    Param("max_low_confidence", 2, "Hold when more keypoints than this are low ...", (0, 1000), runtime=True),
-    Param("max_low_confidence_fraction", 0.5, "... and more than this fraction of them (0.5: a majority, the "
-          "line at which the tracker calls a frame bad) ...", (0.0, 1.0),
-          runtime=True),
-    Param("low_confidence_grace_s", 2.0, "... for longer than this (s): the arm covering keypoints while it "
-          "grasps or places must not freeze it there.", (0.0, 60.0), runtime=True),
-    Param("torch_threads", 1, "Threads torch may use for inference. One sample through a small network gains "
-          "nothing from more, and on a small machine the extra threads spin and take CPU from the tracker "
-          "(benchmarks/bench_latency.py, 2 cores: p99 21 ms with 1, 44-52 ms with torch's default).", (1, 64)),
-    Param("gripper_speed", 0.5, "Speed sent with each gripper command, 0..1.", (0.0, 1.0), runtime=True),
-    Param("gripper_force", 0.5, "Force sent with each gripper command, 0..1.", (0.0, 1.0), runtime=True),
+PARAMS: tuple[ParamSpec, ...] = (
+    ParamSpec("model_dir", "", "Folder of the trained policy (model.json + policy.safetensors). Empty: the node "
+              "reports FAULT until restarted with a model."),
+    ParamSpec("trigger", "timer", "timer: act at control_rate_hz on the newest input (the trained control rate); "
+              "keypoints: act on each new keypoint array at once (lowest latency).", choices=TRIGGERS),
+    ParamSpec("control_rate_hz", 10.0, "Control rate of trigger=timer (Hz).", min=0.5, max=100.0),
+    ParamSpec("status_rate_hz", 10.0, "Rate of policy/status (Hz), also while holding.", min=0.5, max=100.0),
+    ParamSpec("keypoint_timeout_s", 0.25, "Hold when the newest keypoints' source image stamp is older than this "
+              "(s).", min=0.001, max=10.0, runtime=True),
+    ParamSpec("joint_state_timeout_s", 0.25, "Hold when the newest joint state is older than this (s).",
+              min=0.001, max=10.0, runtime=True),
+    ParamSpec("confidence_threshold", 0.5, "A keypoint below this confidence (or not visible) counts as low.",
+              min=0.0, max=1.0, runtime=True),
+    ParamSpec("max_low_confidence", 2, "Hold when more keypoints than this are low ...", min=0, max=1000,
+              runtime=True),
+    ParamSpec("max_low_confidence_fraction", 0.5, "... and more than this fraction of them (0.5: a majority, the "
+              "line at which the tracker calls a frame bad) ...", min=0.0, max=1.0, runtime=True),
+    ParamSpec("low_confidence_grace_s", 2.0, "... for longer than this (s): the arm covering keypoints while it "
+              "grasps or places must not freeze it there.", min=0.0, max=60.0, runtime=True),
+    ParamSpec("torch_threads", 1, "Threads torch may use for inference. One sample through a small network gains "
+              "nothing from more, and on a small machine the extra threads spin and take CPU from the tracker "
+              "(benchmarks/bench_latency.py, 2 cores: p99 21 ms with 1, 44-52 ms with torch's default).",
+              min=1, max=64),
+    ParamSpec("gripper_speed", 0.5, "Speed sent with each gripper command, 0..1.", min=0.0, max=1.0, runtime=True),
+    ParamSpec("gripper_force", 0.5, "Force sent with each gripper command, 0..1.", min=0.0, max=1.0, runtime=True),
 )
 
 
-def print_help(out=sys.stdout) -> None:
-    out.write("usage: policy_node [--ros-args -p name:=value ... | --params-file policy.yaml]\n\n"
-              f"{__doc__.strip()}\n\nparameters:\n")
-    for p in PARAMS:
-        extra = f" choices {list(p.choices)}" if p.choices else (f" range [{p.range[0]}, {p.range[1]}]"
-                                                                   if p.range else "")
-        out.write(f"  {p.name} (default {p.default!r}{extra}{', changeable at runtime' if p.runtime else ''})\n"
-                  f"      {p.description}\n")
-
-
-def check_param(p: Param, value: Any) -> Optional[str]:
-    """None when ``value`` is acceptable for ``p``, else the refusal message (quoting the value)."""
-    if isinstance(p.default, str):
-        if not isinstance(value, str):
-            return f"{p.name} must be a string, got {value!r}"
-    elif isinstance(p.default, bool) or not isinstance(value, (int, float)) or isinstance(value, bool):
-        return f"{p.name} must be a number, got {value!r}"
-    elif isinstance(p.default, int) and not isinstance(value, int):
-        return f"{p.name} must be an integer, got {value!r}"
-    if p.choices is not None and value not in p.choices:
-        return f"{p.name} must be one of {list(p.choices)}, got {value!r}"
-    if p.range is not None and not (p.range[0] <= value <= p.range[1]):
-        return f"{p.name} must be in [{p.range[0]}, {p.range[1]}], got {value!r}"
-    return None
+def print_help() -> None:
+    print(format_help("policy_node", __doc__.strip(), PARAMS,
+                      "Parameters marked 'changeable at run time' can be set while the node runs (ros2 param "
+                      "set /policy NAME VALUE); the others are read-only after start.\n"
+                      "Parameter file: --ros-args --params-file policy.yaml (atk_bringup/config)."))
 
 
 def proprio_from_joint_state(names: Sequence[str], positions: Sequence[float]) -> tuple[Optional[np.ndarray], str]:
@@ -128,20 +100,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     startup_errors=(ParameterError,), threads=1)
 
 
-class ParameterError(ValueError):
-    """A parameter given at startup is refused; the message quotes it."""
-
-
 # The Node subclass is defined on import of rclpy only (see _define_node), so
 # that `policy_node --help` and the ROS-free helpers above import without ROS.
 def _define_node() -> type:
-    from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+    from rcl_interfaces.msg import SetParametersResult
     from rclpy.node import Node
     from rclpy.qos import QoSDurabilityPolicy, QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy, \
         qos_profile_sensor_data
     from sensor_msgs.msg import JointState
 
     from atk_msgs.msg import GripperCommand, KeypointArray, PolicyStatus
+    from atk_perception.node_params import declare, log_effective
 
     # Commands: reliable so a target is never silently lost on the way to the
     # driver, depth 1 because only the newest target is worth executing.
@@ -157,29 +126,10 @@ def _define_node() -> type:
     class _PolicyNode(Node):
         def __init__(self, load_policy: Optional[Callable[[str], Any]] = None) -> None:
             super().__init__("policy")
-            self._params: dict[str, Any] = {}
-            for p in PARAMS:
-                desc = ParameterDescriptor(description=p.description, read_only=not p.runtime)
-                if p.range is not None and isinstance(p.default, float):
-                    desc.floating_point_range = [FloatingPointRange(from_value=float(p.range[0]),
-                                                                    to_value=float(p.range[1]))]
-                elif p.range is not None and isinstance(p.default, int):
-                    desc.integer_range = [IntegerRange(from_value=int(p.range[0]), to_value=int(p.range[1]),
-                                                       step=1)]
-                if p.choices:
-                    desc.additional_constraints = f"one of {list(p.choices)}"
-                try:
-                    value = self.declare_parameter(p.name, p.default, desc).value
-                except Exception as exc:  # rclpy raises several types for out-of-range/wrong-typed overrides
-                    raise ParameterError(f"parameter {p.name}: {exc}") from None
-                why = check_param(p, value)
-                if why:
-                    raise ParameterError(why)
-                self._params[p.name] = value
+            self._params: dict[str, Any] = declare(self, PARAMS)
             self._gate = InputGate(self._gate_config(self._params))
             self.add_on_set_parameters_callback(self._on_set_parameters)
-            self.get_logger().info("effective parameters: " + ", ".join(f"{k}={v!r}"
-                                                                         for k, v in self._params.items()))
+            log_effective(self, self._params)
 
             self._model_fault: Optional[str] = None
             self._policy = None
@@ -250,10 +200,10 @@ def _define_node() -> type:
                 spec = by_name.get(prm.name)
                 if spec is None:
                     continue  # not ours (use_sim_time etc.)
-                why = check_param(spec, prm.value)
-                if why:
-                    return SetParametersResult(successful=False, reason=why)
-                updated[prm.name] = prm.value
+                try:
+                    updated[prm.name] = spec.check(prm.value)
+                except ParameterError as exc:
+                    return SetParametersResult(successful=False, reason=str(exc))
             try:
                 gate = self._gate_config(updated)
             except ValueError as exc:

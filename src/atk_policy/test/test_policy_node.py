@@ -253,6 +253,38 @@ def test_without_model_reports_fault_and_publishes_nothing(harness, tmp_path):
         _stop(proc)
 
 
+def test_holding_rules_change_at_run_time_within_their_checks(harness):
+    """Parameters marked runtime are set while the node runs (ros2 param set);
+    a bad value is refused quoting it, the others stay read-only."""
+    from rclpy.parameter import Parameter
+    from rclpy.parameter_client import AsyncParameterClient
+
+    proc = _start('model_dir:=""')
+    try:
+        harness.wait_state(FAULT, STARTUP_TIMEOUT_S)
+        client = AsyncParameterClient(harness.node, "policy")
+        assert client.wait_for_services(timeout_sec=STATE_TIMEOUT_S)
+
+        def set_one(name: str, value):
+            fut = client.set_parameters([Parameter(name, value=value)])
+            harness.wait_for(f"set {name}", fut.done, STATE_TIMEOUT_S)
+            return fut.result().results[0]
+
+        assert set_one("keypoint_timeout_s", 0.5).successful
+        assert set_one("max_low_confidence", 4).successful
+        refused = set_one("confidence_threshold", "high")
+        assert not refused.successful and "'high'" in refused.reason and "confidence_threshold" in refused.reason
+        refused = set_one("keypoint_timeout_s", 20.0)
+        assert not refused.successful and "20.0" in refused.reason
+        assert not set_one("control_rate_hz", 20.0).successful  # read-only after start
+        fut = client.get_parameters(["keypoint_timeout_s", "max_low_confidence", "confidence_threshold"])
+        harness.wait_for("get parameters", fut.done, STATE_TIMEOUT_S)
+        values = fut.result().values
+        assert (values[0].double_value, values[1].integer_value, values[2].double_value) == (0.5, 4, 0.5)
+    finally:
+        _stop(proc)
+
+
 def test_bad_parameter_is_refused_with_its_value():
     proc = subprocess.run(policy_command("control_rate_hz:=1000.0"), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
