@@ -124,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="policy head: deterministic MSE or Gaussian NLL (default: %(default)s)")
     g.add_argument("--hidden", default=",".join(map(str, mc.hidden)), metavar="W,W",
                    help="MLP hidden layer widths (default: %(default)s)")
+    g.add_argument("--keypoint-noise", type=float, default=tc.keypoint_noise_px, metavar="PX",
+                   help="std (px) of Gaussian noise added to training keypoints each step "
+                        "(augmentation; default: %(default)s)")
     g.add_argument("--warmup-steps", type=int, default=tc.warmup_steps,
                    help="steps of linear learning-rate warmup before the cosine decay (default: %(default)s)")
     g.add_argument("--eval-every", type=int, default=tc.eval_every,
@@ -307,7 +310,8 @@ def run(args: argparse.Namespace) -> dict:
                               alpha=args.alpha, warmup_steps=min(args.warmup_steps, args.steps),
                               eval_every=args.eval_every, val_fraction=args.val_fraction, seed=args.seed,
                               device=args.device, num_threads=args.threads,
-                              min_episode_length=args.min_episode_length),
+                              min_episode_length=args.min_episode_length,
+                              keypoint_noise_px=args.keypoint_noise),
             selection=SelectionConfig(top_n=args.top_n, final_steps=args.final_steps))
     except ValueError as exc:
         raise CliError(str(exc)) from None

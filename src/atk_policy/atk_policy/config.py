@@ -120,6 +120,10 @@ class TrainConfig:
     mask_lr: float = 1e-2             #: mask logits: larger, so selection settles in a short run
     alpha: float = 3e-3               #: sparsity weight on sum of keep-probabilities (table 6 lambda)
     weight_decay: float = 0.0
+    #: Std (pixels) of Gaussian noise added to every training keypoint, per
+    #: sample and step (augmentation: the tracker's jitter and transfer error
+    #: at deployment; validation and deployment see the keypoints as given).
+    keypoint_noise_px: float = 0.0
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1         #: cosine decay down to lr * this
     grad_clip: float = 1.0            #: max global grad norm (0 disables)
@@ -151,6 +155,9 @@ class TrainConfig:
         _check(isinstance(self.num_threads, int) and self.num_threads >= 0, "num_threads", self.num_threads,
                "must be an int >= 0")
         _check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")
+        _check(isinstance(self.keypoint_noise_px, (int, float)) and math.isfinite(self.keypoint_noise_px)
+               and self.keypoint_noise_px >= 0, "keypoint_noise_px", self.keypoint_noise_px,
+               "must be a finite number >= 0")
         _check(isinstance(self.warmup_steps, int) and 0 <= self.warmup_steps, "warmup_steps",
                self.warmup_steps, "must be an int >= 0")
         _check(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", self.min_lr_ratio, "must be in [0, 1]")

@@ -266,6 +266,10 @@ def fit(model: torch.nn.Module, train: TrackSet, val: TrackSet | None, cfg: Trai
 
         idx = torch.randint(n_train, (min(cfg.batch_size, n_train),), generator=gen).to(device)
         batch = {k: v[idx] for k, v in train_t.items()}
+        if cfg.keypoint_noise_px > 0 and "keypoints" in batch:
+            kp = batch["keypoints"]  # (B, C, 2) px
+            batch["keypoints"] = kp + cfg.keypoint_noise_px * torch.randn(
+                kp.shape, generator=gen, dtype=kp.dtype).to(device)
         loss, logs = net(batch, cfg.alpha)
         opt.zero_grad(set_to_none=True)
         loss.backward()

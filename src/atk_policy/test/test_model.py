@@ -87,6 +87,46 @@ def test_heads_fit_a_keypoint_function(head):
     assert ("nll" in logs) == (head == "mlp_gaussian")
 
 
+@pytest.mark.parametrize("noise_px", [0.0, 2.0])
+def test_keypoint_noise_augments_training_batches_only(noise_px):
+    """keypoint_noise_px perturbs the keypoints the network trains on (std as
+    configured), never the stored data or the validation pass."""
+    g = torch.Generator().manual_seed(3)
+    kp = (torch.rand(256, 3, 2, generator=g) * torch.tensor([640.0, 480.0])).numpy()
+    ts = TrackSet(kp.copy(), np.random.default_rng(0).normal(size=(256, 7)).astype(np.float32),
+                  np.random.default_rng(1).normal(size=(256, 7)).astype(np.float32), np.zeros(256, int),
+                  ["x"], (640, 480))
+    seen: list[tuple[str, torch.Tensor]] = []
+
+    class Recording(KeypointPolicy):
+        def forward(self, batch, alpha=0.0):
+            seen.append(("train", batch["keypoints"].detach().clone()))
+            return super().forward(batch, alpha)
+
+        def predict(self, keypoints, proprio):
+            seen.append(("val", keypoints.detach().clone()))
+            return super().predict(keypoints, proprio)
+
+    pol = Recording(3, (640, 480), ModelConfig(hidden=(16,)), Normalisation.from_data(ts.proprio, ts.actions))
+    fit(pol, ts, ts, TrainConfig(steps=20, batch_size=256, eval_every=10, warmup_steps=0,
+                                 keypoint_noise_px=noise_px), progress=False)
+    base = torch.as_tensor(kp)
+    rows = {tuple(r.flatten().tolist()) for r in base}  # batches sample rows with replacement
+
+    def residual(x: torch.Tensor) -> torch.Tensor:  # distance of each sample to its nearest data row
+        d = torch.cdist(x.flatten(1), base.flatten(1))
+        return x.flatten(1) - base.flatten(1)[d.argmin(1)]
+
+    train = torch.cat([x for k, x in seen if k == "train"])
+    val = torch.cat([x for k, x in seen if k == "val"])
+    assert torch.equal(torch.as_tensor(ts.keypoints), base)           # data untouched
+    assert all(tuple(r.flatten().tolist()) in rows for r in val)     # validation sees the data
+    std = float(residual(train).std())
+    assert abs(std - noise_px) < 0.1 * max(noise_px, 1.0), (noise_px, std)
+    with pytest.raises(ValueError, match="keypoint_noise_px"):
+        TrainConfig(keypoint_noise_px=-1.0)
+
+
 def test_select_action_validates_and_matches_predict():
     pol = KeypointPolicy(3, (640, 480), ModelConfig(hidden=(16,)), _norm()).eval()
     kp, pr = np.array([[10, 20], [300, 200], [600, 400]], np.float32), np.arange(7, dtype=np.float32) / 7
