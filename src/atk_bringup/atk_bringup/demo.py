@@ -66,6 +66,9 @@ class DemoConfig:
     noise_rad: float = 0.01
     #: Evaluation processes (episodes are independent; 2 uses both cores here).
     eval_workers: int = 2
+    #: Propagation processes of atk-train (--workers): the candidates' tracks
+    #: through every demo, the longest part of training (serial: ~3 s a demo).
+    propagation_workers: int = 2
     #: An evaluation episode whose policy has held (not acted) for this many
     #: seconds in a row ends as a failure, as an operator would stop a stuck
     #: robot (0: run to the task's time limit).
@@ -75,6 +78,8 @@ class DemoConfig:
     #: succeeded from 60 demos, joint-space steps 0/10 (docs/training.md).
     action_mode: str = "tcp"
     chunk: int = 4
+    #: Std (px) of the noise on training keypoints (atk-train --keypoint-noise).
+    keypoint_noise_px: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("demos", "width", "height", "candidates", "steps", "eval_episodes", "rgb_steps"):
@@ -87,8 +92,12 @@ class DemoConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be an integer >= 0, got {v!r}")
         if not isinstance(self.eval_workers, int) or self.eval_workers < 1:
             raise ValueError(f"--eval-workers must be an integer >= 1, got {self.eval_workers!r}")
+        if not isinstance(self.propagation_workers, int) or self.propagation_workers < 1:
+            raise ValueError(f"--workers must be an integer >= 1, got {self.propagation_workers!r}")
         if not (self.noise_rad >= 0):
             raise ValueError(f"--noise must be >= 0 rad, got {self.noise_rad!r}")
+        if not (self.keypoint_noise_px >= 0):
+            raise ValueError(f"--keypoint-noise must be >= 0 px, got {self.keypoint_noise_px!r}")
         if not (self.stall_s >= 0):
             raise ValueError(f"--stall-s must be >= 0 seconds, got {self.stall_s!r}")
         if not self.train_seeds:
@@ -166,7 +175,9 @@ def collect_dagger(cfg: DemoConfig, env, model_dir: Path, round_idx: int) -> lis
         if not (path / "episode.yaml").is_file():
             if path.exists():
                 shutil.rmtree(path)
-            record_relabelled_episode(env, agent, path, task=cfg.task, seed=seed, perturbations=("RP",))
+            record_relabelled_episode(env, agent, path, task=cfg.task, seed=seed, perturbations=("RP",),
+                                      stall_steps=(int(round(cfg.stall_s * env.config.control_hz))
+                                                   if cfg.stall_s else None))
         paths.append(path)
     return paths
 
@@ -189,7 +200,8 @@ def train_seed(cfg: DemoConfig, seed: int, tag: str = "") -> Path:
             "--steps", str(cfg.steps), "--seed", str(seed),
             "--track-cache", str(cfg.out / "cache" / "tracks"),
             "--baselines", ",".join(baselines) or "none", "--rgb-steps", str(cfg.rgb_steps),
-            "--action-mode", cfg.action_mode, "--chunk", str(cfg.chunk)]
+            "--action-mode", cfg.action_mode, "--chunk", str(cfg.chunk),
+            "--keypoint-noise", str(cfg.keypoint_noise_px), "--workers", str(cfg.propagation_workers)]
     if cfg.top_n is not None:
         argv += ["--top-n", str(cfg.top_n)]
     _say("atk-train " + " ".join(argv))
@@ -384,8 +396,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise", type=float, default=0.01,
                    help="std (rad) of noise on the executed joint targets of every second demonstration, "
                         "labelled with the expert's clean actions (DART); 0: clean demos only (default: 0.01)")
+    p.add_argument("--keypoint-noise", type=float, default=None, metavar="PX",
+                   help="std (px) of Gaussian noise on the training keypoints (atk-train --keypoint-noise)")
     p.add_argument("--eval-workers", type=int, default=2,
                    help="parallel evaluation processes (default: 2)")
+    p.add_argument("--workers", type=int, default=2,
+                   help="parallel processes propagating the candidates through the demos (default: 2)")
     p.add_argument("--stall-s", type=float, default=5.0,
                    help="an evaluation episode whose policy held this long in a row fails (0: no limit; "
                         "default: 5)")
@@ -424,7 +440,9 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
                       dagger_episodes=dagger_eps, ros_episodes=args.ros_episodes,
                       methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
                       rgb_steps=rgb_steps, top_n=top_n, eval_workers=args.eval_workers, noise_rad=args.noise,
-                      stall_s=args.stall_s)
+                      propagation_workers=args.workers,
+                      stall_s=args.stall_s,
+                      **({} if args.keypoint_noise is None else {"keypoint_noise_px": args.keypoint_noise}))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -53,7 +53,8 @@ def record_expert_episode(env, out_dir: str | Path, *, task: str, seed: int,
 def record_relabelled_episode(env, agent, out_dir: str | Path, *, task: str, seed: int,
                               perturbations: Sequence[str] = (), max_steps: int | None = None,
                               stamp_offset_s: float = 0.0, with_depth: bool = False,
-                              namespace: str = "", after_success_s: float = 1.0) -> DemoResult:
+                              namespace: str = "", after_success_s: float = 1.0,
+                              stall_steps: int | None = None) -> DemoResult:
     """DAgger (student-teacher distillation): ``agent`` (``reset(obs)``,
     ``act(obs) -> (7,)``, e.g. a deployed ATK policy) drives the robot, and the
     bag records, at every state the agent reaches, the privileged expert's
@@ -62,15 +63,23 @@ def record_relabelled_episode(env, agent, out_dir: str | Path, *, task: str, see
     episodes teach it. The label is ``success: true`` (every recorded action is
     the expert's), ``source: dagger``, and keeps the agent's own outcome in
     ``extra.learner_success``.
+
+    stall_steps: end the rollout once the agent has held (``agent.holds``
+    grew) this many control steps in a row, as the evaluation does: a held
+    robot stands still, so further steps repeat one state's label, and a
+    tracker that lost its keypoints re-transfers every few frames (seconds
+    each), which made single rollouts take minutes. None: no limit.
     """
     return _record(env, out_dir, agent, task=task, seed=seed, perturbations=perturbations,
                    max_steps=max_steps, stamp_offset_s=stamp_offset_s, with_depth=with_depth,
-                   namespace=namespace, after_success_s=after_success_s)
+                   namespace=namespace, after_success_s=after_success_s, stall_steps=stall_steps)
 
 
 def _record(env, out_dir: str | Path, agent, *, task: str, seed: int, perturbations: Sequence[str],
             max_steps: int | None, stamp_offset_s: float, with_depth: bool, namespace: str,
-            after_success_s: float = 0.0) -> DemoResult:
+            after_success_s: float = 0.0, stall_steps: int | None = None) -> DemoResult:
+    if stall_steps is not None and stall_steps < 1:
+        raise ValueError(f"stall_steps must be >= 1 or None, got {stall_steps!r}")
     if not after_success_s >= 0:
         raise ValueError(f"after_success_s must be >= 0, got {after_success_s!r}")
     if max_steps is not None and max_steps < 1:
@@ -88,6 +97,7 @@ def _record(env, out_dir: str | Path, agent, *, task: str, seed: int, perturbati
     steps = 0
     post_steps = int(round(after_success_s * float(env.config.control_hz)))
     post = 0
+    held_in_a_row = 0
     writer = EpisodeBagWriter(out_dir, with_depth=with_depth, namespace=namespace)
     try:
         while max_steps is None or steps < max_steps:
@@ -97,9 +107,13 @@ def _record(env, out_dir: str | Path, agent, *, task: str, seed: int, perturbati
                 post += 1
             stamp = stamp_offset_s + float(obs.time)
             action = np.asarray(env.expert_action(), np.float64)
+            holds_before = getattr(agent, "holds", 0)
             executed = action if agent is None else np.asarray(agent.act(obs), np.float64)
             if not np.all(np.isfinite(executed)):
                 break  # the driver would refuse it; the episode ends here
+            held_in_a_row = held_in_a_row + 1 if getattr(agent, "holds", 0) > holds_before else 0
+            if stall_steps is not None and held_in_a_row >= stall_steps:
+                break  # stuck holding: an operator would stop here (see record_relabelled_episode)
             writer.write_image(stamp, obs.rgb, info)
             if with_depth:
                 writer.write_depth(stamp, obs.depth_mm)

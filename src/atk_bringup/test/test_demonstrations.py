@@ -69,3 +69,41 @@ def test_after_success_the_expert_releases_on_record(env, tmp_path):
     assert ep.proprio[-1, 6] < 0.2                                 # and the gripper did open
     with pytest.raises(ValueError, match="after_success_s"):
         record_expert_episode(env, tmp_path / "c", task="sushi", seed=2, after_success_s=-1.0)
+
+
+class _HoldsAfter:
+    """A learner that follows the expert for ``n`` steps, then holds (as the
+    deployed agent does when its tracker loses the keypoints): it counts
+    ``holds`` and repeats its last command."""
+
+    def __init__(self, env, n: int) -> None:
+        self.env, self.n, self.holds, self.steps, self.last = env, n, 0, 0, None
+
+    def reset(self, obs) -> None:
+        self.holds, self.steps, self.last = 0, 0, None
+
+    def act(self, obs):
+        self.steps += 1
+        if self.steps <= self.n:
+            self.last = np.asarray(self.env.expert_action(), np.float64)
+        else:
+            self.holds += 1
+        return self.last
+
+
+def test_dagger_rollout_stops_when_the_learner_holds(env, tmp_path):
+    from atk_bringup.demonstrations import record_relabelled_episode
+
+    res = record_relabelled_episode(env, _HoldsAfter(env, 5), tmp_path / "held", task="sushi", seed=2,
+                                    perturbations=("RP",), stall_steps=8)
+    # 5 acting steps, then 7 held steps are recorded; the 8th held step ends the rollout
+    assert res.steps == 12 and not res.success
+    (ep,), _ = load_episodes(res.path, config=BagConversionConfig(skip_failed=False))
+    assert len(ep) == 12 and ep.meta["label"]["source"] == "dagger"
+    # without the limit the same learner runs to the task's time limit
+    full = record_relabelled_episode(env, _HoldsAfter(env, 5), tmp_path / "held_full", task="sushi", seed=2,
+                                     perturbations=("RP",), max_steps=40)
+    assert full.steps == 40
+    with pytest.raises(ValueError, match="stall_steps"):
+        record_relabelled_episode(env, _HoldsAfter(env, 5), tmp_path / "bad", task="sushi", seed=2,
+                                  stall_steps=0)
