@@ -40,7 +40,7 @@ METHODS = ("ATK", "FullSet", "RandomSelect", "RGB")
 
 @dataclass
 class DemoConfig:
-    """Sizes of the run (validated). Defaults finish in about 15 minutes on 2 cores."""
+    """Sizes of the run (validated). Defaults finish in about 19 minutes on 2 cores (measured: 1118 s)."""
 
     out: Path
     task: str = "sushi"
