@@ -160,6 +160,11 @@ def collect_demos(cfg: DemoConfig, env) -> list[Path]:
     return bags
 
 
+def stall_steps(stall_s: float, control_hz: float) -> int | None:
+    """``--stall-s`` in control steps (None: no limit)."""
+    return int(round(stall_s * control_hz)) if stall_s else None
+
+
 def collect_dagger(cfg: DemoConfig, env, model_dir: Path, round_idx: int) -> list[Path]:
     """DAgger: roll the ATK policy out (its own states), record the privileged
     expert's action at each visited state as the demonstration."""
@@ -177,8 +182,7 @@ def collect_dagger(cfg: DemoConfig, env, model_dir: Path, round_idx: int) -> lis
             if path.exists():
                 shutil.rmtree(path)
             record_relabelled_episode(env, agent, path, task=cfg.task, seed=seed, perturbations=("RP",),
-                                      stall_steps=(int(round(cfg.stall_s * env.config.control_hz))
-                                                   if cfg.stall_s else None))
+                                      stall_steps=stall_steps(cfg.stall_s, env.config.control_hz))
         paths.append(path)
     return paths
 
@@ -281,7 +285,7 @@ def _worker_episode(job: tuple) -> dict:
     if (method, train_seed) not in agents:
         agents[(method, train_seed)] = make_agent(method, Path(path))
     res = run_episode(_WORKER["env"], agents[(method, train_seed)], task, seed, CONDITIONS[cond],
-                      stall_steps=stall_s and int(round(stall_s * _WORKER["env"].config.control_hz)))
+                      stall_steps=stall_steps(stall_s, _WORKER["env"].config.control_hz))
     return {"method": method, "train_seed": train_seed, "condition": cond, "seed": seed,
             "success": res.success, "steps": res.steps, "error": res.error}
 
@@ -397,8 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise", type=float, default=0.01,
                    help="std (rad) of noise on the executed joint targets of every second demonstration, "
                         "labelled with the expert's clean actions (DART); 0: clean demos only (default: 0.01)")
-    p.add_argument("--keypoint-noise", type=float, default=None, metavar="PX",
-                   help="std (px) of Gaussian noise on the training keypoints (atk-train --keypoint-noise)")
+    p.add_argument("--keypoint-noise", type=float, default=0.0, metavar="PX",
+                   help="std (px) of Gaussian noise on the training keypoints (atk-train --keypoint-noise; "
+                        "default: 0)")
     p.add_argument("--eval-workers", type=int, default=2,
                    help="parallel evaluation processes (default: 2)")
     p.add_argument("--workers", type=int, default=2,
@@ -442,8 +447,7 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
                       methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
                       rgb_steps=rgb_steps, top_n=top_n, eval_workers=args.eval_workers, noise_rad=args.noise,
                       propagation_workers=args.workers,
-                      stall_s=args.stall_s,
-                      **({} if args.keypoint_noise is None else {"keypoint_noise_px": args.keypoint_noise}))
+                      stall_s=args.stall_s, keypoint_noise_px=args.keypoint_noise)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

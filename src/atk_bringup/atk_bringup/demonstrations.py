@@ -20,6 +20,8 @@ import numpy as np
 
 from atk_policy.bags import CameraInfoData, EpisodeBagWriter, EpisodeLabel
 
+from .evaluation import HoldStreak
+
 
 @dataclass(frozen=True)
 class DemoResult:
@@ -97,7 +99,7 @@ def _record(env, out_dir: str | Path, agent, *, task: str, seed: int, perturbati
     steps = 0
     post_steps = int(round(after_success_s * float(env.config.control_hz)))
     post = 0
-    held_in_a_row = 0
+    streak = None if agent is None else HoldStreak(agent, stall_steps)
     writer = EpisodeBagWriter(out_dir, with_depth=with_depth, namespace=namespace)
     try:
         while max_steps is None or steps < max_steps:
@@ -107,12 +109,10 @@ def _record(env, out_dir: str | Path, agent, *, task: str, seed: int, perturbati
                 post += 1
             stamp = stamp_offset_s + float(obs.time)
             action = np.asarray(env.expert_action(), np.float64)
-            holds_before = getattr(agent, "holds", 0)
-            executed = action if agent is None else np.asarray(agent.act(obs), np.float64)
+            executed = action if streak is None else np.asarray(streak.act(obs), np.float64)
             if not np.all(np.isfinite(executed)):
                 break  # the driver would refuse it; the episode ends here
-            held_in_a_row = held_in_a_row + 1 if getattr(agent, "holds", 0) > holds_before else 0
-            if stall_steps is not None and held_in_a_row >= stall_steps:
+            if streak is not None and streak.stalled:
                 break  # stuck holding: an operator would stop here (see record_relabelled_episode)
             writer.write_image(stamp, obs.rgb, info)
             if with_depth:

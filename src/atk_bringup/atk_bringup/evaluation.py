@@ -148,6 +148,26 @@ class EpisodeResult:
     error: str = ""
 
 
+class HoldStreak:
+    """Counts the control steps in a row in which ``agent`` held (its
+    ``holds`` counter grew during ``act``); ``stalled`` once that reaches
+    ``limit`` (None or 0: never). Shared by the evaluation and the DAgger
+    rollouts, which both stop a robot stuck holding, as an operator would."""
+
+    def __init__(self, agent, limit: int | None) -> None:
+        self.agent, self.limit, self.count = agent, limit, 0
+
+    def act(self, obs) -> np.ndarray:
+        before = getattr(self.agent, "holds", 0)
+        action = self.agent.act(obs)
+        self.count = self.count + 1 if getattr(self.agent, "holds", 0) > before else 0
+        return action
+
+    @property
+    def stalled(self) -> bool:
+        return bool(self.limit) and self.count >= self.limit
+
+
 def run_episode(env, agent: Agent, task: str, seed: int, perturbations: Sequence[str],
                 max_steps: int | None = None,
                 on_step: Callable[[int, object, np.ndarray], None] | None = None,
@@ -160,14 +180,12 @@ def run_episode(env, agent: Agent, task: str, seed: int, perturbations: Sequence
     obs = env.reset(task=task, seed=seed, perturbations=tuple(perturbations))
     agent.reset(obs)
     steps = 0
-    held_in_a_row = 0
+    streak = HoldStreak(agent, stall_steps)
     while not env.done and (max_steps is None or steps < max_steps):
-        holds_before = getattr(agent, "holds", 0)
-        action = agent.act(obs)
-        held_in_a_row = held_in_a_row + 1 if getattr(agent, "holds", 0) > holds_before else 0
-        if stall_steps and held_in_a_row >= stall_steps:
+        action = streak.act(obs)
+        if streak.stalled:
             return EpisodeResult(task, seed, tuple(perturbations), False, steps,
-                                 f"held for {held_in_a_row} steps: {getattr(agent, 'last_reason', '')}")
+                                 f"held for {streak.count} steps: {getattr(agent, 'last_reason', '')}")
         if not np.all(np.isfinite(action)):
             return EpisodeResult(task, seed, tuple(perturbations), False, steps, "non-finite action")
         if on_step is not None:
