@@ -16,7 +16,7 @@ TCP workspace box refused, watchdog stop when targets stop arriving,
 protective/emergency stops latched until ``~/enable``. Gripper commands are
 carried out whenever the gripper is active, also in teach mode.
 
-Library: atk_bringup.servo_loop, atk_bringup.safety, atk_bringup.kinematics;
+Library: atk_bringup.servo_loop, atk_bringup.safety, atk_perception.kinematics;
 hardware boundary: atk_bringup.ur_interface.
 """
 from __future__ import annotations
@@ -26,11 +26,11 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from atk_bringup import kinematics as kin
+from atk_perception import kinematics as kin
 from atk_perception.node_params import ParameterError, ParamSpec, format_help
 from atk_perception.node_runner import run_node, wants_help
 
-GRIPPER_JOINT = "gripper"
+GRIPPER_JOINT = kin.GRIPPER_JOINT
 
 
 _CELL = kin.CELL_JOINT_LIMITS

@@ -45,14 +45,13 @@ from rosbags.rosbag2 import Reader, ReaderError, StoragePlugin, Writer, WriterEr
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from rosbags.typesys.store import Typestore
 
+from atk_perception import kinematics as kin
 from atk_policy.dataset import ACTION_DIM, PROPRIO_DIM, DatasetError, Episode
 
 # --------------------------------------------------------------------------- constants
 
-UR_JOINT_NAMES: tuple[str, ...] = (
-    "shoulder_pan_joint", "shoulder_lift_joint", "elbow_joint",
-    "wrist_1_joint", "wrist_2_joint", "wrist_3_joint")
-GRIPPER_JOINT = "gripper"
+UR_JOINT_NAMES: tuple[str, ...] = kin.JOINT_NAMES
+GRIPPER_JOINT = kin.GRIPPER_JOINT
 LABEL_FILE = "episode.yaml"
 #: rosbag2 metadata version written (kilted and jazzy write 9).
 BAG_VERSION = 9
