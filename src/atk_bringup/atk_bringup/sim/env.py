@@ -180,6 +180,11 @@ class SimEnv:
         return t
 
     @property
+    def base_t_camera(self) -> np.ndarray:
+        """(4, 4) robot base <- camera optical frame: the extrinsics a hand-eye calibration estimates."""
+        return np.linalg.inv(sim_model.base_transform()) @ self.camera_pose
+
+    @property
     def state(self) -> SimState:
         """The live physical state (privileged; for experts and tests)."""
         self._require()
