@@ -18,7 +18,7 @@ protective/emergency stops and lost connections latched until ``~/enable``
 (which reconnects). Gripper commands are
 carried out whenever the gripper is active, also in teach mode.
 
-Library: atk_bringup.servo_loop, atk_bringup.safety, atk_bringup.kinematics;
+Library: atk_bringup.servo_loop, atk_bringup.safety, atk_perception.kinematics;
 hardware boundary: atk_bringup.ur_interface.
 """
 from __future__ import annotations
@@ -28,11 +28,11 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from atk_bringup import kinematics as kin
+from atk_perception import kinematics as kin
 from atk_perception.node_params import ParameterError, ParamSpec, format_help
 from atk_perception.node_runner import run_node, wants_help
 
-GRIPPER_JOINT = "gripper"
+GRIPPER_JOINT = kin.GRIPPER_JOINT
 
 
 _CELL = kin.CELL_JOINT_LIMITS

@@ -36,7 +36,7 @@ from typing import Callable
 
 import numpy as np
 
-from atk_bringup import kinematics as kin
+from atk_perception import kinematics as kin
 from atk_bringup.safety import SafetyLimits, TargetCheck, check_target, step_towards
 from atk_bringup.ur_interface import (
     SAFETY_MODES,

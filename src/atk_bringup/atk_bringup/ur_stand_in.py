@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from atk_bringup import kinematics as kin
+from atk_perception import kinematics as kin
 
 
 class StandInRobot:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from atk_bringup import driver_node
-from atk_bringup import kinematics as kin
+from atk_perception import kinematics as kin
 
 WAIT_S = 10.0  # generous: the CI machine is shared
 

@@ -10,7 +10,7 @@ import threading
 import numpy as np
 import pytest
 
-from atk_bringup import kinematics as kin
+from atk_perception import kinematics as kin
 from atk_bringup.safety import SafetyLimits
 from atk_bringup.servo_loop import (
     DriverState,
