@@ -28,14 +28,15 @@ from atk_perception.node_params import ParameterError, ParamSpec, declare, forma
 from atk_perception.node_runner import run_node
 from atk_policy.bags import EpisodeLabel
 
+from atk_bringup.graph import TRAINING_TOPICS
 from atk_bringup.recording import (KNOWN_TOPIC_TYPES, EpisodeRecorder, RecorderError, TopicSpec, default_qos,
                                    parse_topics)
 
 NODE_NAME = "recorder"
 SUMMARY = ("Records the training topics into one rosbag2 bag per episode (rosbags, MCAP), "
            "started and ended by ~/start_episode and ~/end_episode, with the success label beside the bag.")
-DEFAULT_TOPICS = ("camera/color/image_raw", "camera/color/camera_info", "joint_states", "joint_target",
-                  "gripper_command", "sim/episode")
+# The graph's list, so that the recorder node and `ros2 bag record` write the same topics.
+DEFAULT_TOPICS = TRAINING_TOPICS
 DEPTH_TOPIC = "camera/depth/image_raw"
 # Messages the subscription queues while the executor is busy writing. Sensor
 # topics come at camera/driver rate; the recorder must not lose them to a

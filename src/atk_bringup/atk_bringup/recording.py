@@ -19,7 +19,7 @@ from typing import Literal, Sequence
 from rosbags.interfaces import Qos
 from rosbags.rosbag2 import StoragePlugin, Writer, WriterError
 
-from atk_policy.bags import (BAG_VERSION, COMMAND_QOS, SENSOR_QOS, EpisodeLabel, _enable_compression, _qos,
+from atk_policy.bags import (BAG_VERSION, COMMAND_QOS, LATCHED_QOS, SENSOR_QOS, EpisodeLabel, enable_compression,
                              make_typestore, write_label)
 
 #: Types of the topics in docs/interfaces.md, by relative name.
@@ -111,7 +111,7 @@ def default_qos(kind: str) -> Qos:
     if kind == "sensor":
         return SENSOR_QOS
     if kind == "latched":
-        return _qos(reliable=True, depth=1, transient=True)
+        return LATCHED_QOS
     return COMMAND_QOS
 
 
@@ -204,7 +204,7 @@ class EpisodeRecorder:
             try:
                 writer = Writer(path, version=BAG_VERSION, storage_plugin=plugin)
                 if self.compress:
-                    _enable_compression(writer, self.storage)
+                    enable_compression(writer, self.storage)
                 writer.open()
                 conns = {}
                 for topic, msgtype in self.topics:

@@ -49,18 +49,19 @@ from typing import Any
 
 import numpy as np
 
+from atk_perception import kinematics as kin
+
 FORMAT_VERSION = 1
 KIND = "atk-keypoint-policy"
 WEIGHTS_FILE = "policy.safetensors"
 MODEL_JSON = "model.json"
 TEMPLATE_FILE = "template.png"
 
-JOINT_NAMES = ("shoulder_pan_joint", "shoulder_lift_joint", "elbow_joint",
-               "wrist_1_joint", "wrist_2_joint", "wrist_3_joint")
+JOINT_NAMES = kin.JOINT_NAMES
 OBSERVATION_LAYOUT = {
     "keypoints": {"shape": ["N", 2], "unit": "pixel", "order": "keypoints.ids",
                   "normalisation": "x / W * 2 - 1, y / H * 2 - 1 inside the model"},
-    "proprio": {"shape": [7], "names": list(JOINT_NAMES) + ["gripper"],
+    "proprio": {"shape": [7], "names": list(JOINT_NAMES) + [kin.GRIPPER_JOINT],
                 "unit": "rad (joints), 0 open .. 1 closed (gripper)"},
 }
 ACTION_LAYOUT = {

@@ -25,7 +25,7 @@ from dataclasses import dataclass  # noqa: E402
 import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 
-from atk_bringup import kinematics as kin  # noqa: E402
+from atk_perception import kinematics as kin  # noqa: E402
 from atk_bringup.sim import menagerie  # noqa: E402
 from atk_bringup.sim import model as sim_model  # noqa: E402
 from atk_bringup.sim import perturbations as pert  # noqa: E402
