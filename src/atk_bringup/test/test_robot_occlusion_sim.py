@@ -121,3 +121,36 @@ def test_a_point_on_the_carried_object_stays_within_3px(episode):
     plain = run(episode, robot_aware=False)
     plain_err = np.linalg.norm(plain["points"] - episode["uv"][1:], axis=2)
     assert plain_err[closed, :N_NIGIRI].max() > 10.0
+
+
+def test_propagation_predicts_the_carried_object_as_the_tracker_does(episode):
+    """Algorithm 1 offline (the bag's joint states and camera_info, the
+    extrinsics file) gives the same robot-aware tracks as the live wrapper,
+    without depth (a bag's episode has none): the points are lifted to the
+    table plane, which costs the carried points some accuracy."""
+    from atk_perception.robot_mask import save_extrinsics
+    from atk_policy.dataset import ArrayFrames, Episode
+    from atk_policy.propagation import propagate_dataset
+
+    t_len = len(episode["rgb"])
+    ep = Episode("sushi0", ArrayFrames(episode["rgb"]), np.arange(t_len) * 0.1,
+                 episode["q"].astype(np.float32), episode["q"].astype(np.float32),
+                 meta={"camera_info": {"k": episode["camera"].k.reshape(-1).tolist()}})
+    tpl = episode["rgb"][0]
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "camera.yaml"
+        save_extrinsics(path, episode["camera"].base_t_camera)
+        # the transfer onto frame 0 from itself places the points where they are
+        on, = propagate_dataset([ep], tpl, episode["uv"][0], camera_extrinsics=path, progress=False)
+        off, = propagate_dataset([ep], tpl, episode["uv"][0], progress=False)
+    assert on.meta["robot_occlusion"] == "on" and off.meta["robot_occlusion"] == "off"
+    closed = episode["q"][:, 6] >= RobotOcclusionConfig().gripper_closed
+    err_on = np.linalg.norm(on.tracks - episode["uv"], axis=2)[closed, :N_NIGIRI]
+    err_off = np.linalg.norm(off.tracks - episode["uv"], axis=2)[closed, :N_NIGIRI]
+    print(f"propagation, carried nigiri: robot-aware median {np.median(err_on):.2f} "
+          f"max {err_on.max():.2f} px; plain median {np.median(err_off):.2f} max {err_off.max():.1f} px")
+    assert err_on.max() < 6.0 < err_off.max()
+    assert not on.visible[1:][episode["covered"][1:]].any()

@@ -14,9 +14,13 @@ renders the robot's silhouette (:mod:`atk_perception.robot_mask`) grown by
 
   1. **carried**: its object is held (the gripper closed while one of the
      object's points was between or beside the fingers, see
-     :class:`RobotOcclusionConfig`): at grasp time the point was lifted to
-     3D (depth where available, else the table plane) and expressed in the
-     tool frame; each frame it is projected through the tool pose;
+     :class:`RobotOcclusionConfig`): at grasp time the point is lifted to
+     3D from where it was last seen uncovered (by the depth reading there
+     where one exists, else onto the horizontal plane through the pinch
+     point: a grasped object lies between the fingers, and on simulated
+     sushi that plane put the carried points 2-3x nearer their truth than
+     the table plane, whose error the object's height sets) and expressed in
+     the tool frame; each frame it is projected through the tool pose;
   2. **moved with its object**: the visible points of its own object (the
      keypoints that lie together on the template, the same clusters the CPU
      backend's object search treats as one object) moved; it moves by their
@@ -67,8 +71,6 @@ class RobotOcclusionConfig:
     """The other points of a grasped point's object are carried too when within this of the pinch point (a template cluster may chain in a neighbour)."""
     object_link_frac: float = 0.1
     """Keypoints chained closer than this fraction of min(H, W) on the reset image form one object (as the CPU backend's object search)."""
-    table_z_m: float = 0.0
-    """Height of the table plane in the robot base frame: a point without a depth reading is lifted to it."""
     depth_window_px: int = 2
     """Depth at a point is the median of valid readings within this many pixels (robot pixels excluded)."""
     max_depth_m: float = 5.0
@@ -93,7 +95,6 @@ class RobotOcclusionConfig:
              "grasp_half_extent_m", "must be three positive lengths (m)")
         need(self.object_radius_m > 0, "object_radius_m", "must be > 0 m")
         need(0 < self.object_link_frac <= 1, "object_link_frac", "must be in (0, 1]")
-        need(np.isfinite(self.table_z_m), "table_z_m", "must be finite (m)")
         need(self.depth_window_px >= 0, "depth_window_px", "must be >= 0")
         need(self.max_depth_m > 0, "max_depth_m", "must be > 0 m")
         for name in ("carried_confidence", "moved_confidence", "held_confidence"):
@@ -167,7 +168,8 @@ class RobotAwareTracker(Correspondence):
         self._points = pts.copy()
         self._conf = np.ones(n, np.float32)
         self._hidden = np.zeros(n, bool)
-        self._lift = np.full((n, 3), np.nan)          # base frame, where last seen uncovered
+        self._seen_uv = pts.astype(np.float64)        # where each point was last seen uncovered
+        self._seen_depth = np.full(n, np.nan)         # camera depth there (m), NaN: no reading
         self._tool_points = np.full((n, 3), np.nan)   # tool frame, while carried
         self._carried = np.zeros(n, bool)
         self._closed = False
@@ -279,18 +281,22 @@ class RobotAwareTracker(Correspondence):
         return out
 
     def _remember_lifts(self, which: np.ndarray, mask: np.ndarray, points: np.ndarray | None = None) -> None:
-        """3D positions (base frame) of the uncovered points ``which`` (N,) bool: depth, else the table plane."""
+        """Where the uncovered points ``which`` (N,) bool are seen now, and the depth reading there."""
         idx = np.flatnonzero(which & ~self._carried)
         if len(idx) == 0:
             return
         uv = (self._points if points is None else points)[idx].astype(np.float64)
+        self._seen_uv[idx] = uv
+        self._seen_depth[idx] = self._depth_at(uv, mask)
+
+    def _lift_seen(self, plane_z_m: float) -> np.ndarray:
+        """(N, 3) base-frame positions where the points were last seen: by depth, else on z = plane_z_m."""
         k, t = self.camera.k, self.camera.base_t_camera
-        z = self._depth_at(uv, mask)
-        p = rm.lift_to_plane(k, t, uv, self.cfg.table_z_m)
-        have = np.isfinite(z)
+        p = rm.lift_to_plane(k, t, self._seen_uv, plane_z_m)
+        have = np.isfinite(self._seen_depth)
         if have.any():
-            p[have] = rm.lift(k, t, uv[have], z[have])
-        self._lift[idx] = p
+            p[have] = rm.lift(k, t, self._seen_uv[have], self._seen_depth[have])
+        return p
 
     def _update_grasp(self, q: np.ndarray, prev: np.ndarray) -> None:
         """Attach the grasped objects' points to the tool when the gripper closes; release them when it opens."""
@@ -298,8 +304,9 @@ class RobotAwareTracker(Correspondence):
         closed = bool(q[6] >= cfg.gripper_closed)
         if closed and not self._closed:
             tool_t = rm.tool_pose(q)
+            pinch = (tool_t @ kin.ROBOTIQ_2F85_TCP)[:3, 3]
             inv = np.linalg.inv(tool_t)
-            p_tool = self._lift @ inv[:3, :3].T + inv[:3, 3]          # (N, 3), NaN where never lifted
+            p_tool = self._lift_seen(float(pinch[2])) @ inv[:3, :3].T + inv[:3, 3]   # (N, 3), NaN: no lift
             rel = p_tool - np.array([0.0, 0.0, kin.ROBOTIQ_2F85_TCP_Z])
             ok = np.isfinite(rel).all(1)
             between = ok & np.all(np.abs(np.nan_to_num(rel, nan=1e9)) <= np.array(cfg.grasp_half_extent_m), axis=1)

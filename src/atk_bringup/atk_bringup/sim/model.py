@@ -373,6 +373,22 @@ def index_model(m: mujoco.MjModel) -> ModelIndex:
     )
 
 
+def camera_intrinsics(width: int, height: int) -> np.ndarray:
+    """(3, 3) pinhole K of the cell camera at width x height (OpenCV convention, square pixels)."""
+    fy = 0.5 * height / np.tan(np.deg2rad(CAMERA_FOVY_DEG) / 2)
+    return np.array([[fy, 0.0, (width - 1) / 2], [0.0, fy, (height - 1) / 2], [0.0, 0.0, 1.0]])
+
+
+def base_t_camera() -> np.ndarray:
+    """(4, 4) robot base <- camera optical frame (x right, y down, z forward) of the fixed cell camera."""
+    xyaxes = look_at_xyaxes(CAMERA_POS, CAMERA_TARGET)
+    right, up = xyaxes[:3], xyaxes[3:]
+    world_t_cam = np.eye(4)
+    world_t_cam[:3, :3] = np.stack([right, -up, np.cross(right, up) * -1.0], 1)
+    world_t_cam[:3, 3] = CAMERA_POS
+    return np.linalg.inv(base_transform()) @ world_t_cam
+
+
 def base_transform() -> np.ndarray:
     """World <- robot base transform (4, 4)."""
     c, s = np.cos(BASE_YAW), np.sin(BASE_YAW)
