@@ -305,3 +305,16 @@ def within_limits(q: np.ndarray, joint_limits: np.ndarray | None = None) -> bool
     lim = UR5E_JOINT_LIMITS if joint_limits is None else np.asarray(joint_limits)
     q = _as_q(q)
     return bool(np.all(q >= lim[:, 0]) and np.all(q <= lim[:, 1]))
+
+
+def joint_state_vector(names, positions) -> tuple[np.ndarray | None, str]:
+    """(7,) = the six UR joints (rad, :data:`JOINT_NAMES` order) + gripper (0..1) from a
+    JointState's ``names``/``positions`` in any order, or (None, why) when one is missing."""
+    index = {n: i for i, n in enumerate(names)}
+    missing = [n for n in (*JOINT_NAMES, GRIPPER_JOINT) if n not in index]
+    if missing:
+        return None, f"joint_states lacks joints {missing} (has {list(names)})"
+    if len(positions) != len(names):
+        return None, f"joint_states has {len(names)} names but {len(positions)} positions"
+    return np.array([positions[index[n]] for n in (*JOINT_NAMES, GRIPPER_JOINT)], dtype=np.float64), ""
+
