@@ -319,3 +319,65 @@ class RobotAwareTracker(Correspondence):
             self._carried = np.zeros(self._n, bool)
             self._tool_points[:] = np.nan
         self._closed = closed
+
+
+class RobotInputs:
+    """What the tracker node knows about the robot: extrinsics (from a file),
+    intrinsics (camera_info) and the newest joint state (joint_states).
+
+    Thread-safe: the subscription callbacks write, the tracking worker reads
+    with :meth:`apply` before each frame. Missing or stale input turns the
+    robot model off for that frame (tracking runs as without it); ``apply``
+    returns a note only when that status changes, so the node says it once.
+    """
+
+    def __init__(self, base_t_camera: np.ndarray | None, max_joint_age_s: float = 0.25) -> None:
+        import threading
+
+        if not max_joint_age_s > 0:
+            raise ValueError(f"max_joint_age_s = {max_joint_age_s!r}: must be > 0 s")
+        if base_t_camera is not None:
+            rm.check_camera(np.eye(3), base_t_camera)
+        self.base_t_camera = None if base_t_camera is None else np.asarray(base_t_camera, np.float64)
+        self.max_joint_age_s = float(max_joint_age_s)
+        self._lock = threading.Lock()
+        self._k: np.ndarray | None = None
+        self._q: np.ndarray | None = None
+        self._q_stamp = 0.0
+        self._status = ""
+
+    def set_intrinsics(self, k: np.ndarray) -> None:
+        k = np.asarray(k, np.float64).reshape(3, 3)
+        with self._lock:
+            self._k = k if np.all(np.isfinite(k)) and k[0, 0] > 0 and k[1, 1] > 0 else None
+
+    def set_joint_state(self, q7: np.ndarray, stamp_s: float) -> None:
+        with self._lock:
+            self._q, self._q_stamp = np.asarray(q7, np.float64), float(stamp_s)
+
+    def apply(self, tracker: RobotAwareTracker, frame_stamp_s: float) -> str:
+        """Give ``tracker`` the camera and the joint state for the frame taken at ``frame_stamp_s``."""
+        with self._lock:
+            k, q, q_stamp = self._k, self._q, self._q_stamp
+        if self.base_t_camera is None:
+            status = "robot-aware occlusion off: no extrinsics_file (run atk-calibrate)"
+        elif k is None:
+            status = "robot-aware occlusion off until camera_info arrives (intrinsics unknown)"
+        elif q is None:
+            status = "robot-aware occlusion off until joint_states arrive"
+        elif abs(frame_stamp_s - q_stamp) > self.max_joint_age_s:
+            status = (f"robot-aware occlusion off: the newest joint state is {abs(frame_stamp_s - q_stamp):.2f} s "
+                      f"from the frame (> {self.max_joint_age_s:g} s)")
+        else:
+            status = "robot-aware occlusion on: keypoints the robot covers are predicted from its joint states"
+        on = status.startswith("robot-aware occlusion on")
+        if on:
+            if tracker.camera is None or not np.array_equal(tracker.camera.k, k):
+                tracker.set_camera(CameraModel(k, self.base_t_camera))
+            tracker.set_robot_state(q)
+        else:
+            tracker.set_robot_state(None)
+        if status == self._status:
+            return ""
+        self._status = status
+        return status
