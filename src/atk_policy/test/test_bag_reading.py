@@ -203,3 +203,22 @@ def test_an_unreadable_sqlite3_definition_encoding_is_a_bag_error_not_a_key_erro
     con.close()
     with pytest.raises(BagError, match="encoding ''.*ros2 bag convert"):
         inspect_bag(bag)
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_a_file_compressed_bag_lists_its_own_files_not_temporary_copies(tmp_path, storage):
+    from rosbags.rosbag2 import CompressionFormat, CompressionMode
+
+    s = get_typestore(Stores.ROS2_KILTED)
+    bag = tmp_path / "packed"
+    w = Writer(bag, version=9, storage_plugin=StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3)
+    w.set_compression(CompressionMode.FILE, CompressionFormat.ZSTD)
+    w.open()
+    c = w.add_connection("/chatter", "std_msgs/msg/String", typestore=s)
+    w.write(c, 1, bytes(s.serialize_cdr(s.types["std_msgs/msg/String"](data="x"), "std_msgs/msg/String")))
+    w.close()
+    info = inspect_bag(bag)
+    on_disk = sorted(p.name for p in bag.iterdir() if p.name != "metadata.yaml")
+    assert list(info.files) == on_disk == [f"packed.{'mcap' if storage == 'mcap' else 'db3'}.zstd"]
+    assert info.storage == storage
+    assert [m.data for _, _, m in read_messages(bag)] == ["x"]

@@ -378,7 +378,9 @@ def load_episodes(paths: str | os.PathLike | Iterable[str | os.PathLike], *,
         try:
             ep = _convert_bag(bag, cfg, store, entry)
         except (_Skip, BagError) as exc:
-            entry.status, entry.reason, entry.frames = "skipped", str(exc), 0
+            # The entry names the bag; a BagError's own "<bag>: " prefix would name it twice.
+            reason = str(exc)
+            entry.status, entry.reason, entry.frames = "skipped", reason.removeprefix(f"{bag}: "), 0
             continue
         if ep.name in names:  # same folder name in two places
             names[ep.name] += 1
