@@ -29,13 +29,13 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from atk_perception import kinematics as kin
 from atk_perception.node_params import ParameterError, ParamSpec, format_help
 from atk_perception.node_runner import run_node
 from atk_policy.gating import GateConfig, GateDecision, GateState, InputGate, KeypointInput
 
-UR_JOINTS = ("shoulder_pan_joint", "shoulder_lift_joint", "elbow_joint", "wrist_1_joint", "wrist_2_joint",
-             "wrist_3_joint")
-GRIPPER_JOINT = "gripper"
+UR_JOINTS = kin.JOINT_NAMES
+GRIPPER_JOINT = kin.GRIPPER_JOINT
 TRIGGERS = ("timer", "keypoints")
 
 

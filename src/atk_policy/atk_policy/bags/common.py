@@ -2,10 +2,10 @@
 version written, the label file name, and the package's error class."""
 from __future__ import annotations
 
-UR_JOINT_NAMES: tuple[str, ...] = (
-    "shoulder_pan_joint", "shoulder_lift_joint", "elbow_joint",
-    "wrist_1_joint", "wrist_2_joint", "wrist_3_joint")
-GRIPPER_JOINT = "gripper"
+from atk_perception import kinematics as kin
+
+UR_JOINT_NAMES: tuple[str, ...] = kin.JOINT_NAMES
+GRIPPER_JOINT = kin.GRIPPER_JOINT
 LABEL_FILE = "episode.yaml"
 #: rosbag2 metadata version written (kilted and jazzy write 9).
 BAG_VERSION = 9
