@@ -9,10 +9,11 @@ episode ends. No rclpy here, so the bookkeeping is tested with plain pytest.
 
 Write errors (disk full, a file-size limit, I/O error) end the episode
 instead of the process: the bag is cut back to its last complete MCAP chunk
-(chunks are about 1 MiB) and closed there, so everything in complete chunks
-stays readable with its metadata.yaml, the label records the error, and the
-next :meth:`EpisodeRecorder.end` raises :class:`EpisodeWriteError` with the
-bag's path. See docs/recording.md.
+(chunks are about 1 MiB; sqlite3 bags are committed every MiB likewise) and
+closed there, so everything before stays readable with a true
+metadata.yaml, the label records the error, and the next
+:meth:`EpisodeRecorder.end` raises :class:`EpisodeWriteError` with the bag's
+path. See docs/recording.md.
 """
 from __future__ import annotations
 
@@ -164,9 +165,11 @@ class _Open:
     counts: dict[str, int]
     first_ns: int | None = None
     last_ns: int | None = None
-    # State at the end of the last complete MCAP chunk: what a write error
-    # cuts the bag back to. (file offset, chunks, counts, first_ns, last_ns)
+    # State at the end of the last complete MCAP chunk (sqlite3: the last
+    # commit): what a write error cuts the bag back to.
+    # (file offset, chunks, counts, first_ns, last_ns)
     committed: tuple = (0, 0, {}, None, None)
+    uncommitted_bytes: int = 0
 
 
 @dataclass
@@ -244,6 +247,8 @@ class EpisodeRecorder:
             except (WriterError, KeyError, OSError) as exc:
                 raise RecorderError(f"cannot open bag {path}: {exc}") from exc
             self._open = _Open(writer, path, conns, {t: 0 for t, _ in self.topics})
+            if self._is_sqlite(self._open):
+                writer.storage.conn.commit()  # the topic tables, before any message
             self._open.committed = self._mark(self._open)
             return path
 
@@ -269,13 +274,19 @@ class EpisodeRecorder:
             o.counts[topic] += 1
             o.first_ns = log_time_ns if o.first_ns is None else min(o.first_ns, log_time_ns)
             o.last_ns = log_time_ns if o.last_ns is None else max(o.last_ns, log_time_ns)
-            if self._chunk_count(o) != chunks:  # a chunk was completed: everything so far is in the file
+            o.uncommitted_bytes += len(data)
+            sqlite_due = self._is_sqlite(o) and o.uncommitted_bytes > self.COMMIT_BYTES
+            if sqlite_due or self._chunk_count(o) != chunks:  # a chunk was completed
                 try:
-                    o.writer.storage.bio.flush()  # on disk, not in a buffer, before it counts as kept
-                except OSError as exc:
+                    if sqlite_due:
+                        o.writer.storage.conn.commit()
+                    else:
+                        o.writer.storage.bio.flush()  # on disk, not in a buffer, before it counts as kept
+                except (OSError, sqlite3.Error) as exc:
                     self._fail(o, exc)
                     return False
                 o.committed = self._mark(o)
+                o.uncommitted_bytes = 0
             return True
 
     # -- write errors (lock held) -----------------------------------------------------------------
@@ -283,6 +294,13 @@ class EpisodeRecorder:
     # test_recorder_node checks the result with the reader): it has no API to
     # close a bag after a failed write, and its close() would write a summary
     # claiming messages the file lost.
+    #: sqlite3 bags are committed after this many message bytes (MCAP's chunk size).
+    COMMIT_BYTES = 1 << 20
+
+    @staticmethod
+    def _is_sqlite(o: _Open) -> bool:
+        return hasattr(o.writer.storage, "conn")
+
     @staticmethod
     def _chunk_count(o: _Open) -> int:
         return len(getattr(o.writer.storage, "chunks", ()))
@@ -303,6 +321,10 @@ class EpisodeRecorder:
         try:
             if hasattr(o.writer.storage, "chunks"):
                 counts, first, last = self._cut_to_last_chunk(o)
+            elif self._is_sqlite(o):
+                o.writer.storage.conn.rollback()
+                _, _, counts, first, last = o.committed
+                self._restore_counts(o, counts, first, last)
             o.writer.close()
         except (OSError, sqlite3.Error, ValueError) as close_exc:
             kept = False
@@ -341,10 +363,18 @@ class EpisodeRecorder:
         storage.chunk = PendingChunk(2**63 - 1, 0, BytesIO(), defaultdict(list))
         by_id = {o.connections[t].id: n for t, n in counts.items()}
         storage.channel_stats = {cid: by_id.get(cid, 0) for cid in storage.channel_stats}
-        writer.counts = {cid: by_id.get(cid, 0) for cid in writer.counts}
-        storage.message_start_time = writer.min_timestamp = first if first is not None else 2**63 - 1
-        storage.message_end_time = writer.max_timestamp = last if last is not None else 0
+        self._restore_counts(o, counts, first, last)
+        storage.message_start_time, storage.message_end_time = writer.min_timestamp, writer.max_timestamp
         return counts, first, last
+
+    @staticmethod
+    def _restore_counts(o: _Open, counts: dict[str, int], first: int | None, last: int | None) -> None:
+        """The metadata.yaml counts and times rosbags writes: those of the kept messages."""
+        writer = o.writer
+        by_id = {o.connections[t].id: n for t, n in counts.items()}
+        writer.counts = {cid: by_id.get(cid, 0) for cid in writer.counts}
+        writer.min_timestamp = first if first is not None else 2**63 - 1
+        writer.max_timestamp = last if last is not None else 0
 
     def end(self, label: EpisodeLabel | None) -> EpisodeSummary:
         """Close the bag (metadata.yaml written) and write the label beside it.
