@@ -21,25 +21,19 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from enum import IntEnum
 from typing import Generic, Sequence, TypeVar
 
 import numpy as np
 
 from atk_perception.correspondence import Correspondence, CorrespondenceError
 from atk_perception.keypoint_template import KeypointTemplate
+from atk_perception.tracker_state import TrackerState
 
 T = TypeVar("T")
 
 SIZE_MISMATCH_POLICIES = ("rescale", "refuse")
 #: Smallest frame side the session accepts (the h_C backends' own minimum).
 MIN_FRAME_SIZE = 16
-
-
-class TrackerState(IntEnum):
-    INITIALISING = 0
-    TRACKING = 1
-    LOST = 2
 
 
 @dataclass
