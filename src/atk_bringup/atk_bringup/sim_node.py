@@ -46,12 +46,12 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from atk_bringup import kinematics as kin
+from atk_perception import kinematics as kin
 from atk_perception.node_params import ParameterError, ParamSpec, format_help
 from atk_perception.node_runner import run_node
 from atk_bringup.driver_node import target_from_joint_state
 
-GRIPPER_JOINT = "gripper"
+GRIPPER_JOINT = kin.GRIPPER_JOINT
 INIT_TIMEOUT_S = 60.0    # model compile + first render (EGL start-up is slow on a loaded machine)
 RESET_TIMEOUT_S = 30.0   # one reset: settle physics + render
 STOP_TIMEOUT_S = 5.0

@@ -41,15 +41,15 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from atk_perception import kinematics as kin
 from atk_perception.node_params import ParameterError, ParamSpec, format_help
 from atk_perception.node_runner import run_node
 from atk_policy.deploy_step import DEFAULT_MAX_JOINT_STEP_RAD, DeployStep, JointStateBuffer
 from atk_policy.deploy_step import check_action  # noqa: F401 (kept importable from here)
 from atk_policy.gating import GateConfig, GateDecision, GateState, KeypointInput
 
-UR_JOINTS = ("shoulder_pan_joint", "shoulder_lift_joint", "elbow_joint", "wrist_1_joint", "wrist_2_joint",
-             "wrist_3_joint")
-GRIPPER_JOINT = "gripper"
+UR_JOINTS = kin.JOINT_NAMES
+GRIPPER_JOINT = kin.GRIPPER_JOINT
 TRIGGERS = ("keypoints", "timer")
 #: trigger=keypoints skips an array whose source stamp is less than this many
 #: control periods after the last one acted on (a 30 fps camera and a 10 Hz
