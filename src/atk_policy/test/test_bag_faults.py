@@ -85,3 +85,80 @@ def test_metadata_counting_no_messages_does_not_hide_the_messages(tmp_path):
     assert bag.start_ns == int(1000 * 1e9) and bag.duration_ns == int(round(1.9 * 1e9)) + 1
     (ep,), _ = load_episodes(tmp_path / "ep")
     assert len(ep) == T
+
+
+def _killed_bag(path, T=60):
+    """An episode whose writer never closed the bag (no summary, no metadata.yaml)."""
+    rng = np.random.default_rng(5)
+    stamps = 1000.0 + np.arange(T) / 10
+    images = rng.integers(0, 256, (T, 120, 160, 3), dtype=np.uint8)
+    joints = np.c_[rng.normal(size=(T, 6)), np.zeros(T)]
+    w = EpisodeBagWriter(path)
+    ci = CameraInfoData.pinhole(160, 120, 100.0)
+    for k in range(T):
+        w.write_image(stamps[k], images[k], ci)
+        w.write_joint_state(stamps[k], joints[k])
+        w.write_command(stamps[k], joints[k, :6], 0.0)
+    # what a SIGKILL leaves: the chunks flushed so far, nothing of the close
+    w._writer.storage.bio.flush()
+    data = (path / f"{path.name}.mcap").read_bytes()
+    w._writer.storage.bio.close()
+    w._writer = None
+    for f in path.iterdir():
+        f.unlink()
+    (path / f"{path.name}.mcap").write_bytes(data)
+    return stamps, images, joints
+
+
+def test_a_bag_cut_inside_a_chunk_is_recovered_up_to_the_last_whole_chunk(tmp_path):
+    bag = tmp_path / "ep"
+    stamps, images, joints = _killed_bag(bag)
+    full = (bag / "ep.mcap").stat().st_size
+    with open(bag / "ep.mcap", "r+b") as f:  # the last flushed chunk loses its end
+        f.truncate(full - 100_000)
+    assert bags.needs_reindex(bag) == "no metadata.yaml"
+    report = bags.reindex_bag(bag)
+    assert report.recovered and "ends inside a record" in report.stopped_because
+    assert report.used_bytes < report.source_bytes == full - 100_000
+    (ep,), _ = load_episodes(bag)
+    n = len(ep)
+    assert 10 <= n < 60
+    np.testing.assert_allclose(ep.stamps, stamps[:n])
+    for k in range(n):
+        np.testing.assert_array_equal(ep.frames[k], images[k])
+    np.testing.assert_allclose(ep.proprio, joints[:n])
+    assert bags.needs_reindex(bag) is None
+    again = bags.reindex_bag(bag)
+    assert not again.recovered and "nothing to do" in again.stopped_because
+
+
+def test_a_killed_bag_in_a_folder_of_bags_is_named_not_dropped(tmp_path):
+    _killed_bag(tmp_path / "all" / "killed")
+    rng = np.random.default_rng(0)
+    T = 12
+    write_episode_bag(tmp_path / "all" / "good", stamps=1000.0 + np.arange(T) / 10,
+                      images=rng.integers(0, 256, (T, H, W, 3), dtype=np.uint8),
+                      camera_info=CameraInfoData.pinhole(W, H, 30.0),
+                      joint_states=np.c_[rng.normal(size=(T, 6)), np.zeros(T)],
+                      joint_targets=rng.normal(size=(T, 6)), gripper_commands=np.zeros(T))
+    eps, report = load_episodes(tmp_path / "all")
+    assert [e.name for e in eps] == ["good"]
+    (skipped,) = report.skipped
+    assert skipped.path == str(tmp_path / "all" / "killed")
+    assert "killed.mcap but no metadata.yaml" in skipped.reason
+    assert f"python -m atk_policy.bags reindex {tmp_path / 'all' / 'killed'}" in skipped.reason
+
+
+def test_reindex_refuses_what_it_cannot_recover_with_a_reason(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(bags.BagError, match="no .mcap file"):
+        bags.reindex_bag(tmp_path / "empty")
+    (tmp_path / "sq").mkdir()
+    (tmp_path / "sq" / "sq.db3").write_bytes(b"")
+    with pytest.raises(bags.BagError, match="sqlite3 bags written by rosbags commit only when closed"):
+        bags.reindex_bag(tmp_path / "sq")
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "junk.mcap").write_bytes(b"not an mcap file at all")
+    with pytest.raises(bags.BagError, match="not an MCAP file"):
+        bags.reindex_bag(tmp_path / "junk")
+    assert not (tmp_path / "junk" / ".reindex").exists() and (tmp_path / "junk" / "junk.mcap").is_file()

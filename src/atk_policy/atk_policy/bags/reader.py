@@ -68,7 +68,21 @@ class BagInfo:
         return ", ".join(f"{t.name} ({t.msgtype}, {t.count} msgs)" for t in self.topics)
 
 
+REINDEX_HINT = "recover it with: python -m atk_policy.bags reindex"
+
+
+def _cut_off(folder: Path) -> str | None:
+    """Why a folder without metadata.yaml that holds storage files is not a bag yet, or None."""
+    files = sorted(f.name for f in folder.iterdir() if f.suffix in (".mcap", ".db3"))
+    if not files or (folder / "metadata.yaml").is_file():
+        return None
+    return (f"holds {', '.join(files)} but no metadata.yaml: a recording whose writer was stopped without "
+            f"closing the bag (recorder killed?); {REINDEX_HINT} {folder}")
+
+
 def open_reader(path: Path) -> Reader:
+    if path.is_dir() and (why := _cut_off(path)):
+        raise BagError(f"{path}: {why}")
     try:
         reader = Reader(path)
         reader.open()
@@ -266,8 +280,12 @@ def find_bags(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[tupl
             bags.append(p)
         else:
             found = sorted({m.parent for m in p.rglob("metadata.yaml")})
+            # folders a killed writer left: storage files, no metadata.yaml; named, not dropped
+            cut = sorted({f.parent for f in (*p.rglob("*.mcap"), *p.rglob("*.db3"))
+                          if not any(f.parent == b or b in f.parents for b in found)})
+            bad.extend((c, why) for c in cut if (why := _cut_off(c)))
             if found:
                 bags.extend(found)
-            else:
+            elif not cut:
                 bad.append((p, "no rosbag2 bag in this folder (no metadata.yaml found under it)"))
     return bags, bad
