@@ -222,3 +222,40 @@ def test_a_file_compressed_bag_lists_its_own_files_not_temporary_copies(tmp_path
     assert list(info.files) == on_disk == [f"packed.{'mcap' if storage == 'mcap' else 'db3'}.zstd"]
     assert info.storage == storage
     assert [m.data for _, _, m in read_messages(bag)] == ["x"]
+
+
+def test_a_robot_bag_with_old_style_type_names_trains_like_any_other(tmp_path):
+    """sensor_msgs/Image, sensor_msgs/JointState, atk_msgs/GripperCommand (no /msg/) are the documented types."""
+    import numpy as np
+
+    from atk_policy.bags import (CameraInfoData, load_episodes, make_typestore, open_reader, raw_messages,
+                                 write_episode_bag)
+
+    rng = np.random.default_rng(4)
+    T, W, H = 12, 16, 12
+    images = rng.integers(0, 256, (T, H, W, 3), dtype=np.uint8)
+    joints = np.c_[rng.normal(size=(T, 6)), np.zeros(T)]
+    write_episode_bag(tmp_path / "new", stamps=50.0 + np.arange(T) / 10, images=images,
+                      camera_info=CameraInfoData.pinhole(W, H, 20.0), joint_states=joints,
+                      joint_targets=rng.normal(size=(T, 6)), gripper_commands=np.zeros(T))
+    store = make_typestore()
+    old = Writer(tmp_path / "old", version=9, storage_plugin=StoragePlugin.MCAP)
+    old.open()
+    conns = {}
+    reader = open_reader(tmp_path / "new")
+    try:
+        for c in reader.connections:
+            msgdef, _ = store.generate_msgdef(c.msgtype, ros_version=2)
+            conns[c.id] = old.add_connection(c.topic, c.msgtype.replace("/msg/", "/"), msgdef=msgdef,
+                                             rihs01=store.hash_rihs01(c.msgtype))
+        for c, ts, data in raw_messages(reader, None):
+            old.write(conns[c.id], ts, data)
+    finally:
+        reader.close()
+    old.close()
+    assert {c.msgtype for c in conns.values()} >= {"sensor_msgs/Image", "sensor_msgs/JointState",
+                                                    "atk_msgs/GripperCommand"}
+    (ep,), report = load_episodes(tmp_path / "old")
+    assert len(ep) == T, report.summary()
+    np.testing.assert_allclose(ep.proprio, joints)
+    np.testing.assert_array_equal(ep.frames[T - 1], images[T - 1])
