@@ -40,6 +40,12 @@ TRIGGER_SRV = "---\nbool success\nstring message\n"
 RIHS = "RIHS01_" + "0" * 64
 
 
+def _open_writer(path: Path, storage: str) -> Writer:
+    w = Writer(path, version=9, storage_plugin=StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3)
+    w.open()
+    return w
+
+
 def _serialiser():
     """A store with stand-in message types whose CDR layout is the service events'."""
     store = get_typestore(Stores.ROS2_KILTED)
@@ -70,8 +76,7 @@ def _write_service_bag(path: Path, storage: str) -> None:
     """/chatter (String, 3 msgs), /add/_service_event (2 events), /trigger/_service_event (2 events)."""
     s = _serialiser()
     T = s.types
-    w = Writer(path, version=9, storage_plugin=StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3)
-    w.open()
+    w = _open_writer(path, storage)
     chatter = w.add_connection("/chatter", "std_msgs/msg/String", typestore=s)
     add = w.add_connection("/add/_service_event", "demo_srvs/srv/AddTwo_Event", msgdef=ADD_SCHEMA, rihs01=RIHS)
     trig = w.add_connection("/trigger/_service_event", "std_srvs/srv/Trigger_Event", msgdef=TRIGGER_SRV,
@@ -142,8 +147,7 @@ def test_a_service_schema_with_encoding_unknown_is_read(tmp_path):
 def test_a_topic_that_cannot_be_decoded_is_skipped_and_reported_not_fatal(tmp_path, storage):
     s = get_typestore(Stores.ROS2_KILTED)
     bag = tmp_path / "mixed"
-    w = Writer(bag, version=9, storage_plugin=StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3)
-    w.open()
+    w = _open_writer(bag, storage)
     good = w.add_connection("/chatter", "std_msgs/msg/String", typestore=s)
     nodef = w.add_connection("/mystery", "vendor_msgs/msg/Secret", msgdef="", rihs01=RIHS)
     broken = w.add_connection("/broken", "vendor_msgs/msg/Broken", msgdef="int32[ x\n", rihs01=RIHS)
@@ -172,8 +176,7 @@ def test_old_style_type_names_are_read(tmp_path, storage):
     """``std_msgs/String`` (no /msg/) was a raw KeyError."""
     s = get_typestore(Stores.ROS2_KILTED)
     bag = tmp_path / "old_names"
-    w = Writer(bag, version=9, storage_plugin=StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3)
-    w.open()
+    w = _open_writer(bag, storage)
     c = w.add_connection("/chatter", "std_msgs/String", msgdef="string data\n", rihs01=RIHS)
     v = w.add_connection("/vendor", "vendor_msgs/Thing", msgdef="int32 x\nstd_msgs/String s\n" + DELIM
                          + "MSG: std_msgs/String\nstring data\n", rihs01=RIHS)
