@@ -211,7 +211,8 @@ def evaluate_gate(config: GateConfig, now_s: float, keypoints: Optional[Keypoint
             w, h = keypoints.image_size
             ew, eh = expected_image_size
             return GateDecision(GateState.FAULT, f"keypoints refer to a {w}x{h} image but the model was trained "
-                                f"on {ew}x{eh}: set the camera resolution to {ew}x{eh}", age)
+                                f"on {ew}x{eh}: set the camera resolution to {ew}x{eh} (deploy launch argument "
+                                f"sim_width:={ew} sim_height:={eh} in simulation, or leave them at auto)", age)
     low = low_confidence_mask(keypoints, config.confidence_threshold)
     n_low = int(low.sum())
     low_ids = tuple(int(i) for i in np.asarray(keypoints.ids)[low])
