@@ -29,5 +29,10 @@ setup(
             "atk-sim-pictures = atk_bringup.sim.pictures:main",
             "atk-demo = atk_bringup.demo:main",
         ],
+        # the privileged, simulation-only ground truth behind atk_perception's
+        # "oracle" h_C (perception cannot import this package)
+        "atk_perception.ground_truth": [
+            "sim = atk_bringup.sim.ground_truth:make_source",
+        ],
     },
 )

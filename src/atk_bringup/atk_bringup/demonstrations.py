@@ -1,7 +1,9 @@
 """Scripted-expert demonstrations in simulation, written as rosbag2 bags (ROS-free).
 
 Each episode becomes one MCAP bag with the topics and message types of a
-real recording (see docs/recording.md) and its ``episode.yaml`` label, so
+real recording (see docs/recording.md), its ``episode.yaml`` label and the
+privileged ground-truth sidecar ``ground_truth.npz`` (atk_bringup.sim.ground_truth:
+per-frame physical state, for the simulation-only oracle h_C), so
 training reads simulated and real demonstrations through the same
 :func:`atk_policy.bags.load_episodes`.
 
@@ -21,6 +23,7 @@ import numpy as np
 from atk_policy.bags import CameraInfoData, EpisodeBagWriter, EpisodeLabel
 
 from .evaluation import HoldStreak
+from .sim.ground_truth import EpisodeRecorder
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,9 @@ def _record(env, out_dir: str | Path, agent, *, task: str, seed: int, perturbati
     post = 0
     streak = None if agent is None else HoldStreak(agent, stall_steps)
     writer = EpisodeBagWriter(out_dir, with_depth=with_depth, namespace=namespace)
+    # the privileged ground truth of every written frame (sim.ground_truth's
+    # sidecar), for the simulation-only oracle h_C and the tracking benchmark
+    truth = EpisodeRecorder(env)
     try:
         while max_steps is None or steps < max_steps:
             if env.done:
@@ -115,6 +121,7 @@ def _record(env, out_dir: str | Path, agent, *, task: str, seed: int, perturbati
             if streak is not None and streak.stalled:
                 break  # stuck holding: an operator would stop here (see record_relabelled_episode)
             writer.write_image(stamp, obs.rgb, info)
+            truth.add(obs.rgb)
             if with_depth:
                 writer.write_depth(stamp, obs.depth_mm)
             writer.write_joint_state(stamp, obs.joint_positions)
@@ -134,5 +141,6 @@ def _record(env, out_dir: str | Path, agent, *, task: str, seed: int, perturbati
         label = EpisodeLabel(success=True, task=task, seed=int(seed), perturbations=list(perturbations),
                              source="dagger", note=f"expert-relabelled rollout of a learned policy; {message}",
                              extra={**extra, "learner_success": success})
+    truth.save(writer.path)  # before the label, which marks the episode complete
     path = writer.close(label)
     return DemoResult(path, success, steps, message)

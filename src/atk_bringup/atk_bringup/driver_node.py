@@ -11,12 +11,14 @@ The arm starts DISARMED: targets are ignored until ``~/enable`` is called
 with true. A dedicated thread streams servoJ at control_rate_hz (500 Hz
 e-Series, 125 Hz CB3), interpolating towards the newest accepted target
 within the velocity and acceleration limits; every target passes the safety
-rules (docs/robot.md): NaN/inf refused, joint limits clamped, max step and
-TCP workspace box refused, watchdog stop when targets stop arriving,
-protective/emergency stops latched until ``~/enable``. Gripper commands are
+rules (docs/robot.md): a joint named twice, NaN/inf and stale stamps
+refused, max step from the commanded position and TCP workspace box
+refused, joint limits clamped, watchdog stop when targets stop arriving,
+protective/emergency stops and lost connections latched until ``~/enable``
+(which reconnects). Gripper commands are
 carried out whenever the gripper is active, also in teach mode.
 
-Library: atk_bringup.servo_loop, atk_bringup.safety, atk_bringup.kinematics;
+Library: atk_bringup.servo_loop, atk_bringup.safety, atk_perception.kinematics;
 hardware boundary: atk_bringup.ur_interface.
 """
 from __future__ import annotations
@@ -26,11 +28,11 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from atk_bringup import kinematics as kin
+from atk_perception import kinematics as kin
 from atk_perception.node_params import ParameterError, ParamSpec, format_help
 from atk_perception.node_runner import run_node, wants_help
 
-GRIPPER_JOINT = "gripper"
+GRIPPER_JOINT = kin.GRIPPER_JOINT
 
 
 _CELL = kin.CELL_JOINT_LIMITS
@@ -51,8 +53,11 @@ PARAMS: tuple[ParamSpec, ...] = (
               min=0.01, max=np.pi, length=6),
     ParamSpec("max_acceleration", [3.0] * 6, "Per-joint acceleration limit of the interpolator (rad/s^2, 6 "
               "values).", min=0.01, max=40.0, length=6),
-    ParamSpec("max_target_step", 0.3, "Largest change of any joint between consecutive targets (rad); a "
-              "larger jump is refused.", min=0.001, max=np.pi),
+    ParamSpec("max_target_step", 0.3, "Largest distance of any joint between a target and the commanded "
+              "position (rad); a larger jump is refused.", min=0.001, max=np.pi),
+    ParamSpec("max_target_age", 0.5, "Refuse a target whose header.stamp is older than this, or this far in "
+              "the future (s); 0 turns the check off (publishers without synchronised clocks).",
+              min=0.0, max=60.0),
     ParamSpec("workspace_min", [-0.85, -0.85, 0.015], "TCP workspace box lower corner in the robot base frame "
               "(m, x y z); targets moving the TCP outside are refused.", min=-2.0, max=2.0, length=3),
     ParamSpec("workspace_max", [0.85, 0.85, 1.0], "TCP workspace box upper corner (m, x y z).",
@@ -97,7 +102,8 @@ def build_configs(params: dict[str, Any]):
             max_velocity=params["max_velocity"], max_acceleration=params["max_acceleration"],
             max_target_step=float(params["max_target_step"]),
             workspace_min=params["workspace_min"], workspace_max=params["workspace_max"],
-            tcp_offset=tcp, watchdog_timeout=float(params["watchdog_timeout"]))
+            tcp_offset=tcp, watchdog_timeout=float(params["watchdog_timeout"]),
+            max_target_age=float(params["max_target_age"]))
         servo = ServoConfig(control_rate_hz=float(params["control_rate_hz"]),
                             lookahead_time=float(params["lookahead_time"]), gain=float(params["gain"]),
                             stop_deceleration=float(params["stop_deceleration"]),
@@ -118,6 +124,10 @@ def target_from_joint_state(names: Sequence[str], positions: Sequence[float]) ->
         return np.asarray(positions, dtype=np.float64), ""
     if len(names) != len(positions):
         return None, f"joint_target has {len(names)} names but {len(positions)} positions"
+    twice = sorted({n for n in names if list(names).count(n) > 1})
+    if twice:
+        # Taking either value would be a guess about what the sender meant.
+        return None, f"joint_target names joints more than once: {twice}"
     index = {n: i for i, n in enumerate(names)}
     missing = [n for n in kin.JOINT_NAMES if n not in index]
     if missing:
@@ -144,7 +154,9 @@ def _define_node() -> type:
         qos_profile_sensor_data
     from sensor_msgs.msg import JointState
     from std_srvs.srv import SetBool
+    from rclpy.time import Time
 
+    from atk_bringup.safety import check_target_age
     from atk_bringup.servo_loop import DriverState, GripperWorker, ServoLoop
     from atk_bringup.ur_interface import RobotiqSocketGripper, URBackend, connect_ur
     from atk_msgs.msg import GripperCommand
@@ -219,6 +231,13 @@ def _define_node() -> type:
         def _on_target(self, msg: JointState) -> None:
             q, why = target_from_joint_state(list(msg.name), list(msg.position))
             if q is None:
+                self._loop.reject(why)
+                self.get_logger().warning(f"joint_target refused: {why}", throttle_duration_sec=1.0)
+                return
+            age = (self.get_clock().now() - Time.from_msg(msg.header.stamp)).nanoseconds * 1e-9
+            why = check_target_age(age, self._loop.limits)
+            if why:
+                self._loop.reject(why)
                 self.get_logger().warning(f"joint_target refused: {why}", throttle_duration_sec=1.0)
                 return
             verdict = self._loop.submit_target(q)
@@ -306,6 +325,7 @@ def _define_node() -> type:
                 "max_cycle_ms": f"{st.max_cycle_s * 1e3:.2f}",
                 "refused_targets": str(st.refused_targets),
                 "clamped_targets": str(st.clamped_targets),
+                "accepted_targets": str(st.accepted_targets),
             }
             arm.values = [KeyValue(key=k, value=v) for k, v in values.items()]
             grip = DiagnosticStatus(name="ur_driver: gripper", hardware_id=str(self._ip))

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from atk_bringup import kinematics as kin
+from atk_perception import kinematics as kin
 
 
 def _vec6(value, name: str) -> np.ndarray:
@@ -32,13 +32,20 @@ class SafetyLimits:
     joint_limits: (6, 2) rad [lower, upper], within the UR5e's +-2pi.
     max_velocity: (6,) rad/s (scalar broadcast), at most the UR5e's pi rad/s.
     max_acceleration: (6,) rad/s^2 (scalar broadcast).
-    max_target_step: rad, largest allowed change of any joint between two
-        consecutive accepted targets (or from the measured position for the
-        first target after enable / a stop); a larger jump is refused.
+    max_target_step: rad, largest allowed distance on any joint between a
+        new target (as sent, before clamping) and the position the driver is
+        commanding now (the measured position for the first target after
+        enable / a stop); a larger jump is refused. Measuring from the
+        commanded position, not from the last accepted target, keeps a
+        stream of small steps from running ahead of the arm, and always
+        accepts a target near the arm.
     workspace_min / workspace_max: (3,) m, box in the robot base frame that
         the TCP (tool0 @ tcp_offset) must stay inside; a target outside is refused.
     tcp_offset: (4, 4) tool0 -> TCP used for the workspace check.
     watchdog_timeout: s without a fresh target after which the arm stops.
+    max_target_age: s, a target whose header stamp is older than this (or
+        this far in the future: clocks out of sync) is refused; 0 turns the
+        check off (for publishers without synchronised clocks).
     joint_limit_margin: rad kept clear of joint_limits when clamping, so a
         clamped target is never exactly at the limit.
     """
@@ -58,6 +65,8 @@ class SafetyLimits:
     tcp_offset: np.ndarray = field(default_factory=lambda: kin.ROBOTIQ_2F85_TCP.copy())
     # The policy runs at 10-30 Hz: 0.5 s is five missed targets at 10 Hz.
     watchdog_timeout: float = 0.5
+    # A target older than the watchdog timeout is as stale as no target.
+    max_target_age: float = 0.5
     joint_limit_margin: float = 0.01
 
     def __post_init__(self) -> None:
@@ -98,6 +107,9 @@ class SafetyLimits:
         if not (np.isfinite(self.watchdog_timeout) and 0 < self.watchdog_timeout <= 10.0):
             raise ValueError(f"SafetyLimits.watchdog_timeout must be in (0, 10] s, got "
                              f"{self.watchdog_timeout!r}")
+        if not (np.isfinite(self.max_target_age) and 0 <= self.max_target_age <= 60.0):
+            raise ValueError(f"SafetyLimits.max_target_age must be in [0, 60] s (0: off), got "
+                             f"{self.max_target_age!r}")
         span = float(np.min(self.joint_limits[:, 1] - self.joint_limits[:, 0]))
         if not (np.isfinite(self.joint_limit_margin) and 0 <= self.joint_limit_margin < span / 2):
             raise ValueError(f"SafetyLimits.joint_limit_margin must be in [0, {span / 2:.3f}) rad, got "
@@ -138,10 +150,12 @@ def check_target(q_target, reference: np.ndarray, limits: SafetyLimits) -> Targe
     """Apply the target rules in order; never raises for bad target values.
 
     q_target: anything array-like, expected (6,) rad; reference: (6,) rad, the
-    last accepted target, or the measured position when there is none.
-    Rules: shape -> finite (NaN/inf refused) -> joint limits (clamped with
-    ``joint_limit_margin``) -> max step from ``reference`` (refused) ->
-    TCP workspace box (refused).
+    position the driver is commanding now (the measured position when it is
+    not moving the arm).
+    Rules: shape -> finite (NaN/inf refused) -> max step of the target as
+    sent from ``reference`` (refused: a target far outside the joint limits
+    is a fault, not something to clamp and execute) -> joint limits
+    (clamped with ``joint_limit_margin``) -> TCP workspace box (refused).
     """
     try:
         q = np.array(q_target, dtype=np.float64).reshape(-1)
@@ -151,6 +165,11 @@ def check_target(q_target, reference: np.ndarray, limits: SafetyLimits) -> Targe
         return _refuse(f"target has {q.size} joint values, expected 6")
     if not np.all(np.isfinite(q)):
         return _refuse(f"target contains NaN or inf: {np.round(q, 4).tolist()}")
+    step = np.abs(q - np.asarray(reference, dtype=np.float64))
+    worst = int(np.argmax(step))
+    if step[worst] > limits.max_target_step:
+        return _refuse(f"target jumps {step[worst]:.3f} rad on {kin.JOINT_NAMES[worst]} from the "
+                       f"commanded position (max_target_step {limits.max_target_step:.3f} rad)")
     lo = limits.joint_limits[:, 0] + limits.joint_limit_margin
     hi = limits.joint_limits[:, 1] - limits.joint_limit_margin
     clipped = np.clip(q, lo, hi)
@@ -159,16 +178,25 @@ def check_target(q_target, reference: np.ndarray, limits: SafetyLimits) -> Targe
     if clamped:
         bad = [f"{kin.JOINT_NAMES[i]}={q[i]:.3f}" for i in np.flatnonzero(clipped != q)]
         reason = f"clamped into joint limits: {', '.join(bad)}"
-    step = np.abs(clipped - np.asarray(reference, dtype=np.float64))
-    worst = int(np.argmax(step))
-    if step[worst] > limits.max_target_step:
-        return _refuse(f"target jumps {step[worst]:.3f} rad on {kin.JOINT_NAMES[worst]} "
-                       f"(max_target_step {limits.max_target_step:.3f} rad)")
     inside, p = in_workspace(clipped, limits)
     if not inside:
         return _refuse(f"TCP at {np.round(p, 3).tolist()} m is outside the workspace box "
                        f"{limits.workspace_min.tolist()}..{limits.workspace_max.tolist()}")
     return TargetCheck(True, clipped, clamped, reason)
+
+
+def check_target_age(age_s: float, limits: SafetyLimits) -> str:
+    """'' when a target ``age_s`` seconds old (receive time - header stamp) may
+    be used, else why not. A negative age is a stamp from the future."""
+    if limits.max_target_age <= 0:
+        return ""
+    if not np.isfinite(age_s) or age_s > limits.max_target_age:
+        return (f"target is {age_s:.3f} s old (max_target_age {limits.max_target_age} s): stale, or "
+                "its header.stamp is unset")
+    if age_s < -limits.max_target_age:
+        return (f"target is stamped {-age_s:.3f} s in the future (max_target_age "
+                f"{limits.max_target_age} s): are the clocks of the two computers synchronised?")
+    return ""
 
 
 def step_towards(q: np.ndarray, v: np.ndarray, goal: np.ndarray, dt: float,

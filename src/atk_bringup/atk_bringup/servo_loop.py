@@ -13,7 +13,7 @@ State machine (:class:`DriverState`)::
     WATCHDOG_STOP --fresh accepted target--> RUNNING (re-anchored)
     any --protective stop--> PROTECTIVE_STOP --enable (after clearing on pendant)--> RUNNING
     any --emergency stop--> EMERGENCY_STOP --enable (after releasing)--> RUNNING
-    any --connection lost--> DISCONNECTED --enable (after reconnect)--> RUNNING
+    any --connection lost--> DISCONNECTED --enable (reconnects first)--> RUNNING
     DISARMED/RUNNING/WATCHDOG_STOP --teach on--> TEACH --teach off--> DISARMED
 
 Stops are latched: nothing resumes motion after a protective or emergency
@@ -36,7 +36,7 @@ from typing import Callable
 
 import numpy as np
 
-from atk_bringup import kinematics as kin
+from atk_perception import kinematics as kin
 from atk_bringup.safety import SafetyLimits, TargetCheck, check_target, step_towards
 from atk_bringup.ur_interface import (
     SAFETY_MODES,
@@ -118,6 +118,7 @@ class LoopStatus:
     max_cycle_s: float
     refused_targets: int
     clamped_targets: int
+    accepted_targets: int
     last_message: str
 
 
@@ -163,6 +164,7 @@ class ServoLoop:
         self._max_cycle = 0.0
         self._refused = 0
         self._clamped = 0
+        self._accepted = 0
         self._last_message = "started disarmed"
         self._events: collections.deque[LoopEvent] = collections.deque(maxlen=100)
         self._thread: threading.Thread | None = None
@@ -254,7 +256,11 @@ class ServoLoop:
                 return
             q = self._read_q()
             if q is None:
-                self._safe_stop(DriverState.DISCONNECTED, "controller sent an invalid joint position")
+                # Report once: the reading repeats every period (500 Hz) until fixed.
+                if self._state != DriverState.DISCONNECTED:
+                    self._safe_stop(DriverState.DISCONNECTED,
+                                    "controller sent an invalid joint position (NaN, inf or not 6 "
+                                    "values); check the robot, then call ~/enable")
                 return
             self._q_meas = q
             self._qd_meas = np.asarray(self._rx.getActualQd(), dtype=np.float64)
@@ -305,7 +311,9 @@ class ServoLoop:
             if self._rx.isProtectiveStopped():
                 return False, "protective stop is active: clear it on the pendant first"
             if not (self._rx.isConnected() and self._ctl.isConnected()):
-                return False, "no RTDE connection to the controller"
+                why = self._reconnect()
+                if why:
+                    return False, why
             q = self._read_q()
             if q is None:
                 return False, "controller sent an invalid joint position"
@@ -326,6 +334,29 @@ class ServoLoop:
             self._set_state(DriverState.RUNNING, "info",
                             f"enabled: holding at measured position {np.round(q, 3).tolist()}")
             return True, "enabled"
+
+    def _reconnect(self) -> str:
+        """Reopen lost RTDE connections (lock held); '' on success, else why not.
+
+        ur_rtde never reconnects by itself: after a cable or controller glitch
+        isConnected() stays False until reconnect() is called. Only an
+        explicit ~/enable does it, so nothing moves until the operator asks.
+        """
+        for name, handle in (("receive", self._rx), ("control", self._ctl)):
+            if handle.isConnected():
+                continue
+            try:
+                ok = handle.reconnect()
+            except Exception as exc:  # noqa: BLE001 - ur_rtde raises RuntimeError on network errors
+                ok, detail = False, f": {exc}"
+            else:
+                detail = ""
+            if not ok or not handle.isConnected():
+                return (f"no RTDE connection to the controller and reconnecting the {name} interface "
+                        f"failed{detail}; check the network and that the robot is in Remote Control "
+                        "mode, then call ~/enable again")
+        self._event("info", "reconnected to the controller")
+        return ""
 
     def disable(self) -> tuple[bool, str]:
         """Disarm: stop smoothly and ignore targets until enabled again."""
@@ -362,8 +393,19 @@ class ServoLoop:
             self._set_state(DriverState.DISARMED, "info", "teach mode off: disarmed, call ~/enable")
             return True, "teach mode off (disarmed)"
 
+    def reject(self, reason: str) -> TargetCheck:
+        """Count a target refused before it reached the loop (bad names, stale stamp)."""
+        with self._lock:
+            self._refused += 1
+            self._event("warn", f"target refused: {reason}")
+            return TargetCheck(False, None, False, reason)
+
     def submit_target(self, q_target) -> TargetCheck:
-        """Check a new joint target (anything array-like, expected (6,) rad) and use it if valid."""
+        """Check a new joint target (anything array-like, expected (6,) rad) and use it if valid.
+
+        The max step is measured from the commanded position (where the arm
+        is being sent now), or from the measured position when resuming.
+        """
         with self._lock:
             if self._state not in (DriverState.RUNNING, DriverState.WATCHDOG_STOP):
                 self._refused += 1
@@ -372,12 +414,13 @@ class ServoLoop:
                     self._state, f"driver is in {self._state.value}: clear it, then call ~/enable")
                 return TargetCheck(False, None, False, f"target ignored: {hint}")
             resuming = self._state == DriverState.WATCHDOG_STOP
-            reference = self._q_meas if (resuming or self._target is None) else self._target
+            reference = self._q_meas if resuming else self._q_cmd
             verdict = check_target(q_target, reference, self.limits)
             if not verdict.accepted:
                 self._refused += 1
                 self._event("warn", f"target refused: {verdict.reason}")
                 return verdict
+            self._accepted += 1
             if verdict.clamped:
                 self._clamped += 1
             if resuming:
@@ -399,7 +442,8 @@ class ServoLoop:
             return LoopStatus(self._state, self._q_meas.copy(), self._qd_meas.copy(),
                               self._q_cmd.copy(), self._robot_mode, self._safety_mode,
                               self._safety_bits, float(age), self._cycles, self._overruns,
-                              self._max_cycle, self._refused, self._clamped, self._last_message)
+                              self._max_cycle, self._refused, self._clamped, self._accepted,
+                              self._last_message)
 
     def pop_events(self) -> list[LoopEvent]:
         with self._lock:

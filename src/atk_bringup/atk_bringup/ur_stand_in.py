@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from atk_bringup import kinematics as kin
+from atk_perception import kinematics as kin
 
 
 class StandInRobot:
@@ -37,6 +37,12 @@ class StandInRobot:
         self.protective_stop = False
         self.emergency_stop = False
         self.connected = True
+        # Like ur_rtde: once the connection is lost, isConnected() stays False
+        # until reconnect() succeeds, which needs the controller reachable.
+        self.reachable = True
+        self.reconnect_calls = 0
+        # A controller reporting NaN joint positions (a sensor or firmware fault).
+        self.joint_fault = False
         self.teach = False
         self.servo_active = False
         self.servoj_calls: list[tuple[float, np.ndarray, float, float, float]] = []
@@ -61,6 +67,14 @@ class StandInRobot:
             self.emergency_stop = True
             self.servo_active = False
 
+    def drop_connection(self, reachable: bool = False) -> None:
+        """The network or the controller goes away; ``reachable`` says whether a
+        reconnect() would succeed now."""
+        with self.lock:
+            self.connected = False
+            self.reachable = reachable
+            self.servo_active = False
+
     def move_by_hand(self, q: np.ndarray) -> None:
         """Freedrive: a person moves the arm (only in teach mode, as on the robot)."""
         with self.lock:
@@ -71,6 +85,8 @@ class StandInRobot:
     # --- rtde_receive ---------------------------------------------------------
     def getActualQ(self) -> list[float]:
         with self.lock:
+            if self.joint_fault:
+                return [float("nan")] * kin.N_JOINTS
             return self.q.tolist()
 
     def getActualQd(self) -> list[float]:
@@ -105,6 +121,15 @@ class StandInRobot:
     def disconnect(self) -> None:
         with self.lock:
             self.connected = False
+
+    def reconnect(self) -> bool:
+        """ur_rtde raises RuntimeError when the controller cannot be reached."""
+        with self.lock:
+            self.reconnect_calls += 1
+            if not self.reachable:
+                raise RuntimeError("Connection refused (stand-in controller unreachable)")
+            self.connected = True
+            return True
 
     # --- rtde_control ---------------------------------------------------------
     def servoJ(self, q, speed, acceleration, time_s, lookahead_time, gain) -> bool:

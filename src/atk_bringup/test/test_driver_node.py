@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from atk_bringup import driver_node
-from atk_bringup import kinematics as kin
+from atk_perception import kinematics as kin
 
 WAIT_S = 10.0  # generous: the CI machine is shared
 
@@ -104,6 +104,9 @@ def ros_graph():
         # tested on ServoLoop with an injected clock in test_servo_loop.py.
         parameter_overrides=[Parameter("control_rate_hz", value=250.0),
                              Parameter("watchdog_timeout", value=2.0),
+                             # The same DDS delays: a target's age on arrival
+                             # includes them. A 60 s old target is still refused.
+                             Parameter("max_target_age", value=5.0),
                              Parameter("joint_state_rate_hz", value=100.0),
                              Parameter("gripper_raw_open", value=0),
                              Parameter("gripper_raw_closed", value=255)])
@@ -213,6 +216,167 @@ def test_node_enable_publishes_and_follows(ros_graph):
     _wait_for(fut.done, WAIT_S, "teach_mode off response")
     assert fut.result().success and not robot.teach
     assert node.servo_loop.state.value == "disarmed"
+
+
+def _target_publisher(client):
+    from rclpy.qos import QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy
+    from sensor_msgs.msg import JointState
+
+    qos = QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=1, reliability=QoSReliabilityPolicy.RELIABLE)
+    pub = client.create_publisher(JointState, "joint_target", qos)
+    _wait_for(lambda: pub.get_subscription_count() > 0, WAIT_S, "driver subscribed to joint_target")
+
+    def send(q, names=None, age_s=0.0):
+        from rclpy.duration import Duration
+
+        msg = JointState()
+        msg.header.stamp = (client.get_clock().now() - Duration(nanoseconds=int(age_s * 1e9))).to_msg()
+        msg.name = list(kin.JOINT_NAMES) if names is None else list(names)
+        msg.position = [float(v) for v in q]
+        pub.publish(msg)
+
+    return send
+
+
+def _call(client, name: str, data: bool):
+    from std_srvs.srv import SetBool
+
+    cli = client.create_client(SetBool, name)
+    assert cli.wait_for_service(timeout_sec=WAIT_S), f"{name} not available"
+    fut = cli.call_async(SetBool.Request(data=data))
+    _wait_for(fut.done, WAIT_S, f"{name} response")
+    return fut.result()
+
+
+def _enabled(ros_graph):
+    node, client, robot, _ = ros_graph
+    send = _target_publisher(client)
+    res = _call(client, "ur_driver/enable", True)
+    assert res.success, res.message
+    return node, client, robot, send
+
+
+def test_node_stacked_targets_cannot_run_ahead_of_the_arm(ros_graph):
+    """Issue 15 defect 1: ten +0.29 rad targets, each sent once the last was
+    handled. Before: all accepted (2.9 rad), then "stay here" refused as a
+    1.3 rad jump while the arm kept going. Now a target is limited against the
+    commanded position, so the arm never runs ahead and "stay here" holds."""
+    node, client, robot, send = _enabled(ros_graph)
+    loop = node.servo_loop
+    verdicts = []
+    submit = loop.submit_target
+    loop.submit_target = lambda q: verdicts.append(submit(q)) or verdicts[-1]  # observe, not replace
+    start = np.array(robot.getActualQ())
+    for i in range(1, 11):
+        target = start.copy()
+        target[0] += 0.29 * i
+        send(target)
+        _wait_for(lambda: len(verdicts) == i, WAIT_S, f"target {i} handled")
+    assert verdicts[0].accepted
+    assert sum(v.accepted for v in verdicts) < 10, [v.reason for v in verdicts]
+    here = np.array(robot.getActualQ())
+    send(here)  # "stay here"
+    _wait_for(lambda: len(verdicts) == 11, WAIT_S, "'stay here' handled")
+    assert verdicts[-1].accepted, verdicts[-1].reason
+
+    def settled_here():
+        send(here)  # repeated as a policy would, feeding the watchdog
+        return (np.max(np.abs(np.array(robot.getActualQ()) - here)) < 1e-3
+                and np.max(np.abs(robot.getActualQd())) < 1e-3)
+
+    _wait_for(settled_here, WAIT_S, "the arm to settle at the 'stay here' target")
+    assert all(v.accepted for v in verdicts[10:]), [v.reason for v in verdicts[10:]]
+    furthest = max(call[1][0] for call in list(robot.servoj_calls)) - start[0]
+    assert furthest < 2 * 0.3, f"arm was commanded {furthest:.3f} rad ahead"
+
+
+def test_node_nan_joint_reading_reported_once(ros_graph):
+    """Issue 15 defect 2: a controller reporting NaN joints stopped the arm but
+    logged an ERROR every control period (80 lines in 0.4 s). Now once."""
+    from rcl_interfaces.msg import Log
+    from rclpy.qos import QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy, qos_profile_sensor_data
+    from sensor_msgs.msg import JointState
+
+    node, client, robot, _ = _enabled(ros_graph)
+    logs: list[str] = []
+    qos = QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=1000, reliability=QoSReliabilityPolicy.RELIABLE)
+    client.create_subscription(Log, "/rosout", lambda m: logs.append(m.msg) if m.name == "ur_driver" else None,
+                               qos)
+    js_count = [0]
+    client.create_subscription(JointState, "joint_states", lambda m: js_count.__setitem__(0, js_count[0] + 1),
+                               qos_profile_sensor_data)
+    robot.joint_fault = True
+    _wait_for(lambda: node.servo_loop.state.value == "disconnected", WAIT_S, "DISCONNECTED after NaN joints")
+    cycles = node.servo_loop.status().cycles
+    _wait_for(lambda: node.servo_loop.status().cycles > cycles + 200, WAIT_S, "200 more control periods")
+    seen = js_count[0]
+    # joint_states is published just before the node drains the loop's events
+    # into the log: three more messages mean every event so far was logged.
+    _wait_for(lambda: js_count[0] >= seen + 3, WAIT_S, "three more joint_states")
+    res = _call(client, "ur_driver/enable", False)  # logs a marker line after them
+    assert res.success and "already stopped" in res.message
+    _wait_for(lambda: any("already stopped" in m for m in logs), WAIT_S, "the marker log line on /rosout")
+    errors = [m for m in logs if "invalid joint position" in m]
+    assert len(errors) == 1, f"{len(errors)} log lines about the NaN reading"
+    assert len(robot.servo_stops) == 1
+
+
+def test_node_refuses_joint_named_twice(ros_graph):
+    """Issue 15 risk: a target naming a joint twice was accepted with the second value."""
+    node, client, robot, send = _enabled(ros_graph)
+    refused = node.servo_loop.status().refused_targets
+    names = [*kin.JOINT_NAMES, kin.JOINT_NAMES[0]]
+    send([*kin.HOME_Q, kin.HOME_Q[0] + 0.2], names=names)
+    _wait_for(lambda: node.servo_loop.status().refused_targets > refused, WAIT_S, "refusal of a duplicate name")
+    assert "more than once" in node.servo_loop.status().last_message
+    assert node.servo_loop.status().accepted_targets == 0
+
+
+def test_node_refuses_target_far_outside_limits(ros_graph):
+    """Issue 15 risk: a target 1e6 rad away was clamped into the limits and
+    executed (with the arm near that limit the clamped target was a small step)."""
+    near = kin.HOME_Q.copy()
+    near[5] = 2 * np.pi - 0.05  # wrist 3 close to its +2 pi limit
+    with ros_graph[2].lock:
+        ros_graph[2].q = near.copy()
+    node, client, robot, send = _enabled(ros_graph)
+    refused = node.servo_loop.status().refused_targets
+    q = near.copy()
+    q[5] = 1e6
+    send(q)
+    _wait_for(lambda: node.servo_loop.status().refused_targets > refused, WAIT_S, "refusal of a 1e6 rad target")
+    st = node.servo_loop.status()
+    assert st.clamped_targets == 0 and st.accepted_targets == 0 and "wrist_3_joint" in st.last_message
+    np.testing.assert_allclose(st.q_command, near, atol=1e-9)
+
+
+def test_node_refuses_stale_target(ros_graph):
+    """Issue 15 risk: a target stamped 60 s in the past was executed (max_target_age)."""
+    node, client, robot, send = _enabled(ros_graph)
+    refused = node.servo_loop.status().refused_targets
+    send(kin.HOME_Q + 0.05, age_s=60.0)
+    _wait_for(lambda: node.servo_loop.status().refused_targets > refused, WAIT_S, "refusal of a stale target")
+    st = node.servo_loop.status()
+    assert "old" in st.last_message and "max_target_age" in st.last_message
+    assert st.accepted_targets == 0
+    send(kin.HOME_Q + 0.05)  # a fresh one is used
+    _wait_for(lambda: node.servo_loop.status().accepted_targets == 1, WAIT_S, "fresh target accepted")
+
+
+def test_node_enable_reconnects_after_connection_loss(ros_graph):
+    """Issue 15 risk: after the connection was lost ~/enable was refused until
+    the node restarted. Now ~/enable reconnects (and says why when it cannot)."""
+    node, client, robot, _ = _enabled(ros_graph)
+    robot.drop_connection(reachable=False)
+    _wait_for(lambda: node.servo_loop.state.value == "disconnected", WAIT_S, "DISCONNECTED")
+    res = _call(client, "ur_driver/enable", True)
+    assert not res.success and "reconnecting" in res.message and "Connection refused" in res.message
+    robot.reachable = True
+    assert node.servo_loop.state.value == "disconnected"  # nothing reconnects by itself
+    res = _call(client, "ur_driver/enable", True)
+    assert res.success, res.message
+    assert node.servo_loop.state.value == "running" and robot.connected
+    assert robot.reconnect_calls == 2
 
 
 def test_bad_parameter_refused_with_message(ros_graph):

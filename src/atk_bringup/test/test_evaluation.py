@@ -37,7 +37,10 @@ def _policy(points: np.ndarray) -> KeypointPolicy:
 def _agent(template_image: np.ndarray, points: np.ndarray) -> KeypointAgent:
     ids = tuple(range(len(points)))
     template = KeypointTemplate(template_image, points.astype(np.float32), ids, tuple(f"kp{i}" for i in ids))
-    return KeypointAgent(_policy(points), make_correspondence("cpu"), template)
+    # timing="ideal": these tests are about the pipeline, not the latency model;
+    # an untrained policy's targets may lie far from the arm: no step limit here.
+    return KeypointAgent(_policy(points), make_correspondence("cpu"), template, timing="ideal",
+                         max_joint_step_rad=10.0)
 
 
 def _table_points(image: np.ndarray) -> np.ndarray:

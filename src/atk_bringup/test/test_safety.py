@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from atk_bringup import kinematics as kin
+from atk_perception import kinematics as kin
 from atk_bringup.safety import SafetyLimits, check_target, in_workspace, step_towards
 
 
@@ -121,3 +121,32 @@ def test_step_towards_time_matches_trapezoid():
         q, v = step_towards(q, v, goal, dt, limits)
         steps += 1
     assert abs(steps * dt - (1 / 3 + 1 / 3 + 1 / 6)) < 0.02
+
+
+def test_target_far_outside_limits_refused_not_clamped(limits):
+    """1e6 rad is a fault: refused, never clamped and executed; a target just
+    past the limit from near the limit is still clamped."""
+    near = kin.HOME_Q.copy()
+    near[5] = limits.joint_limits[5, 1] - 0.05  # the arm near its wrist 3 limit
+    q = near.copy()
+    q[5] = 1e6
+    v = check_target(q, near, limits)
+    assert not v.accepted and v.q is None and "wrist_3_joint" in v.reason
+    q = near.copy()
+    q[5] = limits.joint_limits[5, 1] + 0.05
+    v = check_target(q, near, limits)
+    assert v.accepted and v.clamped
+    assert v.q[5] == pytest.approx(limits.joint_limits[5, 1] - limits.joint_limit_margin)
+
+
+def test_target_age_limit():
+    from atk_bringup.safety import check_target_age
+
+    limits = SafetyLimits(max_target_age=0.5)
+    assert check_target_age(0.1, limits) == ""
+    assert "60.000 s old" in check_target_age(60.0, limits)
+    assert "future" in check_target_age(-2.0, limits)
+    assert "old" in check_target_age(float("inf"), limits)
+    assert check_target_age(60.0, SafetyLimits(max_target_age=0.0)) == ""  # 0: off
+    with pytest.raises(ValueError, match="max_target_age"):
+        SafetyLimits(max_target_age=-1.0)

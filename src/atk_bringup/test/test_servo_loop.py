@@ -10,7 +10,7 @@ import threading
 import numpy as np
 import pytest
 
-from atk_bringup import kinematics as kin
+from atk_perception import kinematics as kin
 from atk_bringup.safety import SafetyLimits
 from atk_bringup.servo_loop import (
     DriverState,
@@ -200,18 +200,54 @@ def test_enable_refused_outside_joint_limits():
     assert not ok and "shoulder_lift_joint=0.300" in msg
 
 
-def test_lost_connection_stops_and_needs_enable():
+def test_lost_connection_stops_and_enable_reconnects():
     loop, robot, clock = make_loop()
     loop.enable()
     run(loop, clock, 3)
-    robot.connected = False
+    robot.drop_connection(reachable=False)
     loop.cycle()
     assert loop.state == DriverState.DISCONNECTED and len(robot.servo_stops) == 1
-    assert not loop.enable()[0]
-    robot.connected = True
+    ok, msg = loop.enable()
+    assert not ok and "reconnecting the receive interface failed" in msg and "Connection refused" in msg
+    robot.reachable = True
     run(loop, clock, 5)
-    assert loop.state == DriverState.DISCONNECTED
-    assert loop.enable()[0]
+    assert loop.state == DriverState.DISCONNECTED  # nothing reconnects by itself
+    assert robot.reconnect_calls == 1
+    ok, msg = loop.enable()
+    assert ok, msg
+    assert loop.state == DriverState.RUNNING and robot.connected and robot.reconnect_calls == 2
+
+
+def test_nan_joint_reading_stops_once():
+    loop, robot, clock = make_loop()
+    loop.enable()
+    run(loop, clock, 3)
+    loop.pop_events()
+    robot.joint_fault = True
+    run(loop, clock, 500)  # one second of a controller reporting NaN
+    assert loop.state == DriverState.DISCONNECTED and len(robot.servo_stops) == 1
+    events = loop.pop_events()
+    assert [e.level for e in events] == ["error"], [e.message for e in events]
+    assert "invalid joint position" in events[0].message
+
+
+def test_stacked_targets_cannot_run_ahead_of_the_arm():
+    """Ten +0.29 rad targets 10 ms apart: only the first is within reach of the
+    commanded position; a target at the arm is then accepted."""
+    loop, robot, clock = make_loop()
+    loop.enable()
+    verdicts = []
+    for i in range(1, 11):
+        target = kin.HOME_Q.copy()
+        target[0] += 0.29 * i
+        verdicts.append(loop.submit_target(target).accepted)
+        run(loop, clock, 5)
+    assert verdicts == [True] + [False] * 9
+    here = np.array(robot.getActualQ())
+    assert 0.0 < here[0] - kin.HOME_Q[0] < 0.29
+    assert loop.submit_target(here).accepted
+    run(loop, clock, 1000)
+    assert np.max(np.abs(np.array(robot.getActualQ()) - here)) < 0.05  # stops, returns to "here"
 
 
 def test_bad_config_refused():
@@ -229,7 +265,10 @@ def test_thread_runs_follows_and_watchdog_stops():
     robot = StandInRobot(follow=1.0, realtime=True)
     robot.period_s = 1.0 / 250.0
     loop = ServoLoop(robot, robot, ServoConfig(control_rate_hz=250.0),
-                     SafetyLimits(watchdog_timeout=0.2))
+                     # 1 s: the 0.16 s move must end before the watchdog
+                     # stops it even when the shared CPU slows the thread
+                     # down (0.2 s failed about one run in six).
+                     SafetyLimits(watchdog_timeout=1.0))
     loop.start()
     try:
         assert robot.watchdog_min_frequency == 10.0
@@ -237,7 +276,8 @@ def test_thread_runs_follows_and_watchdog_stops():
         target = kin.HOME_Q + 0.02
         assert loop.submit_target(target).accepted
         assert robot.stop_event.wait(timeout=5.0), "watchdog stop not seen within 5 s"
-        np.testing.assert_allclose(robot.q, target, atol=1e-6)
+        # step_towards's documented overshoot bound a * dt^2 (5e-5 rad here).
+        np.testing.assert_allclose(robot.q, target, atol=3.0 * (1 / 250.0) ** 2)
         assert loop.state == DriverState.WATCHDOG_STOP
         assert loop.status().cycles > 10
     finally:

@@ -10,7 +10,7 @@ import mujoco
 import numpy as np
 import pytest
 
-from atk_bringup import kinematics as kin
+from atk_perception import kinematics as kin
 from atk_bringup.sim import model as sim_model
 from atk_bringup.sim.env import SimConfig, SimEnv
 from atk_bringup.sim.experts import make_expert

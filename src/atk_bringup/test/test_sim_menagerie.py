@@ -14,7 +14,7 @@ import mujoco
 import numpy as np
 import pytest
 
-from atk_bringup import kinematics as kin
+from atk_perception import kinematics as kin
 from atk_bringup.sim import menagerie
 from atk_bringup.sim import model as sim_model
 from atk_bringup.sim.env import SimConfig, SimEnv

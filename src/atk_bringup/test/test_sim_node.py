@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from atk_bringup import kinematics as kin
+from atk_perception import kinematics as kin
 from atk_bringup import sim_node
 
 WAIT_S = 20.0  # generous: the CI machine is shared and EGL start-up is slow

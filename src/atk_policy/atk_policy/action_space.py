@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import kinematics as kin
+from atk_perception import kinematics as kin
 
 ACTION_MODES = ("delta", "absolute", "tcp")
 

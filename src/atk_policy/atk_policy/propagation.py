@@ -7,8 +7,9 @@ episode: :class:`TrackedEpisode` with tracks (T, C, 2) pixels, visible
 (T, C) bool, confidence (T, C) float32, plus the episode's proprio/actions.
 
 h_C is resolved by name through ``atk_perception.backends.make_correspondence``
-("cpu": LK + SIFT re-anchoring; "cotracker" where installed), or given as a
-picklable zero-argument callable.
+("cpu": LK + SIFT re-anchoring; "cotracker" where installed; "oracle":
+privileged, simulation-only ground truth from the bags' sidecars), or given
+as a picklable zero-argument callable.
 
 This is the slow step: a tqdm bar per episode, results cached as
 ``<cache_dir>/<key>.npz`` where the key is a sha256 of everything that
@@ -153,6 +154,11 @@ def propagate_episode(episode: Episode, template_image: np.ndarray, candidates: 
     vis = np.zeros((t_len, c), bool)
     conf = np.zeros((t_len, c), np.float32)
     frame0 = episode.frames[0]
+    bind = getattr(hc, "bind_episode", None)
+    if bind is not None:
+        # privileged backends (the simulation-only oracle) read the episode's
+        # recorded ground truth, found through its metadata (the bag's folder)
+        bind(episode.meta)
     pts, cf = hc.transfer(template_image, candidates.astype(np.float32), frame0)
     pts, cf = np.asarray(pts, np.float32), np.asarray(cf, np.float32)
     tracks[0], conf[0], vis[0] = pts, cf, cf >= min_confidence

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from atk_policy import kinematics as kin
+from atk_perception import kinematics as kin
 from atk_policy.action_space import ActionSpace
 from atk_policy.config import ModelConfig
 from atk_policy.model import KeypointPolicy, Normalisation

@@ -25,7 +25,7 @@ from dataclasses import dataclass  # noqa: E402
 import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 
-from atk_bringup import kinematics as kin  # noqa: E402
+from atk_perception import kinematics as kin  # noqa: E402
 from atk_bringup.sim import menagerie  # noqa: E402
 from atk_bringup.sim import model as sim_model  # noqa: E402
 from atk_bringup.sim import perturbations as pert  # noqa: E402
@@ -116,6 +116,9 @@ class SimEnv:
         self.episode_message = ""
         self.last_action_clamped = False
         self._parts = None
+        #: The newest Observation render() returned (the privileged ground truth
+        #: recognises the live frame by it; atk_bringup.sim.ground_truth).
+        self.last_observation: Observation | None = None
         self.menagerie_message = ""
         if self.config.menagerie_path:
             folder = menagerie.find(self.config.menagerie_path)
@@ -308,7 +311,8 @@ class SimEnv:
                 depth = np.zeros((0, 0), np.uint16)
         else:
             rgb, depth = np.zeros((0, 0, 3), np.uint8), np.zeros((0, 0), np.uint16)
-        return Observation(rgb, depth, self.joint_positions(), float(self._data.time))
+        self.last_observation = Observation(rgb, depth, self.joint_positions(), float(self._data.time))
+        return self.last_observation
 
     def render_segmentation(self) -> np.ndarray:
         """(H, W) int32 body id seen at each pixel (-1 = nothing)."""

@@ -9,7 +9,7 @@ object is re-grasped, a missed grasp re-tried).
 Motion: the expert picks a target tool-centre-point pose for the current
 phase, moves towards it by at most `max_speed * dt` (and `max_rot_speed *
 dt`) in a straight Cartesian line, and converts that waypoint to joint
-targets with :func:`atk_bringup.kinematics.ik_dls`, seeded with the measured
+targets with :func:`atk_perception.kinematics.ik_dls`, seeded with the measured
 joints. The returned action is `(7,)`: 6 joint targets (rad) + gripper
 command (0 open .. 1 closed).
 """
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import mujoco
 import numpy as np
 
-from atk_bringup import kinematics as kin
+from atk_perception import kinematics as kin
 from atk_bringup.sim import model as sim_model
 from atk_bringup.sim.model import ModelIndex
 from atk_bringup.sim.tasks import ClockButtonTask, ClockHandTask, GlassLidTask, SushiTask, Task, body_yaw, \

@@ -22,7 +22,7 @@ from pathlib import Path
 import mujoco
 import numpy as np
 
-from atk_bringup import kinematics as kin
+from atk_perception import kinematics as kin
 
 # Menagerie body names -> our DH bodies (the body each joint moves).
 BODY_MAP = {"base": "base", "shoulder_link": "link1", "upper_arm_link": "link2", "forearm_link": "link3",

@@ -1,7 +1,7 @@
 """MJCF of the simulated cell, generated in code: UR5e, 2F-85-like gripper,
 table, camera, lights, switchable table/background materials and distractors.
 
-The arm is built link by link from :mod:`atk_bringup.kinematics`'s DH table
+The arm is built link by link from :mod:`atk_perception.kinematics`'s DH table
 (one body per DH frame, hinge about the body's z axis), so the simulator's
 forward kinematics equals ``kinematics.fk`` by construction (tested). Shapes
 are primitives: fast to render, nothing downloaded. If a local copy of
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import mujoco
 import numpy as np
 
-from atk_bringup import kinematics as kin
+from atk_perception import kinematics as kin
 from atk_bringup.sim import textures as tx
 
 # Robot base pose in the world: origin, yaw pi (see module docstring).

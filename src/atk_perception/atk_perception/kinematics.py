@@ -1,4 +1,4 @@
-"""UR5e kinematics: the one source of truth for the policy's Cartesian action space, the driver, simulator and experts.
+"""UR5e kinematics: the one source of truth for the policy's Cartesian action space, the driver, simulator, experts and the tracker's robot mask.
 
 ROS-free (numpy only). Conventions:
 
@@ -28,6 +28,9 @@ JOINT_NAMES: tuple[str, ...] = (
     "wrist_3_joint",
 )
 N_JOINTS = 6
+#: The gripper's entry in ``sensor_msgs/JointState`` (driver, simulator, bags,
+#: policy): 0 open .. 1 closed. The one definition, beside the arm's names.
+GRIPPER_JOINT = "gripper"
 
 # UR5e standard DH parameters (Universal Robots, "DH parameters for
 # calculations of kinematics and dynamics", UR5e row), metres / radians.

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from atk_bringup import kinematics as k
+from atk_perception import kinematics as k
 
 
 def _rot(axis: str, angle: float) -> np.ndarray:
