@@ -151,12 +151,13 @@ def test_a_killed_bag_in_a_folder_of_bags_is_named_not_dropped(tmp_path):
 
 def test_reindex_refuses_what_it_cannot_recover_with_a_reason(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(bags.BagError, match="no .mcap file"):
+    with pytest.raises(bags.BagError, match="no .mcap or .db3 file"):
         bags.reindex_bag(tmp_path / "empty")
     (tmp_path / "sq").mkdir()
-    (tmp_path / "sq" / "sq.db3").write_bytes(b"")
-    with pytest.raises(bags.BagError, match="sqlite3 bags written by rosbags commit only when closed"):
+    (tmp_path / "sq" / "sq.db3").write_bytes(b"")  # killed before the first commit
+    with pytest.raises(bags.BagError, match="nothing was committed"):
         bags.reindex_bag(tmp_path / "sq")
+    assert (tmp_path / "sq" / "sq.db3").is_file() and not (tmp_path / "sq" / ".reindex").exists()
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "junk.mcap").write_bytes(b"not an mcap file at all")
     with pytest.raises(bags.BagError, match="not an MCAP file"):
