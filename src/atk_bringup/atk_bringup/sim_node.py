@@ -75,7 +75,7 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("auto_reset", False, "When an episode is done, start the next one (seed + 1, same task and "
               "perturbations)."),
     ParamSpec("frame_id", "camera_color_optical_frame", "frame_id of the images and camera info.", nonempty=True),
-    ParamSpec("start_timeout_s", 30.0, "Without expert: after a reset, wait this long at most for the episode's "
+    ParamSpec("start_timeout_s", 120.0, "Without expert: after a reset, wait this long at most for the episode's "
               "first command (or the tracker's report that it could not transfer) before the world moves (s); "
               "0: start at once.", min=0.0, max=3600.0),
     ParamSpec("episode_gap_s", 10.0, "Simulated time between an episode's last stamp and the next one's first: "
