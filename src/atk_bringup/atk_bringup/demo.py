@@ -329,7 +329,9 @@ def ros_graph_episodes(cfg: DemoConfig, models: dict[int, Path]) -> list[dict]:
 
             run_graph_episodes(model_dir=model_dir, task=cfg.task, seeds=todo, perturbations=CONDITIONS["RP"],
                                width=cfg.width, height=cfg.height, timeout_s=cfg.ros_timeout_s,
-                               log_dir=cfg.out / "ros" / f"seed{ts}", stall_s=cfg.stall_s, on_result=record)
+                               log_dir=cfg.out / "ros" / f"seed{ts}", stall_s=cfg.stall_s, on_result=record,
+                               camera_extrinsics=(write_sim_extrinsics(cfg.out / "camera_extrinsics.yaml")
+                                                  if cfg.robot_occlusion else None))
     return [r for r in results if r["seed"] in scenes and r["train_seed"] in models]
 
 
