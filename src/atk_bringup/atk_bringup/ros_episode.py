@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 #: Node start-up (model loading, DDS discovery) may take this long.
 GRAPH_UP_TIMEOUT_S = 60.0
@@ -66,11 +66,26 @@ class StallWatch:
 def run_graph_episode(*, model_dir: Path, task: str, seed: int, perturbations: Sequence[str],
                       width: int, height: int, timeout_s: float, log_dir: Path,
                       stall_s: float = 5.0) -> dict:
-    """Returns {"success", "steps", "message", "error", "policy_states" (status
-    messages per state), "hold_reasons" (reason, numbers masked -> count),
-    "targets", "transfers" (the tracker's transfers in the episode),
-    "retransfer_causes", "log"}; raises TimeoutError naming what was awaited
-    when the graph does not come up."""
+    """One episode in a graph of its own: :func:`run_graph_episodes` with one seed."""
+    return run_graph_episodes(model_dir=model_dir, task=task, seeds=[seed], perturbations=perturbations,
+                              width=width, height=height, timeout_s=timeout_s, log_dir=log_dir,
+                              stall_s=stall_s)[0]
+
+
+def run_graph_episodes(*, model_dir: Path, task: str, seeds: Sequence[int], perturbations: Sequence[str],
+                       width: int, height: int, timeout_s: float, log_dir: Path, stall_s: float = 5.0,
+                       on_result: Callable[[dict], None] | None = None) -> list[dict]:
+    """Starts the deploy graph once and runs one episode per seed in it, as an
+    operator resets the scene between trials (start-up costs ~30 s; an episode
+    at most 30 s). ``timeout_s``: wall-time limit of one episode.
+
+    Each result: {"seed", "success", "steps", "message", "error", "policy_states"
+    (status messages per state, after the episode's clock started),
+    "hold_reasons" (state: reason with numbers masked -> count), "targets",
+    "transfers" (the tracker's transfers in the episode, the first frame's
+    included), "retransfer_causes", "log"}; ``on_result`` gets each as it
+    comes. Raises TimeoutError naming what was awaited when the graph does not
+    come up."""
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy, qos_profile_sensor_data
@@ -80,8 +95,8 @@ def run_graph_episode(*, model_dir: Path, task: str, seed: int, perturbations: S
     from atk_msgs.srv import ResetEpisode
 
     log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"graph_seed{seed}.log"
-    cmd = ["atk-graph", "deploy", "sim:=true", f"model:={model_dir}", f"task:={task}", f"seed:={seed}",
+    log_path = log_dir / f"graph_seed{seeds[0]}.log"
+    cmd = ["atk-graph", "deploy", "sim:=true", f"model:={model_dir}", f"task:={task}", f"seed:={seeds[0]}",
            f"sim_width:={width}", f"sim_height:={height}", "log_level:=warn"]
     with open(log_path, "w") as log:
         graph = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
@@ -123,10 +138,8 @@ def run_graph_episode(*, model_dir: Path, task: str, seed: int, perturbations: S
         spin_until(future.done, SERVICE_TIMEOUT_S, f"the {what} response")
         return future.result()
 
-    try:
-        spin_until(lambda: bool(states) and bool(episodes), GRAPH_UP_TIMEOUT_S,
-                   "policy/status and sim/episode from the deploy graph")
-        n_before = len(episodes)   # the graph's first episode may have this seed too
+    def one_episode(seed: int) -> dict:
+        n_before = len(episodes)   # an earlier episode may have had this seed too
         res = call(reset_sim, ResetEpisode.Request(task=task, seed=seed, perturbations=list(perturbations)),
                    "sim/reset_episode")
         if not res.success:
@@ -135,20 +148,21 @@ def run_graph_episode(*, model_dir: Path, task: str, seed: int, perturbations: S
                    f"sim/episode of the new episode (seed {seed})")
         start = next(e for e in episodes[n_before:] if e.seed == seed and e.step == 0)
         t0 = stamp_s(start.header.stamp)
-        n_targets = len(targets)
+        n_targets, n_states, n_notes = len(targets), len(states), len(tracker_notes)
         stall = StallWatch(t0, stall_s)
 
         def finished() -> bool:
             stall.feed(states)
-            return bool(stall.error) or (bool(episodes) and episodes[-1].seed == seed and episodes[-1].done
-                                         and episodes[-1].step > 0)
+            last = episodes[-1]
+            return bool(stall.error) or (len(episodes) > n_before and last.seed == seed and last.done
+                                         and last.step > 0)
 
         spin_until(finished, timeout_s, f"episode seed {seed} to finish (sim/episode done)")
         last = episodes[-1]
         counts: dict[str, int] = {}
         reasons: dict[str, int] = {}
         names = {v: k for k, v in vars(PolicyStatus).items() if k.startswith("STATE_")}
-        for s in states:
+        for s in states[n_states:]:
             if stamp_s(s.header.stamp) <= t0 + 1e-6:
                 continue   # before the episode's clock started (the sim waits at t0 for the first target)
             name = names.get(s.state, str(s.state))
@@ -156,16 +170,26 @@ def run_graph_episode(*, model_dir: Path, task: str, seed: int, perturbations: S
             if s.state != PolicyStatus.STATE_RUNNING:
                 key = f"{name}: {_reason_kind(s.reason)}"
                 reasons[key] = reasons.get(key, 0) + 1
-        notes = [m.message for m in tracker_notes if stamp_s(m.header.stamp) >= t0]
+        notes = [m.message for m in tracker_notes[n_notes:] if stamp_s(m.header.stamp) >= t0]
         transfers = sum(("keypoints transferred from the template" in n or "transfer found only" in n)
                         for n in notes)
         causes = [_reason_kind(part) for n in notes for part in n.split("; ")
                   if "transferred again" in part or "tracking lost" in part]
-        return {"success": bool(last.success) and not stall.error, "steps": int(last.step),
+        return {"seed": seed, "success": bool(last.success) and not stall.error, "steps": int(last.step),
                 "message": last.message, "error": stall.error, "policy_states": counts,
                 "hold_reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
                 "targets": len(targets) - n_targets, "transfers": transfers, "retransfer_causes": causes,
                 "log": str(log_path)}
+
+    results: list[dict] = []
+    try:
+        spin_until(lambda: bool(states) and bool(episodes), GRAPH_UP_TIMEOUT_S,
+                   "policy/status and sim/episode from the deploy graph")
+        for seed in seeds:
+            results.append(one_episode(seed))
+            if on_result is not None:
+                on_result(results[-1])
+        return results
     finally:
         executor.shutdown()
         node.destroy_node()

@@ -264,7 +264,8 @@ def evaluate_gate(config: GateConfig, now_s: float, keypoints: Optional[Keypoint
                                 "image_width and image_height", age)
         if (w, h) != (ew, eh):
             return GateDecision(GateState.FAULT, f"keypoints refer to a {w}x{h} image but the model was trained "
-                                f"on {ew}x{eh}: set the camera resolution to {ew}x{eh}", age)
+                                f"on {ew}x{eh}: set the camera resolution to {ew}x{eh} (deploy launch argument "
+                                f"sim_width:={ew} sim_height:={eh} in simulation, or leave them at auto)", age)
     invalid = invalid_keypoint_reason(keypoints, tuple(keypoints.image_size), config.image_margin_fraction)
     if invalid:
         return GateDecision(GateState.FAULT, invalid, age)

@@ -97,6 +97,7 @@ def test_id_mismatch_is_a_fault():
 def test_image_size_mismatch_or_unreported_size_is_a_fault():
     d = evaluate_gate(CFG, 10.0, _kp(size=(1280, 720)), 10.0, IDS, (640, 480))
     assert d.state == GateState.FAULT and "1280x720" in d.reason and "640x480" in d.reason
+    assert "sim_width:=640 sim_height:=480" in d.reason  # the launch arguments that fix it (issue 16)
     assert evaluate_gate(CFG, 10.0, _kp(size=(640, 480)), 10.0, IDS, (640, 480)).running
     # issue 15: a 0x0 size used to skip the check
     d = evaluate_gate(CFG, 10.0, _kp(size=(0, 0)), 10.0, IDS, (640, 480))
