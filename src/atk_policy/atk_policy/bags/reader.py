@@ -87,7 +87,9 @@ def open_reader(path: Path) -> Reader:
         reader = Reader(path)
         reader.open()
     except (FileNotFoundError, ReaderError) as exc:
-        raise BagError(f"{path}: not a readable rosbag2 bag: {exc}") from exc
+        hint = (f"; if its writer was stopped before closing it, {REINDEX_HINT} {path}"
+                if path.is_dir() and any(path.glob("*.mcap")) else "")
+        raise BagError(f"{path}: not a readable rosbag2 bag: {exc}{hint}") from exc
     except KeyError as exc:
         # rosbags' sqlite3 storage knows only the ros2msg and ros2idl encodings
         # of message_definitions; rosbag2 writes "" or "unknown" for a type
