@@ -36,6 +36,17 @@ import numpy as np
 from .evaluation import CONDITIONS, CellStats, format_table, run_episode, table_csv
 
 METHODS = ("ATK", "FullSet", "RandomSelect", "RGB")
+#: h_C choices of atk-demo. "oracle" is PRIVILEGED and SIMULATION-ONLY: the
+#: simulator's true keypoints (atk_bringup.sim.ground_truth), the paper's
+#: simulator protocol; "cpu" is what the robot runs (deployment).
+H_C_CHOICES = ("cpu", "oracle")
+H_C_LABEL = {"cpu": "CPU h_C", "oracle": "oracle h_C"}
+
+
+def row_name(method: str, h_c: str) -> str:
+    """Table row of a method evaluated with h_C ``h_c``: keypoint methods say
+    which h_C gave their keypoints ("ATK (oracle h_C)"); RGB uses none."""
+    return method if method == "RGB" else f"{method} ({H_C_LABEL[h_c]})"
 
 
 @dataclass
@@ -81,6 +92,12 @@ class DemoConfig:
     chunk: int = 4
     #: Std (px) of the noise on training keypoints (atk-train --keypoint-noise).
     keypoint_noise_px: float = 0.0
+    #: h_C of training (propagation) and evaluation: "cpu" (deployment) or
+    #: "oracle" (privileged simulator ground truth: the paper's simulator protocol).
+    h_c: str = "cpu"
+    #: With h_c "cpu": also evaluate the same ATK models with the oracle h_C
+    #: ("ATK (oracle h_C)" rows; no retraining, episodes without the CPU tracker).
+    oracle_rows: bool = True
 
     def __post_init__(self) -> None:
         for name in ("demos", "width", "height", "candidates", "steps", "eval_episodes", "rgb_steps"):
@@ -101,6 +118,8 @@ class DemoConfig:
             raise ValueError(f"--keypoint-noise must be >= 0 px, got {self.keypoint_noise_px!r}")
         if not (self.stall_s >= 0):
             raise ValueError(f"--stall-s must be >= 0 seconds, got {self.stall_s!r}")
+        if self.h_c not in H_C_CHOICES:
+            raise ValueError(f"--h-c must be one of {H_C_CHOICES}, got {self.h_c!r}")
         if not self.train_seeds:
             raise ValueError("--seeds must name at least one training seed")
         if self.demos < 4:
@@ -172,7 +191,7 @@ def collect_dagger(cfg: DemoConfig, env, model_dir: Path, round_idx: int) -> lis
 
     from .demonstrations import record_relabelled_episode
 
-    agent = keypoint_agent(model_dir)
+    agent = keypoint_agent(model_dir, cfg.h_c, env, cfg.out / "bags", cfg.task)
     bag_dir = cfg.out / "bags"
     paths = []
     for i in tqdm(range(cfg.dagger_episodes), desc=f"DAgger round {round_idx}", unit="ep"):
@@ -193,7 +212,8 @@ def train_seed(cfg: DemoConfig, seed: int, tag: str = "") -> Path:
     """`atk-train` on every bag so far, for one training seed."""
     from atk_policy import cli
 
-    out = cfg.out / "models" / f"seed{seed}{tag}"
+    # oracle-trained models live apart: the same --out may hold both protocols
+    out = cfg.out / "models" / f"seed{seed}{tag}{'_oracle' if cfg.h_c == 'oracle' else ''}"
     marker = out / "atk_demo_train.json"  # written last: the run finished
     if (out / "model.json").is_file() and marker.is_file():
         _say(f"model {out} exists, not retrained")
@@ -206,7 +226,8 @@ def train_seed(cfg: DemoConfig, seed: int, tag: str = "") -> Path:
             "--track-cache", str(cfg.out / "cache" / "tracks"),
             "--baselines", ",".join(baselines) or "none", "--rgb-steps", str(cfg.rgb_steps),
             "--action-mode", cfg.action_mode, "--chunk", str(cfg.chunk),
-            "--keypoint-noise", str(cfg.keypoint_noise_px), "--workers", str(cfg.propagation_workers)]
+            "--keypoint-noise", str(cfg.keypoint_noise_px), "--workers", str(cfg.propagation_workers),
+            "--backend", cfg.h_c]
     if cfg.top_n is not None:
         argv += ["--top-n", str(cfg.top_n)]
     _say("atk-train " + " ".join(argv))
@@ -219,17 +240,38 @@ def train_seed(cfg: DemoConfig, seed: int, tag: str = "") -> Path:
 
 # --------------------------------------------------------------------------- agents
 
-def keypoint_agent(model_dir: Path):
+def oracle_correspondence(env, bags: Path | None, task: str):
+    """The PRIVILEGED, SIMULATION-ONLY oracle h_C on the live simulator ``env``.
+    The model's template (the canonical frame) is found among the recorded
+    frames under ``bags`` or, for bags without ground truth, as the first
+    frame of the canonical demonstration (seed 0 under RP, demo_000)."""
+    from atk_perception.backends import make_correspondence
+
+    from .sim.ground_truth import SimGroundTruthSource
+
+    source = SimGroundTruthSource(folders=[bags] if bags else (), live_env=env)
+    source.add_reset_frame(task, 0, ("RP",), env.config.width, env.config.height)
+    return make_correspondence("oracle", ground_truth=source)
+
+
+def keypoint_agent(model_dir: Path, h_c: str = "cpu", env=None, bags: Path | None = None, task: str = "sushi"):
     """The deployed pipeline in-process: the tracker node's session and the
     policy node's gate, with their default parameters (config/tracker.yaml,
-    config/policy.yaml)."""
+    config/policy.yaml). h_c "oracle" swaps the tracker's h_C for the
+    simulator's ground truth (needs the live ``env``)."""
     from atk_perception.backends import make_correspondence
     from atk_perception.keypoint_template import load_model_template
     from atk_policy.artifact import load_policy
 
     from .evaluation import KeypointAgent
 
-    return KeypointAgent(load_policy(model_dir), make_correspondence("cpu"), load_model_template(model_dir))
+    if h_c == "oracle":
+        if env is None:
+            raise ValueError("the oracle h_C needs the live simulator (env)")
+        hc = oracle_correspondence(env, bags, task)
+    else:
+        hc = make_correspondence(h_c)
+    return KeypointAgent(load_policy(model_dir), hc, load_model_template(model_dir))
 
 
 def rgb_agent(model_dir: Path):
@@ -245,8 +287,9 @@ def method_dirs(model_dir: Path) -> dict[str, Path]:
             "RandomSelect": model_dir / "baselines" / "random", "RGB": model_dir / "baselines" / "rgb"}
 
 
-def make_agent(method: str, path: Path):
-    return rgb_agent(path) if method == "RGB" else keypoint_agent(path)
+def make_agent(method: str, path: Path, h_c: str = "cpu", env=None, bags: Path | None = None,
+               task: str = "sushi"):
+    return rgb_agent(path) if method == "RGB" else keypoint_agent(path, h_c, env, bags, task)
 
 
 # --------------------------------------------------------------------------- 3a. ROS graph
@@ -280,14 +323,23 @@ def _worker_init(width: int, height: int) -> None:
 
 
 def _worker_episode(job: tuple) -> dict:
-    method, train_seed, cond, seed, path, task, stall_s = job
-    agents = _WORKER["agents"]
-    if (method, train_seed) not in agents:
-        agents[(method, train_seed)] = make_agent(method, Path(path))
-    res = run_episode(_WORKER["env"], agents[(method, train_seed)], task, seed, CONDITIONS[cond],
-                      stall_steps=stall_steps(stall_s, _WORKER["env"].config.control_hz))
-    return {"method": method, "train_seed": train_seed, "condition": cond, "seed": seed,
+    method, h_c, train_seed, cond, seed, path, task, stall_s, bags = job
+    agents, env = _WORKER["agents"], _WORKER["env"]
+    if (method, h_c, train_seed) not in agents:
+        agents[(method, h_c, train_seed)] = make_agent(method, Path(path), h_c, env, Path(bags), task)
+    res = run_episode(env, agents[(method, h_c, train_seed)], task, seed, CONDITIONS[cond],
+                      stall_steps=stall_steps(stall_s, env.config.control_hz))
+    return {"method": method, "h_c": h_c, "train_seed": train_seed, "condition": cond, "seed": seed,
             "success": res.success, "steps": res.steps, "error": res.error}
+
+
+def evaluation_rows(cfg: DemoConfig) -> list[tuple[str, str]]:
+    """(method, h_C) pairs to evaluate: every method with ``cfg.h_c``, plus ATK
+    with the oracle h_C when ``cfg.oracle_rows`` (same models, no retraining)."""
+    rows = [(m, cfg.h_c) for m in cfg.methods]
+    if cfg.h_c != "oracle" and cfg.oracle_rows:
+        rows.append(("ATK", "oracle"))
+    return rows
 
 
 def evaluate(cfg: DemoConfig, models: dict[int, Path]) -> dict[str, dict[str, CellStats]]:
@@ -301,23 +353,28 @@ def evaluate(cfg: DemoConfig, models: dict[int, Path]) -> dict[str, dict[str, Ce
     results_path = cfg.out / "eval" / "episodes.jsonl"
     results_path.parent.mkdir(parents=True, exist_ok=True)
     done: dict[tuple, bool] = {}
+
+    def key(r: dict) -> tuple:   # runs before h_C was recorded used the CPU one
+        return r["method"], r.get("h_c", "cpu"), r["train_seed"], r["condition"], r["seed"]
+
     if results_path.is_file():  # resume
         for line in results_path.read_text().splitlines():
             r = json.loads(line)
-            done[(r["method"], r["train_seed"], r["condition"], r["seed"])] = r["success"]
+            done[key(r)] = r["success"]
     eval_seeds = [10_000 + i for i in range(cfg.eval_episodes)]  # the same scenes for every method
-    jobs = [(m, ts, c, seed, str(method_dirs(d)[m]), cfg.task, cfg.stall_s)
-            for m in cfg.methods for ts, d in models.items() for c in CONDITIONS for seed in eval_seeds
-            if (m, ts, c, seed) not in done]
-    total = len(cfg.methods) * len(models) * len(CONDITIONS) * len(eval_seeds)
+    rows = evaluation_rows(cfg)
+    jobs = [(m, h, ts, c, seed, str(method_dirs(d)[m]), cfg.task, cfg.stall_s, str(cfg.out / "bags"))
+            for m, h in rows for ts, d in models.items() for c in CONDITIONS for seed in eval_seeds
+            if (m, h, ts, c, seed) not in done]
+    total = len(rows) * len(models) * len(CONDITIONS) * len(eval_seeds)
     bar = tqdm(total=total, desc="evaluation", unit="ep", initial=total - len(jobs))
     with open(results_path, "a") as log:
         def record(r: dict) -> None:
-            done[(r["method"], r["train_seed"], r["condition"], r["seed"])] = r["success"]
+            done[key(r)] = r["success"]
             log.write(json.dumps(r) + "\n")
             log.flush()
             bar.update(1)
-            bar.set_postfix_str(f"{r['method']} s{r['train_seed']} {r['condition']}")
+            bar.set_postfix_str(f"{row_name(r['method'], r['h_c'])} s{r['train_seed']} {r['condition']}")
 
         if cfg.eval_workers > 1 and len(jobs) > 1:
             # spawn: no forked EGL context or torch thread pool
@@ -329,11 +386,12 @@ def evaluate(cfg: DemoConfig, models: dict[int, Path]) -> dict[str, dict[str, Ce
             for job in jobs:
                 record(_worker_episode(job))
     bar.close()
-    table: dict[str, dict[str, CellStats]] = {m: {c: CellStats() for c in CONDITIONS} for m in cfg.methods}
-    for m in cfg.methods:
+    table: dict[str, dict[str, CellStats]] = {row_name(m, h): {c: CellStats() for c in CONDITIONS}
+                                              for m, h in rows}
+    for m, h in rows:
         for ts in models:
             for c in CONDITIONS:
-                table[m][c].rates.append(float(np.mean([done[(m, ts, c, seed)] for seed in eval_seeds])))
+                table[row_name(m, h)][c].add([done[(m, h, ts, c, seed)] for seed in eval_seeds])
     return table
 
 
@@ -344,7 +402,7 @@ def condition_grid(cfg: DemoConfig, env, model_dir: Path, path: Path) -> None:
     transferred by h_C drawn on it (green: confident, red: not)."""
     import cv2
 
-    agent = keypoint_agent(model_dir)
+    agent = keypoint_agent(model_dir, cfg.h_c, env, cfg.out / "bags", cfg.task)
     tiles = []
     for cond, perturbations in CONDITIONS.items():
         obs = env.reset(task=cfg.task, seed=10_000, perturbations=perturbations)
@@ -365,7 +423,12 @@ def write_report(cfg: DemoConfig, table: dict[str, dict[str, CellStats]], extra:
         f"# ATK robustness table ({cfg.task}, simulation)\n\n"
         f"Success rate over {cfg.eval_episodes} evaluation episodes per cell, mean ± std over "
         f"training seeds {list(cfg.train_seeds)}. Conditions are cumulative: RB = RP + background, "
-        f"+RO adds distractors, +Light changes the lighting.\n\n{md}\n\n"
+        f"+RO adds distractors, +Light changes the lighting. In brackets: successes / episodes pooled "
+        f"over seeds, with the 95% Wilson interval.\n\n"
+        f"Rows \"(CPU h_C)\": keypoints from the CPU tracker, as deployed on the robot. Rows \"(oracle h_C)\": "
+        f"keypoints from the simulator's ground truth (PRIVILEGED, SIMULATION-ONLY; the paper's simulator "
+        f"protocol): with --h-c cpu the same ATK models evaluated with true keypoints, with --h-c oracle "
+        f"trained (propagation) and evaluated with them.\n\n{md}\n\n"
         f"Run settings: `{json.dumps(extra.get('config', {}))}`\n")
     (cfg.out / "results.csv").write_text(table_csv(table, conds))
     return md
@@ -413,6 +476,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: 5)")
     p.add_argument("--methods", default=",".join(METHODS),
                    help=f"methods to train and evaluate (default: {','.join(METHODS)})")
+    p.add_argument("--h-c", dest="h_c", choices=H_C_CHOICES, default="cpu",
+                   help="h_C for training propagation and evaluation: 'cpu' (the tracker the robot runs; "
+                        "default) or 'oracle' (PRIVILEGED, SIMULATION-ONLY true keypoints from the simulator: "
+                        "the paper's simulator protocol; no ROS-graph episode)")
+    p.add_argument("--no-oracle-rows", dest="oracle_rows", action="store_false",
+                   help="with --h-c cpu, skip the 'ATK (oracle h_C)' rows (the same ATK models evaluated "
+                        "with the privileged simulator keypoints; cheap: no tracker runs)")
     p.add_argument("--full", action="store_true",
                    help="paper-sized run: 100 demos, 3 training seeds, 20 evaluation episodes per cell")
     p.add_argument("--quick", action="store_true",
@@ -447,7 +517,8 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
                       methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
                       rgb_steps=rgb_steps, top_n=top_n, eval_workers=args.eval_workers, noise_rad=args.noise,
                       propagation_workers=args.workers,
-                      stall_s=args.stall_s, keypoint_noise_px=args.keypoint_noise)
+                      stall_s=args.stall_s, keypoint_noise_px=args.keypoint_noise, h_c=args.h_c,
+                      oracle_rows=args.oracle_rows)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -481,7 +552,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     shutil.copyfile(first / "candidates.png", cfg.out / "selected_keypoints.png")
 
     ros_results = []
-    if cfg.ros_episodes:
+    if cfg.ros_episodes and cfg.h_c == "oracle":
+        _say("no ROS-graph episode with --h-c oracle: the oracle is simulation-only and in-process")
+    elif cfg.ros_episodes:
         t = _stage(3, "deployment through the ROS graph (sim + tracker + policy nodes over DDS)")
         for i in range(cfg.ros_episodes):
             r = ros_episode(cfg, first, seed=20_000 + i)
@@ -489,7 +562,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _say(f"ROS episode {i}: success={r['success']} steps={r.get('steps')} ({r.get('message', '')})")
         timings["ros"] = time.perf_counter() - t
 
-    t = _stage(4, f"evaluation: {len(cfg.methods)} methods x {len(CONDITIONS)} conditions x "
+    t = _stage(4, f"evaluation: {len(evaluation_rows(cfg))} rows x {len(CONDITIONS)} conditions x "
                   f"{cfg.eval_episodes} episodes x {len(models)} seeds")
     table = evaluate(cfg, models)
     condition_grid(cfg, env, first, cfg.out / "conditions.png")
@@ -500,7 +573,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     timings["total"] = time.perf_counter() - t_all
     (cfg.out / "summary.json").write_text(json.dumps(
         {"timings_s": timings, "ros_episodes": ros_results,
-         "table": {m: {c: {"mean": cell.mean, "std": cell.std, "rates": cell.rates}
+         "table": {m: {c: {"mean": cell.mean, "std": cell.std, "rates": cell.rates,
+                           "successes": cell.successes, "episodes": cell.episodes,
+                           "wilson95": list(cell.interval)}
                        for c, cell in cells.items()} for m, cells in table.items()}}, indent=1))
     print(md)
     print(f"\nselected keypoints: {cfg.out / 'selected_keypoints.png'}")
