@@ -56,9 +56,8 @@ LIFT_M = 0.01
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="bench_tracking_gt.py", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Phases, metrics and outputs: see the module docstring (python -m pydoc).")
+        prog="bench_tracking_gt.py", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, required=True,
                    help="trained ATK model folder (model.json + template.png): template, keypoints, policy")
     p.add_argument("--task", default="sushi", help="simulated task (default: sushi)")
