@@ -42,10 +42,14 @@ def test_prints_the_table(quick_run):
     methods = ("ATK (CPU h_C)", "FullSet (CPU h_C)", "RandomSelect (CPU h_C)", "RGB", "ATK (oracle h_C)")
     for method in methods:
         assert f"| {method} |" in stdout
+    assert "| ATK (ROS graph) |" in stdout   # the same model through the ROS graph, on the RP scenes
     rows = list(csv.DictReader(open(out / "results.csv")))
-    assert {(r["method"], r["condition"]) for r in rows} == {(m, c) for m in methods for c in CONDITIONS}
-    assert all(0.0 <= float(r["mean"]) <= 1.0 for r in rows)
-    assert all(r["episodes"] == "1" for r in rows)   # --quick: 1 episode per cell, 1 seed
+    assert {(r["method"], r["condition"]) for r in rows} == {
+        (m, c) for m in methods + ("ATK (ROS graph)",) for c in CONDITIONS}
+    in_process = [r for r in rows if r["method"] != "ATK (ROS graph)"]
+    assert all(0.0 <= float(r["mean"]) <= 1.0 for r in rows if r["method"] != "ATK (ROS graph)"
+               or r["condition"] == "RP")
+    assert all(r["episodes"] == "1" for r in in_process)   # --quick: 1 episode per cell, 1 seed
     episodes = [json.loads(line) for line in open(out / "eval" / "episodes.jsonl")]
     assert len(episodes) == len(methods) * len(CONDITIONS)
     assert all(e["steps"] > 0 for e in episodes)
@@ -81,6 +85,7 @@ def test_models_and_ros_episode(quick_run):
     for name in ("fullset", "random", "rgb"):
         assert (model / "baselines" / name / "model.json").is_file()
     summary = json.loads((out / "summary.json").read_text())
-    (ros,) = summary["ros_episodes"]
+    (ros,) = summary["ros_episodes"]          # --quick: one scene, one training seed
+    assert ros["seed"] == 10_000 and ros["train_seed"] == 0   # the in-process row's first RP scene
     assert ros["steps"] > 0                   # the simulator node ran the episode
     assert sum(ros["policy_states"].values()) > 10  # the policy node reported throughout

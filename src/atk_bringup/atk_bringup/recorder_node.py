@@ -10,6 +10,11 @@ Services (private): ``~/start_episode`` (std_srvs/Trigger) opens a bag;
 (success, note, task, seed) beside it and returns the bag path. With
 ``keyboard:=true`` the terminal does the same: ``s`` + Enter starts, ``y``
 ends as a success, ``n`` as a failure.
+
+A write error (disk full, file-size limit) ends the episode, not the node:
+the bag keeps every complete chunk and is closed readable, the error is
+logged once, and the next ``~/end_episode`` answers ok=false with the error
+and the bag's path (docs/recording.md).
 """
 from __future__ import annotations
 
@@ -29,8 +34,8 @@ from atk_perception.node_runner import run_node
 from atk_policy.bags import EpisodeLabel
 
 from atk_bringup.graph import TRAINING_TOPICS
-from atk_bringup.recording import (KNOWN_TOPIC_TYPES, EpisodeRecorder, RecorderError, TopicSpec, default_qos,
-                                   parse_topics)
+from atk_bringup.recording import (KNOWN_TOPIC_TYPES, EpisodeRecorder, EpisodeWriteError, RecorderError,
+                                   TopicSpec, default_qos, parse_topics)
 
 NODE_NAME = "recorder"
 SUMMARY = ("Records the training topics into one rosbag2 bag per episode (rosbags, MCAP), "
@@ -112,6 +117,7 @@ class RecorderNode(Node):
         self.recorder = EpisodeRecorder(Path(p["output_dir"]), resolved, prefix=p["bag_prefix"],
                                         storage=p["storage"], compress=p["compress"])
         self._last_episode_status: bytes | None = None
+        self._reported_failure: Any = None
         self._episode_topic = next((n for n, t in resolved if t == "atk_msgs/msg/EpisodeStatus"), None)
         from atk_msgs.srv import EndEpisode
         from std_srvs.srv import Trigger
@@ -158,7 +164,12 @@ class RecorderNode(Node):
             topic = self._topic_of[spec.name]
             if topic == self._episode_topic:
                 self._last_episode_status = bytes(data)
-            self.recorder.write(topic, self.get_clock().now().nanoseconds, data)
+            written = self.recorder.write(topic, self.get_clock().now().nanoseconds, data)
+            failed = self.recorder.failed
+            if not written and failed is not None and failed is not self._reported_failure:
+                self._reported_failure = failed  # once per episode, not per dropped message
+                self.get_logger().error(f"{failed.describe()}; call ~/end_episode, then fix the disk and "
+                                        "start a new episode")
         return on_message
 
     # ------------------------------------------------------------------ episodes
@@ -198,6 +209,10 @@ class RecorderNode(Node):
     def _on_end(self, request: Any, response: Any) -> Any:
         try:
             summary = self.end_episode(bool(request.success), request.note)
+        except EpisodeWriteError as exc:
+            response.ok, response.bag_path, response.message = False, str(exc.summary.path), str(exc)
+            self.get_logger().error(f"~/end_episode: {exc}")
+            return response
         except RecorderError as exc:
             response.ok, response.bag_path, response.message = False, "", str(exc)
             self.get_logger().warning(str(exc))

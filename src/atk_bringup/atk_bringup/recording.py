@@ -6,12 +6,25 @@ through ``rosbags`` into rosbag2 bags (MCAP by default, metadata.yaml
 included), one folder per episode, and writes the success label
 (``episode.yaml``, see :mod:`atk_policy.bags`) beside the bag when the
 episode ends. No rclpy here, so the bookkeeping is tested with plain pytest.
+
+Write errors (disk full, a file-size limit, I/O error) end the episode
+instead of the process: the bag is cut back to its last complete MCAP chunk
+(chunks are about 1 MiB; sqlite3 bags are committed every MiB likewise) and
+closed there, so everything before stays readable with a true
+metadata.yaml, the label records the error, and the next
+:meth:`EpisodeRecorder.end` raises :class:`EpisodeWriteError` with the bag's
+path. See docs/recording.md.
 """
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import re
+import sqlite3
 import threading
+from collections import defaultdict
+from contextlib import suppress
+from io import BytesIO
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Sequence
@@ -54,6 +67,17 @@ _TOPIC_RE = re.compile(r"^/?[A-Za-z~][A-Za-z0-9_/~{}]*$")
 
 class RecorderError(ValueError):
     """A recording request that cannot be honoured; the message says why."""
+
+
+class EpisodeWriteError(RecorderError):
+    """The episode ended early because its bag could not be written.
+
+    ``summary``: what was kept (path, messages per topic, ``error``).
+    """
+
+    def __init__(self, message: str, summary: "EpisodeSummary") -> None:
+        super().__init__(message)
+        self.summary = summary
 
 
 @dataclass(frozen=True)
@@ -124,11 +148,13 @@ class EpisodeSummary:
     dropped_outside: int
     duration_s: float
     label: EpisodeLabel | None = None
+    error: str = ""  # why the episode ended early ('' when it ended normally)
 
     def describe(self) -> str:
         total = sum(self.counts.values())
         per = ", ".join(f"{t} {n}" for t, n in self.counts.items())
-        return f"wrote {total} messages in {self.duration_s:.1f} s to {self.path} ({per})"
+        text = f"wrote {total} messages in {self.duration_s:.1f} s to {self.path} ({per})"
+        return f"{self.error}; kept: {text}" if self.error else text
 
 
 @dataclass
@@ -139,6 +165,11 @@ class _Open:
     counts: dict[str, int]
     first_ns: int | None = None
     last_ns: int | None = None
+    # State at the end of the last complete MCAP chunk (sqlite3: the last
+    # commit): what a write error cuts the bag back to.
+    # (file offset, chunks, counts, first_ns, last_ns)
+    committed: tuple = (0, 0, {}, None, None)
+    uncommitted_bytes: int = 0
 
 
 @dataclass
@@ -159,6 +190,7 @@ class EpisodeRecorder:
     _open: _Open | None = field(default=None, repr=False)
     _index: int = 0
     dropped_outside: int = 0
+    _failed: EpisodeSummary | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.output_dir = Path(self.output_dir)
@@ -195,6 +227,7 @@ class EpisodeRecorder:
         with self._lock:
             if self._open is not None:
                 raise RecorderError(f"already recording {self._open.path}; end that episode first")
+            self._failed = None
             try:
                 self.output_dir.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
@@ -214,25 +247,146 @@ class EpisodeRecorder:
             except (WriterError, KeyError, OSError) as exc:
                 raise RecorderError(f"cannot open bag {path}: {exc}") from exc
             self._open = _Open(writer, path, conns, {t: 0 for t, _ in self.topics})
+            if self._is_sqlite(self._open):
+                writer.storage.conn.commit()  # the topic tables, before any message
+            self._open.committed = self._mark(self._open)
             return path
 
+    @property
+    def failed(self) -> EpisodeSummary | None:
+        """The episode that a write error ended, until end() or start() is called."""
+        return self._failed
+
     def write(self, topic: str, log_time_ns: int, data: bytes) -> bool:
-        """Write one serialised message; False when no episode is open."""
+        """Write one serialised message; False when no episode is open (also
+        after a write error ended it: see :attr:`failed`)."""
         with self._lock:
             o = self._open
             if o is None:
                 self.dropped_outside += 1
                 return False
-            o.writer.write(o.connections[topic], int(log_time_ns), data)
+            chunks = self._chunk_count(o)
+            try:
+                o.writer.write(o.connections[topic], int(log_time_ns), data)
+            except (OSError, sqlite3.Error) as exc:
+                self._fail(o, exc)
+                return False
             o.counts[topic] += 1
             o.first_ns = log_time_ns if o.first_ns is None else min(o.first_ns, log_time_ns)
             o.last_ns = log_time_ns if o.last_ns is None else max(o.last_ns, log_time_ns)
+            o.uncommitted_bytes += len(data)
+            sqlite_due = self._is_sqlite(o) and o.uncommitted_bytes > self.COMMIT_BYTES
+            if sqlite_due or self._chunk_count(o) != chunks:  # a chunk was completed
+                try:
+                    if sqlite_due:
+                        o.writer.storage.conn.commit()
+                    else:
+                        o.writer.storage.bio.flush()  # on disk, not in a buffer, before it counts as kept
+                except (OSError, sqlite3.Error) as exc:
+                    self._fail(o, exc)
+                    return False
+                o.committed = self._mark(o)
+                o.uncommitted_bytes = 0
             return True
 
+    # -- write errors (lock held) -----------------------------------------------------------------
+    # These reach into rosbags' MCAP writer (pinned 0.11.9 in requirements.txt;
+    # test_recorder_node checks the result with the reader): it has no API to
+    # close a bag after a failed write, and its close() would write a summary
+    # claiming messages the file lost.
+    #: sqlite3 bags are committed after this many message bytes (MCAP's chunk size).
+    COMMIT_BYTES = 1 << 20
+
+    @staticmethod
+    def _is_sqlite(o: _Open) -> bool:
+        return hasattr(o.writer.storage, "conn")
+
+    @staticmethod
+    def _chunk_count(o: _Open) -> int:
+        return len(getattr(o.writer.storage, "chunks", ()))
+
+    @staticmethod
+    def _mark(o: _Open) -> tuple:
+        storage = o.writer.storage
+        bio = getattr(storage, "bio", None)
+        offset = bio.tell() if bio is not None and hasattr(storage, "chunks") else 0
+        return (offset, len(getattr(storage, "chunks", ())), dict(o.counts), o.first_ns, o.last_ns)
+
+    def _fail(self, o: _Open, exc: BaseException) -> None:
+        """End episode ``o`` after a write error, keeping what the file holds."""
+        self._open = None
+        error = f"write error, episode ended early: {exc}"
+        counts, first, last = dict(o.counts), o.first_ns, o.last_ns
+        kept = True
+        try:
+            if hasattr(o.writer.storage, "chunks"):
+                counts, first, last = self._cut_to_last_chunk(o)
+            elif self._is_sqlite(o):
+                o.writer.storage.conn.rollback()
+                _, _, counts, first, last = o.committed
+                self._restore_counts(o, counts, first, last)
+            o.writer.close()
+        except (OSError, sqlite3.Error, ValueError) as close_exc:
+            kept = False
+            with suppress(Exception):
+                o.writer.abort()
+            error += (f"; the bag could not be closed either ({close_exc}): it has no index, free disk "
+                      "space and run the bag recovery on it")
+        if kept:
+            with suppress(OSError, ValueError):  # a full disk may refuse the label too
+                write_label(o.path, EpisodeLabel(success=None, note=error[:500], source="recorder"))
+        dur = 0.0 if first is None else (last - first) * 1e-9
+        self._failed = EpisodeSummary(o.path, counts, self.dropped_outside, dur, None, error)
+
+    def _cut_to_last_chunk(self, o: _Open) -> tuple[dict[str, int], int | None, int | None]:
+        """Truncate the MCAP file to its last complete chunk and make the
+        writer's bookkeeping match, so that close() writes a true summary."""
+        from rosbags.rosbag2.storage_mcap import PendingChunk
+
+        storage, writer = o.writer.storage, o.writer
+        offset, n_chunks, counts, first, last = o.committed
+        old = storage.bio
+        fresh = open(old.name, "r+b")  # noqa: SIM115 - handed to the storage, closed by its close()
+        fresh.truncate(offset)
+        fresh.seek(offset)
+        # The old handle still holds the bytes that failed; point its file
+        # descriptor at /dev/null so closing it cannot write them anywhere.
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, old.fileno())
+        finally:
+            os.close(null)
+        with suppress(OSError, ValueError):
+            old.close()
+        storage.bio = fresh
+        storage.chunks = storage.chunks[:n_chunks]
+        storage.chunk = PendingChunk(2**63 - 1, 0, BytesIO(), defaultdict(list))
+        by_id = {o.connections[t].id: n for t, n in counts.items()}
+        storage.channel_stats = {cid: by_id.get(cid, 0) for cid in storage.channel_stats}
+        self._restore_counts(o, counts, first, last)
+        storage.message_start_time, storage.message_end_time = writer.min_timestamp, writer.max_timestamp
+        return counts, first, last
+
+    @staticmethod
+    def _restore_counts(o: _Open, counts: dict[str, int], first: int | None, last: int | None) -> None:
+        """The metadata.yaml counts and times rosbags writes: those of the kept messages."""
+        writer = o.writer
+        by_id = {o.connections[t].id: n for t, n in counts.items()}
+        writer.counts = {cid: by_id.get(cid, 0) for cid in writer.counts}
+        writer.min_timestamp = first if first is not None else 2**63 - 1
+        writer.max_timestamp = last if last is not None else 0
+
     def end(self, label: EpisodeLabel | None) -> EpisodeSummary:
-        """Close the bag (metadata.yaml written) and write the label beside it."""
+        """Close the bag (metadata.yaml written) and write the label beside it.
+
+        Raises EpisodeWriteError when a write error already ended the episode
+        (its label then says so; ``label`` is not written over it).
+        """
         with self._lock:
             o = self._open
+            if o is None and self._failed is not None:
+                failed, self._failed = self._failed, None
+                raise EpisodeWriteError(f"{failed.describe()}", failed)
             if o is None:
                 raise RecorderError("no episode is being recorded; call start_episode first")
             self._open = None

@@ -69,6 +69,58 @@ def test_episode_recorder_writes_raw_bytes_one_bag_per_episode(tmp_path, storage
         assert label.success is (ep == 0) and label.note == f"n{ep}"
 
 
+def _image_cdr(store, k: int, size: int = 200_000) -> bytes:
+    Img, Hdr, T = (store.types[t] for t in ("sensor_msgs/msg/Image", "std_msgs/msg/Header",
+                                           "builtin_interfaces/msg/Time"))
+    data = np.random.default_rng(k).integers(0, 256, size, dtype=np.uint8)
+    msg = Img(header=Hdr(stamp=T(sec=k, nanosec=0), frame_id="cam"), height=1, width=size, encoding="mono8",
+              is_bigendian=0, step=size, data=data)
+    return bytes(store.serialize_cdr(msg, "sensor_msgs/msg/Image"))
+
+
+@pytest.mark.parametrize("storage,compress", [("mcap", False), ("mcap", True), ("sqlite3", False)])
+def test_write_error_ends_the_episode_and_keeps_complete_chunks(tmp_path, storage, compress):
+    """Issue 15 defect 7 (library side): a file-size limit hit mid-episode
+    raised OSError out of write() and left a bag without index. Now the
+    episode ends, the bag is cut back to its last complete chunk and closed
+    readable, and end() says so; the next episode records normally."""
+    import resource
+
+    from atk_bringup.recording import EpisodeWriteError
+
+    store = make_typestore()
+    rec = EpisodeRecorder(tmp_path, [("/img", "sensor_msgs/msg/Image")], storage=storage, compress=compress)
+    rec.start()
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    # Python ignores SIGXFSZ, so a write past the limit fails with EFBIG, as
+    # it fails with ENOSPC on a full disk. Random bytes do not compress.
+    resource.setrlimit(resource.RLIMIT_FSIZE, (3_000_000, hard))
+    try:
+        written = 0
+        while rec.write("/img", (written + 1) * 10**9, _image_cdr(store, written)):
+            written += 1
+            assert written < 40, "the 3 MB file-size limit was never hit"
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    # sqlite reports EFBIG as "disk I/O error"
+    assert rec.failed is not None and ("File too large" in rec.failed.error or "disk I/O" in rec.failed.error)
+    assert rec.write("/img", 99 * 10**9, _image_cdr(store, 99)) is False  # the episode is over
+    with pytest.raises(EpisodeWriteError, match="write error, episode ended early") as exc:
+        rec.end(EpisodeLabel(success=True))
+    bag, kept = exc.value.summary.path, exc.value.summary.counts["/img"]
+    assert 5 <= kept < written  # complete 1 MiB chunks (sqlite3: commits) of ~200 kB messages
+    got = list(read_messages(bag))
+    assert len(got) == kept and inspect_bag(bag).topics[0].count == kept
+    for k, (_, stamp, msg) in enumerate(got):
+        assert stamp == (k + 1) * 10**9
+        np.testing.assert_array_equal(msg.data, np.random.default_rng(k).integers(0, 256, 200_000, dtype=np.uint8))
+    label = read_label(bag)
+    assert label.success is None and "write error" in label.note
+    rec.start()
+    assert rec.write("/img", 1, _image_cdr(store, 0, size=10))
+    assert rec.end(None).counts == {"/img": 1}
+
+
 # --------------------------------------------------------------------------- over DDS
 
 rclpy = pytest.importorskip("rclpy", reason="rclpy not importable: source env.sh")
@@ -278,3 +330,95 @@ def test_recorder_node_refuses_unknown_topics_quoting_them(tmp_path):
             RecorderNode(context=ctx, parameter_overrides=[Parameter("storage", value="rosbag")])
     finally:
         rclpy.try_shutdown(context=ctx)
+
+
+def test_recorder_node_survives_a_write_error(tmp_path):
+    """Issue 15 defect 7: with a file-size limit (standing in for a full disk)
+    the recorder node printed a traceback, exited 1 and left an unreadable
+    bag. Now the episode ends with an error (logged, and ok=false from
+    ~/end_episode with the bag path), the bag is readable, the node runs on."""
+    import os
+    import resource
+    import signal
+
+    from atk_msgs.srv import EndEpisode
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import Image
+    from std_srvs.srv import Trigger
+
+    log = tmp_path / "recorder.log"
+    limit = 3_000_000
+
+    def limit_file_size() -> None:  # in the child only
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    ns = f"/wr{os.getpid()}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "atk_bringup.recorder_node", "--ros-args", "-r", f"__ns:={ns}",
+         "-p", f"output_dir:={tmp_path / 'bags'}", "-p", "topics:=['camera/color/image_raw']"],
+        stdout=log.open("w"), stderr=subprocess.STDOUT, preexec_fn=limit_file_size,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    node = rclpy.create_node("write_error_client", namespace=ns, context=ctx)
+    from rclpy.executors import SingleThreadedExecutor
+
+    executor = SingleThreadedExecutor(context=ctx)
+    executor.add_node(node)
+
+    def wait(predicate, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if proc.poll() is not None:
+                raise AssertionError(f"recorder exited with {proc.returncode} while waiting for {what}:\n"
+                                     + log.read_text()[-3000:])
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+            executor.spin_once(timeout_sec=0.05)
+
+    def call(client, request, what: str):
+        wait(client.service_is_ready, DISCOVERY_TIMEOUT_S, f"service {what}")
+        future = client.call_async(request)
+        wait(future.done, MESSAGE_TIMEOUT_S, f"the answer of {what}")
+        return future.result()
+
+    try:
+        pub = node.create_publisher(Image, "camera/color/image_raw", qos_profile_sensor_data)
+        wait(lambda: pub.get_subscription_count() >= 1, DISCOVERY_TIMEOUT_S, "the recorder's subscription")
+        start = node.create_client(Trigger, "recorder/start_episode")
+        end = node.create_client(EndEpisode, "recorder/end_episode")
+        assert call(start, Trigger.Request(), "start_episode").success
+        rng = np.random.default_rng(0)
+        sent = [0]
+
+        def failed() -> bool:  # publish at a modest pace until the recorder reports the write error
+            img = Image(height=240, width=320, encoding="rgb8", step=960,
+                        data=rng.integers(0, 256, 240 * 960, dtype=np.uint8).tobytes())
+            pub.publish(img)
+            sent[0] += 1
+            return "write error, episode ended early" in log.read_text()
+
+        wait(failed, 60.0, "the write error in the recorder's log")
+        res = call(end, EndEpisode.Request(success=True, note="x"), "end_episode")
+        assert not res.ok and "File too large" in res.message and res.bag_path
+        assert log.read_text().count("write error, episode ended early") == 2  # once when hit, once at the end
+        bag = Path(res.bag_path)
+        (info,) = inspect_bag(bag).topics
+        assert 0 < info.count == len(list(read_messages(bag))) < sent[0]
+        assert all(m.width == 320 for _, _, m in read_messages(bag))
+        assert read_label(bag).success is None
+        # The node is still running and records the next episode.
+        assert call(start, Trigger.Request(), "start_episode again").success
+        res = call(end, EndEpisode.Request(success=False, note="after"), "end_episode again")
+        assert res.ok, res.message
+        assert proc.poll() is None
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown(context=ctx)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)

@@ -88,6 +88,7 @@ class CaptureLoop:
     def run(self) -> None:
         opened = False
         stalled_since: float | None = None
+        reported_trouble = ""
         while not self.stop.is_set():
             if not opened:
                 try:
@@ -134,10 +135,18 @@ class CaptureLoop:
                     self.report(WARN, f"{self.source.name} delivered no frame for {idle:.1f} s "
                                 f"(reopening after {self.reopen_after_s:g} s)")
                 continue
-            if stalled_since is not None:  # first frame after opening or after a stall
-                self.retry.succeeded()
-                self.report(OK, f"{self.source.name} streaming")
+            trouble = self.source.problems()
+            if stalled_since is not None or trouble != reported_trouble:
+                # First frame after opening or a stall, or new damage found:
+                # a replay of a damaged recording is WARN, never plain "streaming".
+                if stalled_since is not None:
+                    self.retry.succeeded()
+                if trouble:
+                    self.report(WARN, f"{self.source.name} streaming, but {trouble}")
+                else:
+                    self.report(OK, f"{self.source.name} streaming")
                 stalled_since = None
+                reported_trouble = trouble
             self.frames += 1
             self.publish(frame, self.source.intrinsics)
         self.source.close()

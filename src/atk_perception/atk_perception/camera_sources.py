@@ -17,7 +17,11 @@ Contract of :meth:`CameraSource.read`: returns a :class:`Frame`, or ``None``
 when no frame arrived within ``timeout_s`` (a stall the caller reports and
 retries); raises :class:`CameraError` when the device failed (unplugged,
 driver error) and must be reopened, and :class:`EndOfStream` when a
-non-looping recording is finished.
+non-looping recording is finished. :meth:`CameraSource.problems` says what is
+wrong with the frames delivered so far ('' when nothing): a replay skips
+damaged video frames and images of another size, and notices a video that
+ends before the duration its container declares (truncated), instead of
+replaying what it could read as if nothing happened.
 """
 from __future__ import annotations
 
@@ -128,6 +132,10 @@ class CameraSource(ABC):
     def interrupt(self) -> None:
         """Wake a blocked :meth:`read` (used on shutdown). Default: nothing."""
 
+    def problems(self) -> str:
+        """What is wrong with the frames so far, for the operator; '' when nothing."""
+        return ""
+
 
 # --------------------------------------------------------------------------
 # Resolution names shared by the Kinect and the replay sources
@@ -237,8 +245,10 @@ class _PacedSource(CameraSource):
         bgr = self._next_bgr()
         if bgr is None:
             if not self._loop:
-                raise EndOfStream(f"{self.name}: end of recording after {self._index} frames "
-                                  "(set loop:=true to replay it continuously)")
+                trouble = self.problems()
+                raise EndOfStream(f"{self.name}: end of recording after {self._index} frames"
+                                  + (f" ({trouble})" if trouble else "")
+                                  + " (set loop:=true to replay it continuously)")
             self._rewind()
             bgr = self._next_bgr()
             if bgr is None:
@@ -251,7 +261,22 @@ class _PacedSource(CameraSource):
 
 
 class VideoFileSource(_PacedSource):
-    """Replays a video file (anything OpenCV's FFmpeg backend reads)."""
+    """Replays a video file (anything OpenCV's FFmpeg backend reads).
+
+    Damage: OpenCV's read() fails on a frame the decoder cannot decode and
+    succeeds again on the next good one, and fails for good at the end of
+    the file. So up to ``MAX_BAD_FRAMES`` failures in a row are skipped and
+    counted as damaged frames; the stream ends after that many. At the end
+    of the first pass the position of the last frame is compared with the
+    duration the container declares (frame count / fps): a file that ends
+    more than two frame periods early is truncated. Both are reported by
+    :meth:`problems`. (Damage that still decodes, into wrong pixels, cannot
+    be seen here.)
+    """
+
+    #: Consecutive unreadable frames skipped before the file counts as ended
+    #: (corrupted MJPEG/MPEG-4 test files lost runs of 1-5 frames).
+    MAX_BAD_FRAMES = 32
 
     def __init__(self, path: str | Path, fps: float = 15.0, loop: bool = True,
                  resolution: str = "native", hfov_deg: float = 90.0) -> None:
@@ -259,6 +284,12 @@ class VideoFileSource(_PacedSource):
         self.path = Path(path)
         self.name = f"video {self.path.name}"
         self._cap: cv2.VideoCapture | None = None
+        self._declared_ms: float | None = None
+        self._frame_ms = 0.0
+        self._last_ms = 0.0
+        self._first_pass = True
+        self._damaged = 0
+        self._truncated = ""
 
     def open(self) -> None:
         if not self.path.is_file():
@@ -270,16 +301,44 @@ class VideoFileSource(_PacedSource):
         self._cap = cap
         self._wake.clear()
         self._next_due = 0.0
+        count, rate = cap.get(cv2.CAP_PROP_FRAME_COUNT), cap.get(cv2.CAP_PROP_FPS)
+        ok = math.isfinite(count) and math.isfinite(rate) and count > 0 and rate > 0
+        self._declared_ms = count / rate * 1000.0 if ok else None
+        self._frame_ms = 1000.0 / rate if ok else 0.0
+        self._last_ms = 0.0
+        self._first_pass, self._damaged, self._truncated = True, 0, ""
 
     def _next_bgr(self) -> np.ndarray | None:
         if self._cap is None:
             raise CameraError(f"{self.name}: read() before open()")
-        ok, bgr = self._cap.read()
-        return bgr if ok else None
+        for failed in range(self.MAX_BAD_FRAMES):
+            ok, bgr = self._cap.read()
+            if ok:
+                if self._first_pass:
+                    self._damaged += failed
+                    self._last_ms = float(self._cap.get(cv2.CAP_PROP_POS_MSEC))
+                return bgr
+        if self._first_pass:
+            self._first_pass = False
+            if (self._declared_ms is not None and self._index > 0
+                    and self._last_ms + 2 * self._frame_ms < self._declared_ms):
+                self._truncated = (f"the video ends at {self._last_ms / 1000:.2f} s of the "
+                                   f"{self._declared_ms / 1000:.2f} s its container declares: the file "
+                                   "is truncated or damaged")
+        return None
 
     def _rewind(self) -> None:
         if self._cap is not None:
+            self._first_pass = False
             self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+
+    def problems(self) -> str:
+        parts = []
+        if self._damaged:
+            parts.append(f"{self._damaged} damaged frame(s) could not be decoded and were skipped")
+        if self._truncated:
+            parts.append(self._truncated + (", only the readable part is replayed" if self._loop else ""))
+        return "; ".join(parts)
 
     def close(self) -> None:
         if self._cap is not None:
@@ -300,6 +359,9 @@ class ImageFolderSource(_PacedSource):
         self.name = f"folder {self.path.name}"
         self._files: list[Path] = []
         self._pos = 0
+        self._shape: tuple[int, ...] | None = None
+        self._odd: dict[str, tuple[int, int]] = {}  # file name -> (W, H), other size than the first
+        self._unreadable: set[str] = set()
 
     def open(self) -> None:
         if not self.path.is_dir():
@@ -312,15 +374,38 @@ class ImageFolderSource(_PacedSource):
         self._pos = 0
         self._wake.clear()
         self._next_due = 0.0
+        self._shape, self._odd, self._unreadable = None, {}, set()
 
     def _next_bgr(self) -> np.ndarray | None:
+        # Frames of two sizes (two recordings in one folder, a stray
+        # screenshot) would reach the tracker interleaved; the first image
+        # sets the size and the others are skipped and reported.
         while self._pos < len(self._files):
             path = self._files[self._pos]
             self._pos += 1
             bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if bgr is not None:
-                return bgr
+            if bgr is None:
+                self._unreadable.add(path.name)
+                continue
+            if self._shape is None:
+                self._shape = bgr.shape
+            if bgr.shape != self._shape:
+                self._odd[path.name] = (bgr.shape[1], bgr.shape[0])
+                continue
+            return bgr
         return None
+
+    def problems(self) -> str:
+        parts = []
+        if self._odd:
+            name, (w, h) = sorted(self._odd.items())[0]
+            parts.append(f"skipped {len(self._odd)} image(s) whose size differs from the first image's "
+                         f"{self._shape[1]}x{self._shape[0]} (e.g. {name}: {w}x{h}): the folder mixes "
+                         "recordings")
+        if self._unreadable:
+            parts.append(f"skipped {len(self._unreadable)} unreadable image(s) (e.g. "
+                         f"{sorted(self._unreadable)[0]})")
+        return "; ".join(parts)
 
     def _rewind(self) -> None:
         self._pos = 0

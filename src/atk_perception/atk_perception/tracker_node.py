@@ -5,14 +5,22 @@ Thin shell over :mod:`atk_perception.tracking_session` (state machine),
 :mod:`atk_perception.image_conversion` and the h_C backends. See
 docs/perception_nodes.md for topics, QoS and behaviour.
 
-Concurrency: a SingleThreadedExecutor runs the image callback, the stall
-watchdog and the two services; the image callback only stores the newest
-frame in a one-slot buffer (an older one not yet taken counts as dropped) and
-returns. A plain worker thread waits on that slot, runs h_C and publishes.
-One lock guards the session, so the worker, the watchdog and the services
-never touch it at once. (A two-thread MultiThreadedExecutor did the same
-with a guard condition, but rclpy's per-callback futures and wait-set
-rebuilds cost more than h_C itself: ~40 % of a core at 30 fps, measured.)
+Concurrency: a SingleThreadedExecutor runs the image callback and the two
+services; the image callback only stores the newest frame in a one-slot
+buffer (an older one not yet taken counts as dropped) and returns. A plain
+worker thread owns the session: it waits on that slot, runs h_C and
+publishes, and between frames it runs the stall watchdog. The executor thread
+never waits for the worker, so frames keep arriving while a transfer runs for
+seconds: ~/reset only files a request the worker applies before its next frame
+(TrackingSession.request_reset is thread-safe). Before, the watchdog timer
+waited on the session's lock on the executor thread during a transfer, so no
+frame was taken, the stall rule fired when the lock came free, and the frames
+that "resumed" were transferred onto again: a re-transfer loop (issue 17).
+Only ~/transfer, the operator's one-off, shares h_C with the worker under a
+lock and so holds the executor while a frame is processed.
+(A two-thread MultiThreadedExecutor did the same with a guard condition, but
+rclpy's per-callback futures and wait-set rebuilds cost more than h_C
+itself: ~40 % of a core at 30 fps, measured.)
 """
 from __future__ import annotations
 
@@ -146,8 +154,8 @@ def _build_node_class():
     class TrackerNode(Node):
         """ROS shell around :class:`TrackingSession`."""
 
-        def __init__(self) -> None:
-            super().__init__(NODE_NAME)
+        def __init__(self, **node_kwargs: Any) -> None:
+            super().__init__(NODE_NAME, **node_kwargs)
             p = declare(self, PARAMS)
             log_effective(self, p)
             self.p = p
@@ -175,8 +183,8 @@ def _build_node_class():
             self._last_stall_log = 0.0
             self._last_bad_log = 0.0
             self._frames_done = 0
-            # Held by whoever touches the session: the worker thread, the
-            # watchdog timer and the services (both on the executor thread).
+            # Held by the worker while it processes a frame and by the ~/transfer
+            # service (both use h_C); never by anything else on the executor thread.
             self._session_lock = threading.Lock()
 
             # Sensor-data QoS (best effort, keep last 5): a late frame is worth
@@ -187,10 +195,10 @@ def _build_node_class():
             self.pub = self.create_publisher(KeypointArray, "keypoints", qos_profile_sensor_data)
             self.overlay_pub = self.create_publisher(Image, "keypoints/overlay",
                                                      qos_profile_sensor_data)
-            # Watchdog period: a tenth of the frame timeout, so a stall is seen
-            # within 10 % of it, but not faster than 20 Hz.
-            self._watchdog = self.create_timer(max(0.05, config.frame_timeout_s / 10),
-                                               self._check_stall)
+            # Watchdog period (run by the worker between frames): a tenth of the
+            # frame timeout, so a stall is seen within 10 % of it, but not
+            # faster than 20 Hz.
+            self._watchdog_period_s = max(0.05, config.frame_timeout_s / 10)
             self.create_service(ResetTracker, "~/reset", self._on_reset)
             self.create_service(TransferKeypoints, "~/transfer", self._on_transfer)
             self._Keypoint, self._KeypointArray = Keypoint, KeypointArray
@@ -218,10 +226,13 @@ def _build_node_class():
 
         def _worker_loop(self) -> None:
             while True:
-                msg = self.slot.wait_take()
-                if msg is None:  # closed: the node is shutting down
+                msg = self.slot.wait_take(self._watchdog_period_s)
+                if self.slot.closed:  # the node is shutting down
                     return
                 try:
+                    if msg is None:
+                        self._check_stall()
+                        continue
                     with self._session_lock:
                         self._work(msg)
                 except Exception as exc:  # noqa: BLE001
@@ -269,11 +280,11 @@ def _build_node_class():
                 self._last_bad_log = now
 
         def _check_stall(self) -> None:
+            """Worker thread, when no frame came for a watchdog period."""
             if self._last_header is None:
                 return
             idle = time.monotonic() - self._last_rx
-            with self._session_lock:
-                out = self.session.check_stalled(idle)
+            out = self.session.check_stalled(idle)
             if out is not None:
                 self.get_logger().warning(out.message)
                 self._last_stall_log = time.monotonic()
@@ -287,8 +298,9 @@ def _build_node_class():
         def _on_reset(self, request, response):
             pts = np.array([[k.x, k.y] for k in request.keypoints], np.float32).reshape(-1, 2)
             ids = [int(k.id) for k in request.keypoints]
-            with self._session_lock:
-                ok, message = self.session.request_reset(pts if len(ids) else None, ids or None)
+            # No lock: the session files the request, and the worker applies
+            # it before its next frame (a transfer in progress is not waited for).
+            ok, message = self.session.request_reset(pts if len(ids) else None, ids or None)
             if ok:
                 self.get_logger().info(message)
             else:

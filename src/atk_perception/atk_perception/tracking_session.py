@@ -21,25 +21,19 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from enum import IntEnum
 from typing import Generic, Sequence, TypeVar
 
 import numpy as np
 
 from atk_perception.correspondence import Correspondence, CorrespondenceError
 from atk_perception.keypoint_template import KeypointTemplate
+from atk_perception.tracker_state import TrackerState
 
 T = TypeVar("T")
 
 SIZE_MISMATCH_POLICIES = ("rescale", "refuse")
 #: Smallest frame side the session accepts (the h_C backends' own minimum).
 MIN_FRAME_SIZE = 16
-
-
-class TrackerState(IntEnum):
-    INITIALISING = 0
-    TRACKING = 1
-    LOST = 2
 
 
 @dataclass
@@ -199,6 +193,12 @@ class TrackingSession:
         self._last_processing_s = 0.0  # wall time spent on the previous frame
         self._stalled = False
         self._scaled_template: KeypointTemplate | None = None
+        # request_reset may be called from another thread than process (the
+        # tracker node's service vs its worker): it only files the request
+        # under this lock, and process applies it before its next frame, so
+        # neither waits for the other's work (a transfer takes seconds).
+        self._request_lock = threading.Lock()
+        self._request: tuple[np.ndarray | None, str] | None = None
 
     # ------------------------------------------------------------------ API
     @property
@@ -216,12 +216,12 @@ class TrackingSession:
 
         Returns (accepted, message). Explicit points must name every template
         id exactly once (any order); they are checked against the frame size.
+        Thread-safe against :meth:`process` (the request is applied before
+        the next frame is processed).
         """
         if points is None or len(points) == 0:
-            self._reset_points = None
-            self._needs_transfer = True
-            self._frames_until_retry = 0
-            self._pending_note = "reset requested: keypoints transferred from the template"
+            with self._request_lock:
+                self._request = (None, "reset requested: keypoints transferred from the template")
             return True, "reset accepted: the template keypoints will be transferred on the next frame"
         pts = np.asarray(points, dtype=np.float32)
         if pts.ndim != 2 or pts.shape[1] != 2 or not np.all(np.isfinite(pts)):
@@ -232,19 +232,28 @@ class TrackingSession:
                            f"{list(self.template.ids)}")
         order = [ids.index(i) for i in self.template.ids]
         pts = pts[order]
-        if self._image_size is not None:
-            err = self._outside(pts, self._image_size)
+        size = self._image_size
+        if size is not None:
+            err = self._outside(pts, size)
             if err:
                 return False, f"reset refused: {err}"
-        self._reset_points = pts
+        with self._request_lock:
+            self._request = (pts, "reset requested: tracking the given keypoints")
+        return True, "reset accepted: tracking the given keypoints from the next frame"
+
+    def _apply_request(self) -> None:
+        with self._request_lock:
+            request, self._request = self._request, None
+        if request is None:
+            return
+        self._reset_points, self._pending_note = request
         self._needs_transfer = True
         self._frames_until_retry = 0
-        self._pending_note = "reset requested: tracking the given keypoints"
-        return True, "reset accepted: tracking the given keypoints from the next frame"
 
     def process(self, image: np.ndarray, stamp_s: float) -> SessionOutput:
         """Handle one frame: ``image`` (H, W, 3) uint8 RGB taken at ``stamp_s``."""
         t0 = time.perf_counter()
+        self._apply_request()
         problem = self._frame_problem(image)
         if problem:  # before any state change: a bad frame must not end a good track
             return self.report_bad_frame(problem)

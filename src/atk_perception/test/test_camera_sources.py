@@ -269,3 +269,63 @@ def test_intrinsics_scaling_and_nominal() -> None:
     assert half.fx == pytest.approx(160.0) and half.cx == pytest.approx(159.5)
     with pytest.raises(ValueError, match="fx/fy"):
         CameraIntrinsics(10, 10, 0.0, 1.0, 5, 5)
+
+
+# ---------------------------------------------------------------- damaged recordings
+def read_all(src) -> tuple[list, str]:
+    frames = []
+    with pytest.raises(EndOfStream) as end:
+        while True:
+            frame = src.read(timeout_s=1.0)
+            assert frame is not None
+            frames.append(frame)
+    return frames, str(end.value)
+
+
+def test_damaged_video_frames_are_skipped_and_reported(bad_recordings) -> None:
+    """Issue 15 risk: a video with damaged frames replayed (only its first
+    part) with status "streaming". Now damaged frames are skipped and counted."""
+    src = VideoFileSource(bad_recordings["damaged"], fps=1000.0, loop=False)
+    src.open()
+    frames, end = read_all(src)
+    src.close()
+    assert len(frames) == 58
+    assert "2 damaged frame(s)" in src.problems() and "2 damaged frame(s)" in end
+
+
+def test_truncated_video_is_reported_not_looped_silently(bad_recordings) -> None:
+    """Issue 15 risk: a truncated video's first half looped silently."""
+    path = bad_recordings["truncated"]
+    src = VideoFileSource(path, fps=1000.0, loop=False)
+    src.open()
+    frames, end = read_all(src)
+    src.close()
+    assert 20 < len(frames) < 40
+    assert "truncated" in end and "of the 4.00 s its container declares" in end
+    looping = VideoFileSource(path, fps=1000.0, loop=True)
+    looping.open()
+    assert looping.problems() == ""
+    for _ in range(len(frames) + 1):  # one pass and the first frame of the next
+        assert looping.read(timeout_s=1.0) is not None
+    assert "truncated" in looping.problems() and "only the readable part is replayed" in looping.problems()
+    looping.close()
+    ok = VideoFileSource(bad_recordings["intact"], fps=1000.0, loop=False)
+    ok.open()
+    frames, end = read_all(ok)
+    assert len(frames) == 60 and ok.problems() == "" and "truncated" not in end
+    tree = VideoFileSource(TREE, fps=1000.0, loop=False)  # 376 of its 444 AVI chunks are empty
+    tree.open()
+    read_all(tree)
+    assert tree.problems() == ""
+
+
+def test_image_folder_with_two_sizes_keeps_the_first(bad_recordings) -> None:
+    """Issue 15 risk: a folder with two frame sizes interleaved them without a warning."""
+    src = ImageFolderSource(bad_recordings["mixed"], fps=1000.0, loop=False)
+    src.open()
+    frames, end = read_all(src)
+    assert [f.color.shape for f in frames] == [(48, 64, 3)] * 3
+    assert [int(f.color[0, 0, 0]) for f in frames] == [0, 40, 80]
+    msg = src.problems()
+    assert "skipped 3 image(s) whose size differs from the first image's 64x48 (e.g. 001.png: 80x60)" in msg
+    assert "1 unreadable image(s) (e.g. 007.png)" in msg and "differs" in end

@@ -227,3 +227,32 @@ def test_camera_help_and_bad_parameters(tmp_path: Path) -> None:
     proc = start_camera(f"/badcam{os.getpid()}", log, "backend:=kinect", "fps:=25")
     rc = proc.wait(timeout=30)
     assert rc == 2 and "fps: the Azure Kinect runs at 5, 15 or 30, got 25" in log.read_text()
+
+
+def test_damaged_recordings_are_reported_over_dds(tmp_path: Path, bad_recordings) -> None:
+    """Issue 15 risks, through the node: a video with damaged frames, a
+    truncated video and a folder of two frame sizes were replayed with status
+    "streaming" (OK). Now each is WARN on diagnostics, saying what is wrong,
+    and keeps replaying the readable, same-size frames."""
+    ns = f"/badrec{os.getpid()}"
+    cases = {"damaged": ("damaged", "2 damaged frame(s) could not be decoded"),
+             "truncated": ("truncated", "is truncated or damaged, only the readable part is replayed"),
+             "mixed": ("mixed", "whose size differs from the first image's 64x48")}
+    procs = [start_camera(f"{ns}/{name}", tmp_path / f"{name}.log", "backend:=video",
+                          f"video_path:={bad_recordings[key]}", "fps:=120", "loop:=true")
+             for name, (key, _) in cases.items()]
+    listeners = {name: Listener(f"{ns}/{name}") for name in cases}
+    try:
+        for name, (_, words) in cases.items():
+            lst = listeners[name]
+            lst.wait_for(lambda: any(lv == WARN and words in m for lv, m in lst.diag_messages()),
+                         STARTUP_TIMEOUT_S, f"WARN diagnostics of the {name} recording")
+            lst.wait_for(lambda: len(lst.images) >= 5, STARTUP_TIMEOUT_S, f"images of the {name} recording")
+            assert lst.diag_messages()[-1][0] == WARN, lst.diag_messages()[-1]
+        assert {(m.width, m.height) for m in listeners["mixed"].images} == {(64, 48)}
+        assert all(p.poll() is None for p in procs)
+    finally:
+        for lst in listeners.values():
+            lst.close()
+        codes = [stop(p) for p in procs]
+    assert all(rc in (0, -signal.SIGINT) for rc in codes), codes

@@ -25,7 +25,16 @@ ROS-free. Layout of ``model_dir``::
 expects its keypoints in exactly that order. Loading validates every field
 and refuses mismatches (another format version or kind, edited JSON,
 weights or template that do not match their sha256, shapes that disagree)
-with an :class:`ArtifactError` that says what differs.
+with an :class:`ArtifactError` that says what differs. Nothing in model.json
+is trusted before it has been checked against the weights file: the tensor
+shapes in the safetensors header are compared with model.json, and the
+network model.json describes is first built on torch's ``meta`` device (no
+memory) and compared with them, so an edited architecture (hidden width
+40000) is refused before anything is allocated. Normalisation statistics
+must be physically plausible (|mean| <= MAX_ABS_MEAN, std in
+[MIN_PLAUSIBLE_STD, MAX_PLAUSIBLE_STD]): an action std of 1e30 would turn
+any network output into an absurd joint target. Every failure, including
+torch's own, is an ArtifactError.
 
 API::
 
@@ -56,6 +65,19 @@ KIND = "atk-keypoint-policy"
 WEIGHTS_FILE = "policy.safetensors"
 MODEL_JSON = "model.json"
 TEMPLATE_FILE = "template.png"
+
+# model.json is a few hundred kB even with a selection report; a file far
+# larger is not ours, and json.loads of it could exhaust memory.
+MAX_MODEL_JSON_BYTES = 64 << 20
+# The safetensors header lists one entry per tensor (a few dozen).
+MAX_SAFETENSORS_HEADER_BYTES = 16 << 20
+# Every statistic is in robot units: rad (joints, joint changes, yaw), m
+# (TCP), 0..1 (gripper), sin/cos. The UR5e's joints span +-2 pi, so nothing
+# a demonstration produces has a mean or spread beyond 10. Training floors
+# every std at model.MIN_STD = 1e-3; a smaller std amplifies input noise.
+MAX_ABS_MEAN = 10.0
+MAX_PLAUSIBLE_STD = 10.0
+MIN_PLAUSIBLE_STD = 1e-4
 
 JOINT_NAMES = kin.JOINT_NAMES
 OBSERVATION_LAYOUT = {
@@ -196,9 +218,12 @@ def read_model_json(model_dir: str | Path, kind: str = KIND) -> dict:
     p = d / MODEL_JSON
     if not p.is_file():
         raise ArtifactError(f"{d} is not a model folder: no {MODEL_JSON}")
+    size = p.stat().st_size
+    if size > MAX_MODEL_JSON_BYTES:
+        raise ArtifactError(f"{p} is {size} bytes, more than the {MAX_MODEL_JSON_BYTES} a model.json can be")
     try:
         doc = json.loads(p.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{p} is not valid JSON: {exc}") from exc
     if not isinstance(doc, dict):
         raise ArtifactError(f"{p} must hold a JSON object")
@@ -258,10 +283,73 @@ def read_model_json(model_dir: str | Path, kind: str = KIND) -> dict:
     if got != want:
         raise ArtifactError(f"{d / wf}: sha256 {got[:12]}... differs from model.json's {want[:12]}... "
                             f"(weights replaced or corrupted)")
-    _need(weights, "tensors", dict, "model.json weights")
-    _need(doc, "normalisation", dict)
+    tensors = _need(weights, "tensors", dict, "model.json weights")
+    header = safetensors_shapes(d / wf)
+    if header != {k: v for k, v in tensors.items()}:
+        diff = sorted(k for k in set(header) | set(tensors) if header.get(k) != tensors.get(k))
+        raise ArtifactError(f"{d / wf}: tensors in the file differ from model.json's weights.tensors: "
+                            + ", ".join(f"{k} (file {header.get(k)}, model.json {tensors.get(k)})"
+                                        for k in diff[:8]))
+    check_statistics(_need(doc, "normalisation", dict), p)
     _need(doc, "model", dict)
     return doc
+
+
+def safetensors_shapes(path: Path) -> dict[str, list[int]]:
+    """{tensor name: shape} from a safetensors file's header, without reading the data.
+
+    Format: 8 bytes little-endian header length n, then n bytes of JSON
+    {name: {"dtype", "shape", "data_offsets"}, "__metadata__": {...}}.
+    """
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(8)
+            if len(raw) != 8:
+                raise ArtifactError(f"{path}: {size} bytes is too short for a safetensors file")
+            n = int.from_bytes(raw, "little")
+            if n > min(MAX_SAFETENSORS_HEADER_BYTES, size - 8):
+                raise ArtifactError(f"{path}: safetensors header length {n} is impossible for a {size} byte "
+                                    "file (corrupted or not safetensors)")
+            header = json.loads(fh.read(n))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{path}: safetensors header is not valid JSON: {exc}") from exc
+    if not isinstance(header, dict):
+        raise ArtifactError(f"{path}: safetensors header must be a JSON object")
+    shapes: dict[str, list[int]] = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        if not (isinstance(shape, list) and all(isinstance(v, int) and v >= 0 for v in shape)):
+            raise ArtifactError(f"{path}: safetensors header entry {name!r} has no valid shape: {entry!r}")
+        shapes[name] = shape
+    return shapes
+
+
+def check_statistics(norm: dict, where: Path | str = "model.json") -> None:
+    """Refuse normalisation statistics no demonstration could produce (see the
+    MAX_ABS_MEAN / *_PLAUSIBLE_STD comment); shapes are checked by Normalisation."""
+    for key in ("proprio_mean", "action_mean", "proprio_std", "action_std"):
+        values = norm.get(key)
+        if not isinstance(values, list) or not values:
+            raise ArtifactError(f"{where}: normalisation.{key} must be a non-empty list of numbers")
+        try:
+            arr = np.asarray(values, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise ArtifactError(f"{where}: normalisation.{key} must be numbers: {exc}") from exc
+        if arr.ndim != 1 or not np.all(np.isfinite(arr)):
+            raise ArtifactError(f"{where}: normalisation.{key} must be finite numbers, got {values[:8]}")
+        if key.endswith("mean"):
+            bad = np.flatnonzero(np.abs(arr) > MAX_ABS_MEAN)
+            limit = f"|value| <= {MAX_ABS_MEAN}"
+        else:
+            bad = np.flatnonzero((arr < MIN_PLAUSIBLE_STD) | (arr > MAX_PLAUSIBLE_STD))
+            limit = f"[{MIN_PLAUSIBLE_STD}, {MAX_PLAUSIBLE_STD}]"
+        if bad.size:
+            raise ArtifactError(f"{where}: normalisation.{key}[{int(bad[0])}] = {arr[bad[0]]:.6g} is not a "
+                                f"plausible statistic of robot data in rad/m (allowed {limit}); the model "
+                                "was corrupted or edited, retrain it")
 
 
 def load_template(model_dir: str | Path) -> np.ndarray:
@@ -305,24 +393,40 @@ def load_policy(model_dir: str | Path) -> Any:
     if mdl.get("num_keypoints") != n:
         raise ArtifactError(f"{d / MODEL_JSON}: model.num_keypoints is {mdl.get('num_keypoints')!r} but "
                             f"{n} keypoints are listed")
+    import torch
+
     try:
         mcfg = from_dict(ModelConfig, _need(mdl, "config", dict, "model.json model"))
         norm = Normalisation.from_dict(doc["normalisation"])
     except (TypeError, ValueError) as exc:
         raise ArtifactError(f"{d / MODEL_JSON}: {exc}") from exc
-    policy = KeypointPolicy(n, tuple(doc["image_size"]), mcfg, norm,
-                            learn_mask=bool(mdl.get("learn_mask", False)),
-                            keypoint_ids=kps["ids"], keypoint_names=kps["names"],
-                            canonical_xy=np.asarray(kps["canonical_xy"], np.float32))
-    state = load_state(d, doc)
-    expected = {k: list(v.shape) for k, v in policy.state_dict().items()}
-    got = {k: list(v.shape) for k, v in state.items()}
+
+    def build() -> Any:
+        return KeypointPolicy(n, tuple(doc["image_size"]), mcfg, norm,
+                              learn_mask=bool(mdl.get("learn_mask", False)),
+                              keypoint_ids=kps["ids"], keypoint_names=kps["names"],
+                              canonical_xy=np.asarray(kps["canonical_xy"], np.float32))
+
+    # The architecture in model.json is only trusted once it matches the
+    # weights: build it on the meta device first (shapes only, no memory).
+    try:
+        with torch.device("meta"):
+            expected = {k: list(v.shape) for k, v in build().state_dict().items()}
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise ArtifactError(f"{d / MODEL_JSON}: the model it describes cannot be built: {exc}") from exc
+    got = doc["weights"]["tensors"]  # equal to the safetensors header (read_model_json)
     if expected != got:
-        diff = [
-            k for k in sorted(set(expected) | set(got)) if expected.get(k) != got.get(k)]
+        diff = [k for k in sorted(set(expected) | set(got)) if expected.get(k) != got.get(k)]
         raise ArtifactError(f"{d}: weights do not fit the model described in model.json; differing tensors: "
-                            + ", ".join(f"{k} (model {expected.get(k)}, file {got.get(k)})" for k in diff))
-    policy.load_state_dict(state, strict=True)
+                            + ", ".join(f"{k} (model {expected.get(k)}, file {got.get(k)})" for k in diff[:8]))
+    try:
+        policy = build()
+        state = load_state(d, doc)
+        policy.load_state_dict(state, strict=True)
+    except ArtifactError:
+        raise
+    except (RuntimeError, MemoryError, ValueError, TypeError) as exc:
+        raise ArtifactError(f"{d}: cannot load the model: {exc}") from exc
     policy.eval()
     policy.model_json = doc
     return policy

@@ -162,14 +162,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _read_episodes(args: argparse.Namespace, progress: bool) -> tuple[list, list[str]]:
+def _read_episodes(args: argparse.Namespace, progress: bool) -> tuple[list, list[str], list[dict] | None]:
+    """(episodes, notes, bag entries): one entry per bag or path given (None for an episode cache)."""
     from .dataset import is_episode_cache, load_episode_cache, save_episode_cache
 
     notes: list[str] = []
     if len(args.inputs) == 1 and is_episode_cache(args.inputs[0]):
         episodes = load_episode_cache(args.inputs[0])
         notes.append(f"episode cache {args.inputs[0]}: {len(episodes)} episodes")
-        return episodes, notes
+        return episodes, notes, None
     for inp in args.inputs:
         if not Path(inp).exists():
             raise CliError(f"input {inp} does not exist")
@@ -184,7 +185,34 @@ def _read_episodes(args: argparse.Namespace, progress: bool) -> tuple[list, list
     if args.save_cache:
         save_episode_cache(episodes, args.save_cache, progress=progress)
         notes.append(f"episodes cached in {args.save_cache}")
-    return episodes, notes
+    entries = [{"path": e.path, "status": e.status, "reason": e.reason, "frames": e.frames} for e in report.entries]
+    return episodes, notes, entries
+
+
+def input_entries(bag_entries: list[dict] | None, episodes: list, skipped: list) -> list[dict]:
+    """Every input of the run, used or skipped with the reason, in the order given.
+
+    bag_entries: the bag report (None for an episode cache); episodes: those
+    kept for training; skipped: SkippedEpisode of the episodes that were read
+    but are not trained on (too short, another image size).
+    """
+    dropped = {s.name: s.reason for s in skipped}
+    if bag_entries is None:
+        return ([{"path": e.name, "status": "used", "reason": "", "frames": len(e)} for e in episodes]
+                + [{"path": name, "status": "skipped", "reason": why, "frames": 0} for name, why in dropped.items()])
+    by_bag: dict[str, str] = {}
+    for e in episodes:
+        by_bag[str(e.meta.get("bag", e.name))] = ""
+    out = []
+    for entry in bag_entries:
+        entry = dict(entry)
+        name = Path(entry["path"]).stem if Path(entry["path"]).is_file() else Path(entry["path"]).name
+        if entry["status"] == "used" and entry["path"] not in by_bag:
+            # read, then left out of training; the reason is keyed by episode name
+            why = next((r for n, r in dropped.items() if n == name or n.startswith(name + "_")), "not used")
+            entry.update(status="skipped", reason=why)
+        out.append(entry)
+    return out
 
 
 def _barrier() -> None:
@@ -282,7 +310,7 @@ def run(args: argparse.Namespace) -> dict:
                          TrainConfig)
     from .dataset import filter_episodes
     from .propagation import propagate_dataset
-    from .train import TrackSet, run_atk, split_episodes, train_on_keypoints
+    from .train import TrackSet, TrainingError, run_atk, split_episodes, train_on_keypoints
 
     progress = not args.no_progress
     t_start = time.perf_counter()
@@ -321,15 +349,21 @@ def run(args: argparse.Namespace) -> dict:
     world, rank = init_distributed(cfg.train.device)
     progress = progress and rank == 0
     out: Path = args.output
-    out.mkdir(parents=True, exist_ok=True)
     report: dict = {"output": str(out), "world_size": world}
 
-    # 1. episodes
-    episodes, notes = _read_episodes(args, progress)
+    # 1. episodes (checked before the output folder is made, so a refused run leaves none)
+    episodes, notes, bag_entries = _read_episodes(args, progress)
     episodes, skipped = filter_episodes(episodes, cfg.train.min_episode_length)
+    try:
+        split_episodes(len(episodes), cfg.train.val_fraction, cfg.train.seed)
+    except TrainingError:
+        raise CliError(f"--val-fraction {cfg.train.val_fraction}: {len(episodes)} usable episode cannot be split "
+                       f"into training and validation; give more episodes or pass --val-fraction 0") from None
+    out.mkdir(parents=True, exist_ok=True)
+    inputs = input_entries(bag_entries, episodes, skipped)
     report["episodes"] = {"used": len(episodes), "steps": int(sum(len(e) for e in episodes)),
                           "skipped": [{"name": s.name, "reason": s.reason} for s in skipped],
-                          "image_size": list(episodes[0].image_size), "input_notes": notes}
+                          "inputs": inputs, "image_size": list(episodes[0].image_size), "input_notes": notes}
 
     # 2. canonical image and candidates
     canonical, canon_from = _canonical(args, episodes)
@@ -447,15 +481,26 @@ def run(args: argparse.Namespace) -> dict:
 
 def summary_text(report: dict, res, candidates: np.ndarray) -> str:
     ep, pr, sel = report["episodes"], report["propagation"], report["selection"]
+    inputs = ep.get("inputs") or [{"path": s["name"], "status": "skipped", "reason": s["reason"]}
+                                  for s in ep["skipped"]]
+    dropped = [e for e in inputs if e["status"] != "used"]
     lines = [
         "=" * 72,
         f"ATK training summary -> {report['output']}",
         f"episodes: {ep['used']} used ({ep['steps']} steps, {ep['image_size'][0]}x{ep['image_size'][1]}), "
-        f"{len(ep['skipped'])} skipped",
+        f"{len(dropped)} skipped",
     ]
-    lines += [f"  skipped {s['name']}: {s['reason']}" for s in ep["skipped"][:5]]
-    if len(ep["skipped"]) > 5:
-        lines.append(f"  ... and {len(ep['skipped']) - 5} more (report.json)")
+    # Every input is named: the used ones compactly, each skipped one with its reason.
+    used = [f"{Path(e['path']).name} ({e['frames']})" for e in inputs if e["status"] == "used"]
+    line = "  used:"
+    for u in used:
+        if len(line) + len(u) + 2 > 100:
+            lines.append(line.rstrip(","))
+            line = "       "
+        line += f" {u},"
+    if used:
+        lines.append(line.rstrip(","))
+    lines += [f"  SKIPPED {e['path']}: {e['reason']}" for e in dropped]
     c = report["candidates"]
     lines.append(f"candidates: C={c['C']} ({c['method']}{', ' + str(c['sources']) if 'sources' in c else ''}) "
                  f"on {c['canonical']}")

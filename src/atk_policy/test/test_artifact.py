@@ -103,3 +103,81 @@ def test_missing_folder_and_files(tmp_path, saved):
     (d / "policy.safetensors").unlink()
     with pytest.raises(ArtifactError, match="weights file policy.safetensors is missing"):
         load_policy(d)
+
+
+def _rehashed_copy(saved, tmp_path: Path, edit) -> Path:
+    import shutil
+
+    src, _, _ = saved
+    d = tmp_path / "edited"
+    shutil.copytree(src, d)
+    _edit(d, edit, rehash=True)
+    return d
+
+
+def test_edited_architecture_refused_before_allocating(saved, tmp_path):
+    """Issue 15 defect 4: hidden widths of 8000 in model.json (hash recomputed)
+    made the loader allocate the network (256 MB here) before comparing it with
+    the weights. Now the shapes are compared first; peak memory stays flat."""
+    import subprocess
+    import sys
+
+    d = _rehashed_copy(saved, tmp_path, lambda doc: doc["model"]["config"].__setitem__("hidden", [8000, 8000]))
+    script = (
+        "import json, resource, sys, torch\n"
+        "from atk_policy.artifact import ArtifactError, load_policy\n"
+        "torch.zeros(1000) + 1\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "try:\n"
+        "    load_policy(sys.argv[1]); err = ''\n"
+        "except ArtifactError as exc:\n"
+        "    err = str(exc)\n"
+        "grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before\n"
+        "print(json.dumps({'err': err, 'grown_kib': grown}))\n")
+    proc = subprocess.run([sys.executable, "-c", script, str(d)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "weights do not fit" in out["err"] and "[8000," in out["err"]
+    assert out["grown_kib"] < 32 * 1024, f"peak memory grew by {out['grown_kib'] / 1024:.0f} MiB while refusing"
+
+
+def test_unallocatable_architecture_is_an_artifact_error(saved, tmp_path):
+    """Issue 15 defect 4: a width of 1e9 raised torch's raw "can't allocate"
+    RuntimeError; every failure must be an ArtifactError naming the file."""
+    d = _rehashed_copy(saved, tmp_path, lambda doc: doc["model"]["config"].__setitem__("hidden", [10**9]))
+    with pytest.raises(ArtifactError, match="weights do not fit"):
+        load_policy(d)
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("action_std", 1e30, "action_std[0] = 1e+30"),
+    ("proprio_std", 1e-12, "proprio_std[0] = 1e-12"),
+    ("action_mean", -5e3, "action_mean[0] = -5000"),
+])
+def test_absurd_normalisation_refused_even_when_rehashed(saved, tmp_path, key, value, words):
+    """Issue 15 risk: an action std of 1e30 (hash recomputed) loaded, and would
+    scale every network output into an absurd joint target."""
+    d = _rehashed_copy(saved, tmp_path, lambda doc: doc["normalisation"][key].__setitem__(0, value))
+    with pytest.raises(ArtifactError, match="plausible") as exc:
+        read_model_json(d)  # refused before torch is touched
+    assert words in str(exc.value)
+    with pytest.raises(ArtifactError, match="plausible"):
+        load_policy(d)
+
+
+def test_safetensors_header_checked_against_model_json(saved, tmp_path):
+    """model.json's tensor shapes must equal the weights file's header (read
+    without loading any tensor), also when model.json was re-hashed."""
+    from atk_policy.artifact import safetensors_shapes
+
+    src, pol, _ = saved
+    shapes = safetensors_shapes(src / "policy.safetensors")
+    assert shapes == {k: list(v.shape) for k, v in pol.state_dict().items()}
+    d = _rehashed_copy(saved, tmp_path, lambda doc: doc["weights"]["tensors"].__setitem__(
+        "head.net.0.weight", [16, 99]))
+    with pytest.raises(ArtifactError, match=r"file \[16, \d+\], model.json \[16, 99\]"):
+        read_model_json(d)
+    raw = (d / "policy.safetensors").read_bytes()
+    (d / "policy.safetensors").write_bytes((10**12).to_bytes(8, "little") + raw[8:])
+    with pytest.raises(ArtifactError, match="header length"):
+        safetensors_shapes(d / "policy.safetensors")

@@ -121,3 +121,61 @@ def test_from_bags_written_like_recordings(tmp_path, capsys):
     rc = main([str(tmp_path / "cache"), "-o", str(tmp_path / "m2"), "--candidates", "6", "--steps", "10",
                "--hidden", "8", "--top-n", "2", "--baselines", "none", "--val-fraction", "0.34", "--no-progress"])
     assert rc == 0
+
+
+def _write_bags(folder: Path, n: int, seed: int = 1, steps: int = 12) -> list[Path]:
+    from atk_policy.bags import CameraInfoData, write_episode_bag
+
+    photo = np.ascontiguousarray(cv2.imread(str(PHOTO))[:, :, ::-1])
+    eps, _ = rendered_episodes(photo, seed=seed, num_episodes=n, steps=steps)
+    paths = []
+    for ep in eps:
+        paths.append(write_episode_bag(folder / ep.name, stamps=ep.stamps + 100.0,
+                                       images=[ep.frames[t] for t in range(len(ep))],
+                                       camera_info=CameraInfoData.pinhole(160, 120, 30.0),
+                                       joint_states=ep.proprio, joint_targets=ep.actions[:, :6],
+                                       gripper_commands=ep.actions[:, 6]))
+    return paths
+
+
+def test_every_bag_given_is_in_the_printed_summary_with_its_reason(tmp_path, capsys):
+    """One truncated bag among three: was "2 used, 0 skipped", the bad bag only in report.json (issue 15, 6)."""
+    good_a, bad, good_b = _write_bags(tmp_path / "bags", 3)
+    mcap = next(bad.glob("*.mcap"))
+    with open(mcap, "r+b") as f:
+        f.truncate(mcap.stat().st_size // 2)
+    rc = main([str(good_a), str(bad), str(good_b), "-o", str(tmp_path / "m"), "--candidates", "6", "--steps", "10",
+               "--hidden", "8", "--top-n", "2", "--baselines", "none", "--val-fraction", "0.5", "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "episodes: 2 used (24 steps, 160x120), 1 skipped" in out
+    assert f"used: {good_a.name} (12), {good_b.name} (12)" in out
+    skipped = [line for line in out.splitlines() if "SKIPPED" in line]
+    assert len(skipped) == 1 and str(bad) in skipped[0] and "not a readable rosbag2 bag" in skipped[0]
+    assert skipped[0].count(str(bad)) == 1  # the path once, not "<bag>: <bag>: ..."
+    inputs = json.loads((tmp_path / "m" / "report.json").read_text())["episodes"]["inputs"]
+    assert [(Path(e["path"]).name, e["status"]) for e in inputs] == [
+        (good_a.name, "used"), (bad.name, "skipped"), (good_b.name, "used")]
+
+
+def test_an_episode_too_short_to_train_on_is_named_as_skipped(tmp_path, capsys):
+    paths = _write_bags(tmp_path / "bags", 3, seed=2)
+    short = _write_bags(tmp_path / "short", 1, seed=3, steps=11)[0]  # bags need >= 10 frames to be read
+    rc = main([str(p) for p in paths] + [str(short), "-o", str(tmp_path / "m"), "--candidates", "6",
+                                         "--steps", "10", "--hidden", "8", "--top-n", "2", "--baselines", "none",
+                                         "--val-fraction", "0.34", "--min-episode-length", "12", "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "3 used (36 steps, 160x120), 1 skipped" in out
+    assert f"SKIPPED {short}: too short: 11 steps < min_length 12" in out
+
+
+def test_a_split_that_cannot_be_made_names_the_flag_and_leaves_no_output_folder(tmp_path, capsys):
+    (bag,) = _write_bags(tmp_path / "bags", 1)
+    out = tmp_path / "m"
+    rc = main([str(bag), "-o", str(out), "--candidates", "6", "--steps", "10", "--hidden", "8", "--top-n", "2",
+               "--baselines", "none", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "--val-fraction 0.2" in err and "--val-fraction 0" in err and "val_fraction" not in err
+    assert not out.exists()

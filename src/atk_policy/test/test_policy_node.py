@@ -42,8 +42,11 @@ def make_test_model(model_dir: Path) -> Path:
 
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    norm = Normalisation.from_data(rng.normal(size=(32, 7)).astype(np.float32),
-                                   rng.normal(size=(32, 7)).astype(np.float32))
+    proprio = rng.normal(size=(32, 7))
+    # Small steps (~0.01 rad), as a trained policy makes: the node refuses
+    # targets further than max_joint_step_rad from the measured joints.
+    norm = Normalisation.from_data(proprio.astype(np.float32),
+                                   (proprio + rng.normal(scale=0.01, size=(32, 7))).astype(np.float32))
     policy = KeypointPolicy(len(IDS), IMAGE_SIZE, ModelConfig(hidden=(16,)), norm, keypoint_ids=IDS)
     return save_policy(model_dir, policy, np.zeros((IMAGE_SIZE[1], IMAGE_SIZE[0], 3), np.uint8))
 

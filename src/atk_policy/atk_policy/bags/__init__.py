@@ -30,7 +30,8 @@ Modules: ``common`` (message types, BagError), ``typestore`` (message
 definitions), ``reader`` (open, list, read messages), ``labels``
 (episode.yaml), ``config`` (BagTopics, BagConversionConfig), ``frames``
 (lazy frames, frame cache, reader pool), ``alignment``, ``conversion``
-(bag -> Episode, the report), ``writer``. Everything public is importable
+(bag -> Episode, the report), ``writer``, ``recovery`` (bags a killed
+writer left: ``python -m atk_policy.bags reindex``). Everything public is importable
 from ``atk_policy.bags``.
 """
 
@@ -41,8 +42,9 @@ from .config import BagConversionConfig, BagTopics
 from .conversion import BagEntry, ConversionReport, load_episodes
 from .frames import FRAME_CACHE, READERS, BagFrames, decode_image
 from .labels import EpisodeLabel, read_label, write_label
-from .reader import BagInfo, TopicInfo, find_bags, inspect_bag, open_reader, raw_messages, read_messages
-from .typestore import find_atk_msgs_dir, make_typestore, register_from_bag
+from .reader import BagInfo, BagWarning, TopicInfo, find_bags, inspect_bag, open_reader, raw_messages, read_messages
+from .recovery import RecoveryReport, needs_reindex, reindex_bag
+from .typestore import find_atk_msgs_dir, make_typestore, normalize_msgtype, register_from_bag, service_of_event
 from .writer import (COMMAND_QOS, LATCHED_QOS, SENSOR_QOS, CameraInfoData, EpisodeBagWriter, enable_compression,
                      make_qos, namespaced_topic, write_episode_bag)
 
@@ -50,8 +52,9 @@ __all__ = [
     "BAG_VERSION", "CAMERA_INFO_TYPE", "COLOR_ENCODINGS", "COMMAND_QOS", "COMPRESSED_IMAGE_TYPE", "FRAME_CACHE",
     "GRIPPER_COMMAND_TYPE", "GRIPPER_JOINT", "IMAGE_TYPE", "JOINT_STATE_TYPE", "LABEL_FILE", "LATCHED_QOS",
     "READERS", "SENSOR_QOS", "UR_JOINT_NAMES", "BagConversionConfig", "BagEntry", "BagError", "BagFrames",
-    "BagInfo", "BagTopics", "CameraInfoData", "ConversionReport", "EpisodeBagWriter", "EpisodeLabel", "TopicInfo",
-    "align", "decode_image", "enable_compression", "find_atk_msgs_dir", "find_bags", "inspect_bag",
-    "load_episodes", "make_qos", "make_typestore", "namespaced_topic", "open_reader", "raw_messages",
-    "read_label", "read_messages", "register_from_bag", "stamp_series", "write_episode_bag", "write_label",
+    "BagInfo", "BagTopics", "BagWarning", "CameraInfoData", "ConversionReport", "EpisodeBagWriter", "EpisodeLabel",
+    "RecoveryReport", "TopicInfo", "align", "decode_image", "enable_compression", "find_atk_msgs_dir", "find_bags",
+    "inspect_bag", "load_episodes", "make_qos", "make_typestore", "namespaced_topic", "needs_reindex",
+    "normalize_msgtype", "open_reader", "raw_messages", "read_label", "read_messages", "register_from_bag",
+    "reindex_bag", "service_of_event", "stamp_series", "write_episode_bag", "write_label"
 ]

@@ -19,7 +19,7 @@ from .config import BagConversionConfig, BagTopics
 from .frames import FRAME_CACHE, BagFrames, decode_image
 from .labels import read_label
 from .reader import TopicInfo, find_bags, inspect_bag, open_reader, raw_messages
-from .typestore import make_typestore, register_from_bag
+from .typestore import make_typestore, normalize_msgtype, register_from_bag
 
 
 @dataclass
@@ -161,12 +161,14 @@ def _convert_bag(bag: Path, cfg: BagConversionConfig, store: Typestore,
     reader = open_reader(bag)
     try:
         wanted = {t.name: t.msgtype for t in chosen.values()}
-        for c in reader.connections:
-            if wanted.get(c.topic) == c.msgtype:
-                register_from_bag(store, c)
+        # Only the topics used are made known to the type store, so a topic
+        # of a type that cannot be decoded elsewhere in the bag does not matter.
+        type_names = {c.id: register_from_bag(store, c) for c in reader.connections
+                      if normalize_msgtype(c.msgtype) == wanted.get(c.topic)}
         for conn, log_ts, data in raw_messages(reader, wanted):
             key = by_topic[conn.topic]
-            msg = store.deserialize_cdr(data, conn.msgtype)
+            msgtype = type_names[conn.id]
+            msg = store.deserialize_cdr(data, msgtype)
             if use_header and hasattr(msg, "header"):
                 stamp = _stamp_ns(msg.header)
                 if stamp == 0:
@@ -178,13 +180,13 @@ def _convert_bag(bag: Path, cfg: BagConversionConfig, store: Typestore,
                 rank[log_ts] = r + 1
                 img_keys.append((log_ts, r))
                 img_stamps.append(stamp)
-                if conn.msgtype == IMAGE_TYPE:
+                if msgtype == IMAGE_TYPE:
                     img_sizes.add((int(msg.width), int(msg.height)))
                     encodings.add(msg.encoding)
                 else:
                     encodings.add(f"compressed:{msg.format}")
                     if not img_sizes:  # only decoding tells a compressed image's size
-                        h_, w_ = decode_image(msg, conn.msgtype).shape[:2]
+                        h_, w_ = decode_image(msg, msgtype).shape[:2]
                         img_sizes.add((w_, h_))
             elif key == "camera_info":
                 caminfo = caminfo if caminfo is not None else msg
@@ -376,7 +378,9 @@ def load_episodes(paths: str | os.PathLike | Iterable[str | os.PathLike], *,
         try:
             ep = _convert_bag(bag, cfg, store, entry)
         except (_Skip, BagError) as exc:
-            entry.status, entry.reason, entry.frames = "skipped", str(exc), 0
+            # The entry names the bag; a BagError's own "<bag>: " prefix would name it twice.
+            reason = str(exc)
+            entry.status, entry.reason, entry.frames = "skipped", reason.removeprefix(f"{bag}: "), 0
             continue
         if ep.name in names:  # same folder name in two places
             names[ep.name] += 1

@@ -194,7 +194,11 @@ class BagFrames:
         last = min(t + count, len(self.keys)) - 1
         wanted = {self.keys[i]: i for i in range(t, last + 1)}
         store = make_typestore(self.distro)  # type: ignore[arg-type]
-        start, stop = self.keys[t][0], self.keys[last][0] + 1
+        # Frames are in header-stamp order; their log times need not be (stamps
+        # running backwards, frames recorded out of order), so the pass covers
+        # every log time of the frames wanted.
+        log_times = [self.keys[i][0] for i in range(t, last + 1)]
+        start, stop = min(log_times), max(log_times) + 1
         rank: dict[int, int] = {}
         found: np.ndarray | None = None
         self.reads += 1
@@ -207,7 +211,7 @@ class BagFrames:
                 if i is None:
                     continue
                 w, h = self.image_size
-                img = decode_image(store.deserialize_cdr(data, conn.msgtype), conn.msgtype)
+                img = decode_image(store.deserialize_cdr(data, self.msgtype), self.msgtype)
                 if img.shape != (h, w, 3):
                     raise BagError(f"{self.bag}: frame {i} on {self.topic} is {img.shape[1]}x{img.shape[0]}, "
                                    f"the episode's frames are {w}x{h}")
