@@ -85,6 +85,10 @@ class DemoConfig:
     chunk: int = 4
     #: Std (px) of the noise on training keypoints (atk-train --keypoint-noise).
     keypoint_noise_px: float = 0.0
+    #: Robot-aware occlusion in propagation and evaluation (the simulator's
+    #: camera pose as the extrinsics): points the arm covers are predicted from
+    #: the joint states instead of tracked (atk_perception.robot_occlusion).
+    robot_occlusion: bool = True
 
     def __post_init__(self) -> None:
         for name in ("demos", "width", "height", "candidates", "steps", "eval_episodes", "rgb_steps"):
@@ -179,7 +183,7 @@ def collect_dagger(cfg: DemoConfig, env, model_dir: Path, round_idx: int) -> lis
 
     from .demonstrations import record_relabelled_episode
 
-    agent = keypoint_agent(model_dir)
+    agent = keypoint_agent(model_dir, _camera(cfg, env))
     bag_dir = cfg.out / "bags"
     paths = []
     for i in tqdm(range(cfg.dagger_episodes), desc=f"DAgger round {round_idx}", unit="ep"):
@@ -214,6 +218,8 @@ def train_seed(cfg: DemoConfig, seed: int, tag: str = "") -> Path:
             "--baselines", ",".join(baselines) or "none", "--rgb-steps", str(cfg.rgb_steps),
             "--action-mode", cfg.action_mode, "--chunk", str(cfg.chunk),
             "--keypoint-noise", str(cfg.keypoint_noise_px), "--workers", str(cfg.propagation_workers)]
+    if cfg.robot_occlusion:
+        argv += ["--camera-extrinsics", str(write_sim_extrinsics(cfg.out / "camera_extrinsics.yaml"))]
     if cfg.top_n is not None:
         argv += ["--top-n", str(cfg.top_n)]
     _say("atk-train " + " ".join(argv))
@@ -226,17 +232,47 @@ def train_seed(cfg: DemoConfig, seed: int, tag: str = "") -> Path:
 
 # --------------------------------------------------------------------------- agents
 
-def keypoint_agent(model_dir: Path):
+def _camera(cfg: DemoConfig, env):
+    c = env.config
+    return sim_camera(c.width, c.height) if cfg.robot_occlusion else None
+
+
+def write_sim_extrinsics(path: Path) -> Path:
+    """The simulated camera's pose in the robot base frame, as atk-calibrate writes a real one."""
+    from atk_perception.robot_mask import save_extrinsics
+
+    from .sim import model as sim_model
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_extrinsics(path, sim_model.base_t_camera(), info={"source": "simulator camera pose (exact)"})
+    return path
+
+
+def sim_camera(width: int, height: int):
+    """The simulated cell camera as the tracker's robot model sees it (K and its pose in the robot base frame)."""
+    from atk_perception.robot_occlusion import CameraModel
+
+    from .sim import model as sim_model
+
+    return CameraModel(sim_model.camera_intrinsics(width, height), sim_model.base_t_camera())
+
+
+def keypoint_agent(model_dir: Path, camera=None):
     """The deployed pipeline in-process: the tracker node's session and the
     policy node's gate, with their default parameters (config/tracker.yaml,
-    config/policy.yaml)."""
+    config/policy.yaml). camera: a robot_occlusion.CameraModel for
+    robot-aware occlusion (as the tracker node with an extrinsics file), or None."""
     from atk_perception.backends import make_correspondence
     from atk_perception.keypoint_template import load_model_template
+    from atk_perception.robot_occlusion import RobotAwareTracker
     from atk_policy.artifact import load_policy
 
     from .evaluation import KeypointAgent
 
-    return KeypointAgent(load_policy(model_dir), make_correspondence("cpu"), load_model_template(model_dir))
+    h_c = make_correspondence("cpu")
+    if camera is not None:
+        h_c = RobotAwareTracker(h_c, camera)
+    return KeypointAgent(load_policy(model_dir), h_c, load_model_template(model_dir))
 
 
 def rgb_agent(model_dir: Path):
@@ -252,8 +288,8 @@ def method_dirs(model_dir: Path) -> dict[str, Path]:
             "RandomSelect": model_dir / "baselines" / "random", "RGB": model_dir / "baselines" / "rgb"}
 
 
-def make_agent(method: str, path: Path):
-    return rgb_agent(path) if method == "RGB" else keypoint_agent(path)
+def make_agent(method: str, path: Path, camera=None):
+    return rgb_agent(path) if method == "RGB" else keypoint_agent(path, camera)
 
 
 # --------------------------------------------------------------------------- 3a. ROS graph
@@ -293,7 +329,9 @@ def ros_graph_episodes(cfg: DemoConfig, models: dict[int, Path]) -> list[dict]:
 
             run_graph_episodes(model_dir=model_dir, task=cfg.task, seeds=todo, perturbations=CONDITIONS["RP"],
                                width=cfg.width, height=cfg.height, timeout_s=cfg.ros_timeout_s,
-                               log_dir=cfg.out / "ros" / f"seed{ts}", stall_s=cfg.stall_s, on_result=record)
+                               log_dir=cfg.out / "ros" / f"seed{ts}", stall_s=cfg.stall_s, on_result=record,
+                               camera_extrinsics=(write_sim_extrinsics(cfg.out / "camera_extrinsics.yaml")
+                                                  if cfg.robot_occlusion else None))
     return [r for r in results if r["seed"] in scenes and r["train_seed"] in models]
 
 
@@ -321,10 +359,12 @@ def _worker_init(width: int, height: int) -> None:
 
 
 def _worker_episode(job: tuple) -> dict:
-    method, train_seed, cond, seed, path, task, stall_s = job
+    method, train_seed, cond, seed, path, task, stall_s, robot_aware = job
     agents = _WORKER["agents"]
     if (method, train_seed) not in agents:
-        agents[(method, train_seed)] = make_agent(method, Path(path))
+        c = _WORKER["env"].config
+        agents[(method, train_seed)] = make_agent(method, Path(path),
+                                                  sim_camera(c.width, c.height) if robot_aware else None)
     res = run_episode(_WORKER["env"], agents[(method, train_seed)], task, seed, CONDITIONS[cond],
                       stall_steps=stall_steps(stall_s, _WORKER["env"].config.control_hz))
     return {"method": method, "train_seed": train_seed, "condition": cond, "seed": seed,
@@ -347,7 +387,7 @@ def evaluate(cfg: DemoConfig, models: dict[int, Path]) -> dict[str, dict[str, Ce
             r = json.loads(line)
             done[(r["method"], r["train_seed"], r["condition"], r["seed"])] = r["success"]
     eval_seeds = evaluation_scenes(cfg)  # the same scenes for every method
-    jobs = [(m, ts, c, seed, str(method_dirs(d)[m]), cfg.task, cfg.stall_s)
+    jobs = [(m, ts, c, seed, str(method_dirs(d)[m]), cfg.task, cfg.stall_s, cfg.robot_occlusion)
             for m in cfg.methods for ts, d in models.items() for c in CONDITIONS for seed in eval_seeds
             if (m, ts, c, seed) not in done]
     total = len(cfg.methods) * len(models) * len(CONDITIONS) * len(eval_seeds)
@@ -385,7 +425,7 @@ def condition_grid(cfg: DemoConfig, env, model_dir: Path, path: Path) -> None:
     transferred by h_C drawn on it (green: confident, red: not)."""
     import cv2
 
-    agent = keypoint_agent(model_dir)
+    agent = keypoint_agent(model_dir, _camera(cfg, env))
     tiles = []
     for cond, perturbations in CONDITIONS.items():
         obs = env.reset(task=cfg.task, seed=10_000, perturbations=perturbations)
@@ -462,6 +502,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keypoint-noise", type=float, default=0.0, metavar="PX",
                    help="std (px) of Gaussian noise on the training keypoints (atk-train --keypoint-noise; "
                         "default: 0)")
+    p.add_argument("--no-robot-occlusion", action="store_true",
+                   help="track points the arm covers with h_C alone (as before robot-aware occlusion), "
+                        "in propagation and evaluation")
     p.add_argument("--eval-workers", type=int, default=2,
                    help="parallel evaluation processes (default: 2)")
     p.add_argument("--workers", type=int, default=2,
@@ -507,7 +550,8 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
                       methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
                       rgb_steps=rgb_steps, top_n=top_n, eval_workers=args.eval_workers, noise_rad=args.noise,
                       propagation_workers=args.workers,
-                      stall_s=args.stall_s, keypoint_noise_px=args.keypoint_noise)
+                      stall_s=args.stall_s, keypoint_noise_px=args.keypoint_noise,
+                      robot_occlusion=not args.no_robot_occlusion)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
