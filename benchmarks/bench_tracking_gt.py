@@ -1,9 +1,10 @@
 """Keypoint tracking against simulator ground truth, per task phase.
 
 For a trained ATK model (its template and selected keypoints), runs h_C
-(default: the CPU tracker with the tracker node's defaults) inside the
-tracking session and policy input gate as deployed (atk-demo's
-``keypoint_agent``), at the model's resolution (the deployment one), along
+(default: the CPU tracker with the tracker node's defaults, robot-aware
+occlusion on) inside the tracking session and policy input gate as
+deployed (atk-demo's ``keypoint_agent``), at the model's resolution (the
+deployment one), along
 
   (a) N expert episodes: the scripted expert acts, the tracker watches;
   (b) N closed-loop episodes: the model acts on what the tracker reports;
@@ -64,6 +65,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--backend", default="cpu",
                    help="h_C backend: cpu (default, the tracker node's defaults), cotracker, or oracle "
                         "(PRIVILEGED, SIMULATION-ONLY ground truth: 0 px by construction, a self-check)")
+    p.add_argument("--no-robot-occlusion", action="store_true",
+                   help="track without robot-aware occlusion (default: on, as atk-demo deploys it, with the "
+                        "simulated camera's exact pose; not used by the oracle)")
     p.add_argument("--expert", type=int, default=20, help="expert episodes (default: 20)")
     p.add_argument("--closed-loop", type=int, default=20, help="closed-loop episodes of the model (default: 20)")
     p.add_argument("--perturbations", default="RP", help="comma-separated conditions (default: RP)")
@@ -245,7 +249,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from tqdm import tqdm
 
-    from atk_bringup.demo import keypoint_agent
+    from atk_bringup.demo import keypoint_agent, sim_camera
     from atk_bringup.sim.env import SimConfig, SimEnv
     from atk_bringup.sim.ground_truth import SimGroundTruthSource
     from atk_perception.keypoint_template import load_model_template
@@ -264,10 +268,12 @@ def main(argv=None) -> int:
         print(f"bench_tracking_gt: {exc}\n(the template must be a simulated frame: give the model's --bags)",
               file=sys.stderr)
         return 2
-    agent = keypoint_agent(args.model, args.backend, env, args.bags, args.task)
+    camera = None if args.no_robot_occlusion or args.backend == "oracle" else sim_camera(w, h)
+    agent = keypoint_agent(args.model, args.backend, env, args.bags, args.task, camera=camera)
     gate_threshold = GateConfig().confidence_threshold
     print(f"model {args.model}: {len(template.points)} keypoints, {w}x{h}, h_C {args.backend!r}"
           + ("  [PRIVILEGED, SIMULATION-ONLY]" if args.backend == "oracle" else "")
+          + (", robot-aware occlusion" if camera is not None else "")
           + f", task {args.task}, {'+'.join(perturbations)}, gate threshold {gate_threshold}")
     jobs = [("expert", i) for i in range(args.expert)] + [("closed-loop", i) for i in range(args.closed_loop)]
     rows: list[dict] = []

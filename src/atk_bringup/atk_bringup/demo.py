@@ -102,6 +102,10 @@ class DemoConfig:
     #: With h_c "cpu": also evaluate the same ATK models with the oracle h_C
     #: ("ATK (oracle h_C)" rows; no retraining, episodes without the CPU tracker).
     oracle_rows: bool = True
+    #: Robot-aware occlusion in propagation and evaluation (the simulator's
+    #: camera pose as the extrinsics): points the arm covers are predicted from
+    #: the joint states instead of tracked (atk_perception.robot_occlusion).
+    robot_occlusion: bool = True
 
     def __post_init__(self) -> None:
         for name in ("demos", "width", "height", "candidates", "steps", "eval_episodes", "rgb_steps"):
@@ -198,7 +202,7 @@ def collect_dagger(cfg: DemoConfig, env, model_dir: Path, round_idx: int) -> lis
 
     from .demonstrations import record_relabelled_episode
 
-    agent = keypoint_agent(model_dir, cfg.h_c, env, cfg.out / "bags", cfg.task)
+    agent = keypoint_agent(model_dir, cfg.h_c, env, cfg.out / "bags", cfg.task, camera=_camera(cfg, env))
     bag_dir = cfg.out / "bags"
     paths = []
     for i in tqdm(range(cfg.dagger_episodes), desc=f"DAgger round {round_idx}", unit="ep"):
@@ -235,6 +239,8 @@ def train_seed(cfg: DemoConfig, seed: int, tag: str = "") -> Path:
             "--action-mode", cfg.action_mode, "--chunk", str(cfg.chunk),
             "--keypoint-noise", str(cfg.keypoint_noise_px), "--workers", str(cfg.propagation_workers),
             "--backend", cfg.h_c]
+    if cfg.robot_occlusion and cfg.h_c != "oracle":  # the oracle knows occlusion already
+        argv += ["--camera-extrinsics", str(write_sim_extrinsics(cfg.out / "camera_extrinsics.yaml"))]
     if cfg.top_n is not None:
         argv += ["--top-n", str(cfg.top_n)]
     _say("atk-train " + " ".join(argv))
@@ -246,6 +252,31 @@ def train_seed(cfg: DemoConfig, seed: int, tag: str = "") -> Path:
 
 
 # --------------------------------------------------------------------------- agents
+
+def _camera(cfg: DemoConfig, env):
+    c = env.config
+    return sim_camera(c.width, c.height) if cfg.robot_occlusion else None
+
+
+def write_sim_extrinsics(path: Path) -> Path:
+    """The simulated camera's pose in the robot base frame, as atk-calibrate writes a real one."""
+    from atk_perception.robot_mask import save_extrinsics
+
+    from .sim import model as sim_model
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_extrinsics(path, sim_model.base_t_camera(), info={"source": "simulator camera pose (exact)"})
+    return path
+
+
+def sim_camera(width: int, height: int):
+    """The simulated cell camera as the tracker's robot model sees it (K and its pose in the robot base frame)."""
+    from atk_perception.robot_occlusion import CameraModel
+
+    from .sim import model as sim_model
+
+    return CameraModel(sim_model.camera_intrinsics(width, height), sim_model.base_t_camera())
+
 
 def oracle_correspondence(env, bags: Path | None, task: str):
     """The PRIVILEGED, SIMULATION-ONLY oracle h_C on the live simulator ``env``.
@@ -261,13 +292,18 @@ def oracle_correspondence(env, bags: Path | None, task: str):
     return make_correspondence("oracle", ground_truth=source)
 
 
-def keypoint_agent(model_dir: Path, h_c: str = "cpu", env=None, bags: Path | None = None, task: str = "sushi"):
+def keypoint_agent(model_dir: Path, h_c: str = "cpu", env=None, bags: Path | None = None, task: str = "sushi",
+                   camera=None):
     """The deployed pipeline in-process: the tracker node's session and the
     policy node's gate, with their default parameters (config/tracker.yaml,
-    config/policy.yaml). h_c "oracle" swaps the tracker's h_C for the
-    simulator's ground truth (needs the live ``env``)."""
+    config/policy.yaml). camera: a robot_occlusion.CameraModel for
+    robot-aware occlusion (as the tracker node with an extrinsics file), or None.
+    h_c "oracle" swaps the tracker's h_C for the simulator's ground truth
+    (PRIVILEGED, SIMULATION-ONLY; needs the live ``env``; ``camera`` is not
+    used: the truth knows what the arm covers)."""
     from atk_perception.backends import make_correspondence
     from atk_perception.keypoint_template import load_model_template
+    from atk_perception.robot_occlusion import RobotAwareTracker
     from atk_policy.artifact import load_policy
 
     from .evaluation import KeypointAgent
@@ -278,6 +314,8 @@ def keypoint_agent(model_dir: Path, h_c: str = "cpu", env=None, bags: Path | Non
         hc = oracle_correspondence(env, bags, task)
     else:
         hc = make_correspondence(h_c)
+        if camera is not None:
+            hc = RobotAwareTracker(hc, camera)
     return KeypointAgent(load_policy(model_dir), hc, load_model_template(model_dir))
 
 
@@ -295,8 +333,8 @@ def method_dirs(model_dir: Path) -> dict[str, Path]:
 
 
 def make_agent(method: str, path: Path, h_c: str = "cpu", env=None, bags: Path | None = None,
-               task: str = "sushi"):
-    return rgb_agent(path) if method == "RGB" else keypoint_agent(path, h_c, env, bags, task)
+               task: str = "sushi", camera=None):
+    return rgb_agent(path) if method == "RGB" else keypoint_agent(path, h_c, env, bags, task, camera)
 
 
 # --------------------------------------------------------------------------- 3a. ROS graph
@@ -336,7 +374,9 @@ def ros_graph_episodes(cfg: DemoConfig, models: dict[int, Path]) -> list[dict]:
 
             run_graph_episodes(model_dir=model_dir, task=cfg.task, seeds=todo, perturbations=CONDITIONS["RP"],
                                width=cfg.width, height=cfg.height, timeout_s=cfg.ros_timeout_s,
-                               log_dir=cfg.out / "ros" / f"seed{ts}", stall_s=cfg.stall_s, on_result=record)
+                               log_dir=cfg.out / "ros" / f"seed{ts}", stall_s=cfg.stall_s, on_result=record,
+                               camera_extrinsics=(write_sim_extrinsics(cfg.out / "camera_extrinsics.yaml")
+                                                  if cfg.robot_occlusion else None))
     return [r for r in results if r["seed"] in scenes and r["train_seed"] in models]
 
 
@@ -368,10 +408,12 @@ def _worker_init(width: int, height: int) -> None:
 
 
 def _worker_episode(job: tuple) -> dict:
-    method, h_c, train_seed, cond, seed, path, task, stall_s, bags = job
+    method, h_c, train_seed, cond, seed, path, task, stall_s, bags, robot_aware = job
     agents, env = _WORKER["agents"], _WORKER["env"]
     if (method, h_c, train_seed) not in agents:
-        agents[(method, h_c, train_seed)] = make_agent(method, Path(path), h_c, env, Path(bags), task)
+        c = env.config
+        agents[(method, h_c, train_seed)] = make_agent(method, Path(path), h_c, env, Path(bags), task,
+                                                       sim_camera(c.width, c.height) if robot_aware else None)
     res = run_episode(env, agents[(method, h_c, train_seed)], task, seed, CONDITIONS[cond],
                       stall_steps=stall_steps(stall_s, env.config.control_hz))
     return {"method": method, "h_c": h_c, "train_seed": train_seed, "condition": cond, "seed": seed,
@@ -408,7 +450,8 @@ def evaluate(cfg: DemoConfig, models: dict[int, Path]) -> dict[str, dict[str, Ce
             done[key(r)] = r["success"]
     eval_seeds = evaluation_scenes(cfg)  # the same scenes for every method
     rows = evaluation_rows(cfg)
-    jobs = [(m, h, ts, c, seed, str(method_dirs(d)[m]), cfg.task, cfg.stall_s, str(cfg.out / "bags"))
+    jobs = [(m, h, ts, c, seed, str(method_dirs(d)[m]), cfg.task, cfg.stall_s, str(cfg.out / "bags"),
+             cfg.robot_occlusion)
             for m, h in rows for ts, d in models.items() for c in CONDITIONS for seed in eval_seeds
             if (m, h, ts, c, seed) not in done]
     total = len(rows) * len(models) * len(CONDITIONS) * len(eval_seeds)
@@ -447,7 +490,7 @@ def condition_grid(cfg: DemoConfig, env, model_dir: Path, path: Path) -> None:
     transferred by h_C drawn on it (green: confident, red: not)."""
     import cv2
 
-    agent = keypoint_agent(model_dir, cfg.h_c, env, cfg.out / "bags", cfg.task)
+    agent = keypoint_agent(model_dir, cfg.h_c, env, cfg.out / "bags", cfg.task, camera=_camera(cfg, env))
     tiles = []
     for cond, perturbations in CONDITIONS.items():
         obs = env.reset(task=cfg.task, seed=10_000, perturbations=perturbations)
@@ -529,6 +572,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keypoint-noise", type=float, default=0.0, metavar="PX",
                    help="std (px) of Gaussian noise on the training keypoints (atk-train --keypoint-noise; "
                         "default: 0)")
+    p.add_argument("--no-robot-occlusion", action="store_true",
+                   help="track points the arm covers with h_C alone (as before robot-aware occlusion), "
+                        "in propagation and evaluation")
     p.add_argument("--eval-workers", type=int, default=2,
                    help="parallel evaluation processes (default: 2)")
     p.add_argument("--workers", type=int, default=2,
@@ -582,7 +628,7 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
                       rgb_steps=rgb_steps, top_n=top_n, eval_workers=args.eval_workers, noise_rad=args.noise,
                       propagation_workers=args.workers,
                       stall_s=args.stall_s, keypoint_noise_px=args.keypoint_noise, h_c=args.h_c,
-                      oracle_rows=args.oracle_rows)
+                      oracle_rows=args.oracle_rows, robot_occlusion=not args.no_robot_occlusion)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -118,6 +118,12 @@ class KeypointAgent:
         self._first = self._track(obs)  # the transfer onto the first frame: no simulated time (see class doc)
 
     def _track(self, obs):
+        from atk_perception.robot_occlusion import RobotAwareTracker
+
+        if isinstance(self.session.h_c, RobotAwareTracker):
+            # the tracker node gets these from joint_states and the depth topic
+            depth = obs.depth_mm.astype(np.float32) / 1000.0 if obs.depth_mm.size else None
+            self.session.h_c.set_robot_state(obs.joint_positions, depth)
         try:
             out = self.session.process(obs.rgb, float(obs.time))
         except Exception as exc:  # noqa: BLE001 - as the tracker node: a backend bug skips the frame

@@ -260,6 +260,9 @@ DEPLOY = Graph(
         _ROBOT_IP_ARG,
         LaunchArgument("tracker_backend", "cpu", "Keypoint tracker: the CPU tracker or CoTracker.",
                        ("cpu", "cotracker")),
+        LaunchArgument("camera_extrinsics", "", "Camera pose in the robot base frame (atk-calibrate's YAML; "
+                       "atk-demo writes the simulator's as <run>/camera_extrinsics.yaml): the tracker then "
+                       "predicts the keypoints the robot covers. Empty: off."),
         _CAMERA_ARG,
         _VIDEO_ARG,
         _task_arg(_WITH_SIM),
@@ -274,7 +277,8 @@ DEPLOY = Graph(
         _sim_node((_SIMULATED,)),
         _camera_node(),
         NodeSpec("atk_perception", "tracker_node", "tracker", ("tracker.yaml",),
-                 (ParamFromArg("model_dir", "model"), ParamFromArg("backend", "tracker_backend"), _SIM_TIME), (),
+                 (ParamFromArg("model_dir", "model"), ParamFromArg("backend", "tracker_backend"),
+                  ParamFromArg("extrinsics_file", "camera_extrinsics"), _SIM_TIME), (),
                  (), "Tracks the model's selected keypoints in the camera frames."),
         NodeSpec("atk_policy", "policy_node", "policy", ("policy.yaml",),
                  (ParamFromArg("model_dir", "model"), _SIM_TIME), (), (),
