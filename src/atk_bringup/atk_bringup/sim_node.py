@@ -308,12 +308,12 @@ def _define_node() -> type:
                         self._serve_reset(self._requests.get_nowait())
                     if self._stop.is_set():
                         break
-                    if self._waiting():
-                        self._publish(self._last_obs)   # the same frame, same stamp: the world stands still
-                        if not prm["realtime"]:
-                            self._stop.wait(period)
-                        continue
                     try:
+                        if self._waiting():
+                            self._publish(self._last_obs)   # the same frame, same stamp: the world stands still
+                            if not prm["realtime"]:
+                                self._stop.wait(period)
+                            continue
                         self._tick()
                     except Exception as exc:  # noqa: BLE001 - report, keep the node alive
                         if self._shutting_down():

@@ -55,6 +55,15 @@ PARAMS = (
               "downloaded). Required for backend 'cotracker'"),
     ParamSpec("device", "", "torch device for backend 'cotracker' (e.g. cuda, cpu); "
               "empty: the backend's default"),
+    ParamSpec("cotracker_v2", False, "backend 'cotracker': the checkpoint is a CoTracker2 one (no "
+              "confidence head); must match the checkpoint"),
+    ParamSpec("cotracker_window_len", 0, "backend 'cotracker': sliding window length; fixed by the "
+              "checkpoint (CoTracker3 online: 16), 0 takes the checkpoint's", min=0, max=1024),
+    ParamSpec("cotracker_visibility_threshold", 0.6, "backend 'cotracker': a point is visible when "
+              "visibility x confidence exceeds this (the official predictor's fixed value: 0.6)",
+              min=0.0, max=0.999),
+    ParamSpec("cotracker_confidence_decay", 0.9, "backend 'cotracker': confidence factor per frame "
+              "since the last CoTracker result (it runs every window_len/2 frames)", min=0.001, max=1.0),
     # 'async' by default here (not in the library, whose offline users want
     # results independent of thread timing): it takes SIFT off the frame path,
     # which is what sets the node's latency tail (docs/perception.md).
@@ -108,8 +117,18 @@ _STATE_NAMES = {TrackerState.INITIALISING: "INITIALISING", TrackerState.TRACKING
                 TrackerState.LOST: "LOST"}
 
 
-def make_backend(backend: str, checkpoint: str, device: str, reanchor_mode: str = "async"):
-    """Build h_C; ValueError/FileNotFoundError with an operator message on failure."""
+#: tracker parameter -> CoTrackerConfig field
+COTRACKER_PARAMS = {"cotracker_v2": "v2", "cotracker_window_len": "window_len",
+                    "cotracker_visibility_threshold": "visibility_threshold",
+                    "cotracker_confidence_decay": "confidence_decay"}
+
+
+def make_backend(backend: str, checkpoint: str, device: str, reanchor_mode: str = "async",
+                 cotracker: dict[str, Any] | None = None):
+    """Build h_C; ValueError/FileNotFoundError with an operator message on failure.
+
+    cotracker: the node's ``cotracker_*`` parameters (COTRACKER_PARAMS), for backend 'cotracker'.
+    """
     from atk_perception.backends import make_correspondence  # noqa: PLC0415 (torch for cotracker)
 
     overrides: dict[str, Any] = {}
@@ -123,6 +142,8 @@ def make_backend(backend: str, checkpoint: str, device: str, reanchor_mode: str 
         overrides["checkpoint"] = checkpoint
         if device:
             overrides["device"] = device
+        for param, value in (cotracker or {}).items():
+            overrides[COTRACKER_PARAMS[param]] = value
     return make_correspondence(backend, **overrides)
 
 
@@ -180,7 +201,8 @@ def _build_node_class():
                 frame_timeout_s=p["frame_timeout_s"],
                 template_size_mismatch=p["template_size_mismatch"])
             template = self._load_template(p)
-            h_c = make_backend(p["backend"], p["checkpoint"], p["device"], p["reanchor_mode"])
+            h_c = make_backend(p["backend"], p["checkpoint"], p["device"], p["reanchor_mode"],
+                               {name: p[name] for name in COTRACKER_PARAMS})
             base_t_camera = None
             if p["extrinsics_file"]:
                 try:
