@@ -44,6 +44,12 @@ class SessionConfig:
     min_point_confidence: float = 0.5
     #: Fewer confident keypoints than this fraction makes a frame "bad".
     min_confident_fraction: float = 0.5
+    #: A keypoint that is not visible counts as confident when its confidence
+    #: is at least this: its position was predicted from the robot (carried by
+    #: the gripper, atk_perception.robot_occlusion); h_C backends give hidden
+    #: points less. Carrying an object for longer than lost_after_s must not
+    #: read as a lost track.
+    min_predicted_confidence: float = 0.75
     #: Consecutive bad frames before the state becomes LOST (1 = immediately) ...
     lost_after_frames: int = 3
     #: ... and for at least this long (source stamps, s). The robot's own arm
@@ -69,7 +75,8 @@ class SessionConfig:
     max_aspect_difference: float = 0.02
 
     def __post_init__(self) -> None:
-        for name in ("min_point_confidence", "min_confident_fraction", "transfer_min_fraction"):
+        for name in ("min_point_confidence", "min_confident_fraction", "transfer_min_fraction",
+                     "min_predicted_confidence"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"{name}: must be within [0, 1], got {v!r}")
@@ -385,7 +392,8 @@ class TrackingSession:
                 f"({pts[k, 0]:.1f}, {pts[k, 1]:.1f})")
 
     def _confident(self, conf: np.ndarray, visible: np.ndarray) -> np.ndarray:
-        return visible & (conf >= self.config.min_point_confidence)
+        c = self.config
+        return (conf >= c.min_point_confidence) & (visible | (conf >= c.min_predicted_confidence))
 
     def _initialise(self, image: np.ndarray, notes: list[str]) -> None:
         cfg = self.config

@@ -93,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="episodes propagated in parallel processes (default: %(default)s)")
     g.add_argument("--min-confidence", type=float, default=0.0,
                    help="points with lower h_C confidence count as not visible (default: %(default)s)")
+    g.add_argument("--camera-extrinsics", type=Path, metavar="YAML",
+                   help="camera pose in the robot base frame (atk-calibrate's file): points the robot covers "
+                        "are predicted from the joint states instead of tracked, as on the deployed tracker "
+                        "(needs camera_info in the bags). Default: off")
     g.add_argument("--track-cache", type=Path, metavar="DIR",
                    help="cache of propagated tracks (default: OUTPUT/cache/tracks)")
     g = p.add_argument_group("training (defaults: table 6 of the paper scaled for small datasets)")
@@ -329,7 +333,8 @@ def run(args: argparse.Namespace) -> dict:
             candidates=CandidateConfig(num_candidates=args.candidates, method=args.candidate_method,
                                        seed=args.candidate_seed),
             propagation=PropagationConfig(backend=args.backend, workers=args.workers,
-                                          min_confidence=args.min_confidence),
+                                          min_confidence=args.min_confidence,
+                                          camera_extrinsics=str(args.camera_extrinsics or "")),
             model=ModelConfig(head=args.head, action_mode=args.action_mode, chunk=args.chunk,
                               binary_gripper=not args.no_binary_gripper, hidden=hidden,
                               init_keep_prob=args.init_keep_prob,
@@ -389,6 +394,7 @@ def run(args: argparse.Namespace) -> dict:
         _barrier()
     tracked = propagate_dataset(episodes, canonical, cands.points, backend=cfg.propagation.backend,
                                 min_confidence=cfg.propagation.min_confidence, workers=cfg.propagation.workers,
+                                camera_extrinsics=cfg.propagation.camera_extrinsics or None,
                                 cache_dir=track_cache, progress=progress and rank == 0)
     if rank == 0:
         _barrier()
@@ -440,6 +446,7 @@ def run(args: argparse.Namespace) -> dict:
             _barrier()
         man = propagate_dataset(episodes, canonical, pts, backend=cfg.propagation.backend,
                                 min_confidence=cfg.propagation.min_confidence, workers=cfg.propagation.workers,
+                                camera_extrinsics=cfg.propagation.camera_extrinsics or None,
                                 cache_dir=track_cache, progress=progress)
         if main_rank:
             _barrier()

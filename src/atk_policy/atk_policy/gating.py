@@ -77,6 +77,12 @@ class GateConfig:
         places; holding then froze the arm in the covering pose, so the
         keypoints never came back (the deadlock of 36 of 49 evaluation
         episodes before this grace existed). 0: hold at once.
+    predicted_min_confidence: a keypoint the camera does not see (visible
+        False) is not low when its confidence is at least this: the tracker
+        predicted it from the robot (a point on the object the gripper
+        carries, atk_perception.robot_occlusion, confidence 0.8). The h_C
+        backends give hidden points less (CPU: 0, CoTracker: at most its
+        0.6 visibility threshold). Above 1: every hidden keypoint is low.
     image_margin_fraction: a keypoint may lie outside the image by at most
         this fraction of the image's width (x) or height (y) before the array
         counts as invalid input; the tracker clips what it transfers to the
@@ -90,6 +96,7 @@ class GateConfig:
     max_low_confidence: int = 2
     max_low_confidence_fraction: float = 0.5
     low_confidence_grace_s: float = 2.0
+    predicted_min_confidence: float = 0.75
     image_margin_fraction: float = 0.5
 
     def __post_init__(self) -> None:
@@ -109,6 +116,10 @@ class GateConfig:
         g = self.low_confidence_grace_s
         if not (isinstance(g, (int, float)) and math.isfinite(g) and g >= 0):
             raise ValueError(f"GateConfig.low_confidence_grace_s must be >= 0 seconds, got {g!r}")
+        p = self.predicted_min_confidence
+        if not (isinstance(p, (int, float)) and math.isfinite(p) and p >= self.confidence_threshold):
+            raise ValueError(f"GateConfig.predicted_min_confidence must be >= confidence_threshold "
+                             f"({self.confidence_threshold}), got {p!r}")
         mf = self.image_margin_fraction
         if not (isinstance(mf, (int, float)) and math.isfinite(mf) and 0.0 <= mf <= 10.0):
             raise ValueError(f"GateConfig.image_margin_fraction must be in [0, 10], got {mf!r}")
@@ -189,12 +200,16 @@ def invalid_keypoint_reason(keypoints: KeypointInput, image_size: Optional[tuple
     return ""
 
 
-def low_confidence_mask(keypoints: KeypointInput, threshold: float) -> np.ndarray:
-    """(N,) bool: below ``threshold``, not visible, or with a non-finite value."""
+def low_confidence_mask(keypoints: KeypointInput, threshold: float,
+                        predicted_threshold: float = math.inf) -> np.ndarray:
+    """(N,) bool: below ``threshold``, not visible (unless predicted: confidence at
+    least ``predicted_threshold``, see GateConfig), or with a non-finite value."""
     conf = np.asarray(keypoints.confidence, dtype=np.float64)
     pos = np.asarray(keypoints.positions, dtype=np.float64)
     finite = np.isfinite(conf) & np.all(np.isfinite(pos), axis=1)
-    return ~finite | (np.nan_to_num(conf, nan=-1.0) < threshold) | ~np.asarray(keypoints.visible, dtype=bool)
+    c = np.nan_to_num(conf, nan=-1.0)
+    hidden = ~np.asarray(keypoints.visible, dtype=bool) & (c < predicted_threshold)
+    return ~finite | (c < threshold) | hidden
 
 
 def _state_name(value: int) -> str:
@@ -264,11 +279,12 @@ def evaluate_gate(config: GateConfig, now_s: float, keypoints: Optional[Keypoint
                                 "image_width and image_height", age)
         if (w, h) != (ew, eh):
             return GateDecision(GateState.FAULT, f"keypoints refer to a {w}x{h} image but the model was trained "
-                                f"on {ew}x{eh}: set the camera resolution to {ew}x{eh}", age)
+                                f"on {ew}x{eh}: set the camera resolution to {ew}x{eh} (deploy launch argument "
+                                f"sim_width:={ew} sim_height:={eh} in simulation, or leave them at auto)", age)
     invalid = invalid_keypoint_reason(keypoints, tuple(keypoints.image_size), config.image_margin_fraction)
     if invalid:
         return GateDecision(GateState.FAULT, invalid, age)
-    low = low_confidence_mask(keypoints, config.confidence_threshold)
+    low = low_confidence_mask(keypoints, config.confidence_threshold, config.predicted_min_confidence)
     n_low = int(low.sum())
     low_ids = tuple(int(i) for i in np.asarray(keypoints.ids)[low])
     allowed = max(config.max_low_confidence, int(math.floor(config.max_low_confidence_fraction * len(low) + 1e-9)))

@@ -103,13 +103,7 @@ def print_help() -> None:
 
 def proprio_from_joint_state(names: Sequence[str], positions: Sequence[float]) -> tuple[Optional[np.ndarray], str]:
     """(7,) = 6 UR joint positions (rad) + gripper (0..1), or (None, why)."""
-    index = {n: i for i, n in enumerate(names)}
-    missing = [n for n in (*UR_JOINTS, GRIPPER_JOINT) if n not in index]
-    if missing:
-        return None, f"joint_states lacks joints {missing} (has {list(names)})"
-    if len(positions) != len(names):
-        return None, f"joint_states has {len(names)} names but {len(positions)} positions"
-    return np.array([positions[index[n]] for n in (*UR_JOINTS, GRIPPER_JOINT)], dtype=np.float64), ""
+    return kin.joint_state_vector(names, positions)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

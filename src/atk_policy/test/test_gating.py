@@ -69,8 +69,19 @@ def test_staleness_is_checked_before_tracker_state():
     assert d.state == GateState.HOLD_STALE
 
 
+def test_a_hidden_keypoint_predicted_from_the_robot_is_not_low():
+    # a point on the carried object: not visible, position from the tool pose (confidence 0.8)
+    kp = _kp(conf=[0.9, 0.8, 0.74, 0.9], visible=[True, False, False, True])
+    assert low_confidence_mask(kp, 0.5, 0.75).tolist() == [False, False, True, False]
+    assert low_confidence_mask(kp, 0.5).tolist() == [False, True, True, False]
+    d = evaluate_gate(CFG, 10.0, kp, 10.0, IDS)
+    assert d.low_confidence_count == 1 and d.low_confidence_ids == (11,)
+    with pytest.raises(ValueError, match="predicted_min_confidence"):
+        GateConfig(predicted_min_confidence=0.3)
+
+
 def test_low_confidence_counts_threshold_visibility_and_nan():
-    kp = _kp(conf=[0.9, 0.49, 0.5, 0.9], visible=[True, True, True, False])
+    kp = _kp(conf=[0.9, 0.49, 0.5, 0.7], visible=[True, True, True, False])
     assert low_confidence_mask(kp, 0.5).tolist() == [False, True, False, True]
     d = evaluate_gate(CFG, 10.0, kp, 10.0, IDS)
     assert d.state == GateState.HOLD_LOW_CONFIDENCE
@@ -97,6 +108,7 @@ def test_id_mismatch_is_a_fault():
 def test_image_size_mismatch_or_unreported_size_is_a_fault():
     d = evaluate_gate(CFG, 10.0, _kp(size=(1280, 720)), 10.0, IDS, (640, 480))
     assert d.state == GateState.FAULT and "1280x720" in d.reason and "640x480" in d.reason
+    assert "sim_width:=640 sim_height:=480" in d.reason  # the launch arguments that fix it (issue 16)
     assert evaluate_gate(CFG, 10.0, _kp(size=(640, 480)), 10.0, IDS, (640, 480)).running
     # issue 15: a 0x0 size used to skip the check
     d = evaluate_gate(CFG, 10.0, _kp(size=(0, 0)), 10.0, IDS, (640, 480))
