@@ -161,6 +161,12 @@ class PropagationReport:
 
 
 @dataclass
+class TrainingReport:
+    seconds: float                    #: mask training, selection, final policy (and FullSet)
+    mask_samples_per_s: float
+
+
+@dataclass
 class TrainReport:
     """What :func:`train` did; ``to_dict()`` is ``report.json``."""
 
@@ -169,18 +175,17 @@ class TrainReport:
     episodes: EpisodesReport
     candidates: CandidatesReport
     propagation: PropagationReport
-    training_seconds: float
-    mask_samples_per_s: float
+    training: TrainingReport
     #: ATKResult.report() without keep_probs: selected ids, their keep-probabilities, validation errors.
     selection: dict[str, Any]
     #: Validation error (normalised MSE) of each baseline trained.
     baselines_val_mse: dict[str, float]
+    #: (C, 2) candidate pixels on I_can (not in report.json: candidates.json holds them).
+    candidate_points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)), repr=False)
     #: Whole run; None on torchrun ranks other than 0, which write no files.
     seconds_total: float | None = None
     #: The one-screen summary written to summary.txt (None where no files were written).
     summary: str | None = None
-    #: (C, 2) candidate pixels on I_can (not in report.json: candidates.json holds them).
-    candidate_points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)), repr=False)
 
     @property
     def selected_ids(self) -> list[int]:
@@ -197,7 +202,7 @@ class TrainReport:
                            **({"sources": c.sources} if c.sources is not None else {})},
             "propagation": {"seconds": p.seconds, "cache": p.cache, "clipped_points": p.clipped_points,
                             "mean_confidence": p.mean_confidence, "visible_fraction": p.visible_fraction},
-            "training": {"seconds": self.training_seconds, "mask_samples_per_s": self.mask_samples_per_s},
+            "training": {"seconds": self.training.seconds, "mask_samples_per_s": self.training.mask_samples_per_s},
             "selection": self.selection,
             "baselines_val_mse": self.baselines_val_mse,
         }
@@ -360,7 +365,7 @@ def _train(source: DataSource, cfg: ATKConfig, baselines: BaselineConfig, out: P
 
     report = TrainReport(
         output=out, world_size=world, episodes=ep_report, candidates=cand_report, propagation=prop_report,
-        training_seconds=training_seconds, mask_samples_per_s=res.mask_fit.samples_per_s,
+        training=TrainingReport(training_seconds, res.mask_fit.samples_per_s),
         selection={k: v for k, v in sel.items() if k != "keep_probs"}, baselines_val_mse=base_err,
         candidate_points=np.asarray(cands.points))
     if not main_rank:
