@@ -38,29 +38,18 @@ import rclpy  # noqa: E402
 from launch.actions import IncludeLaunchDescription  # noqa: E402
 from launch.launch_description_sources import PythonLaunchDescriptionSource  # noqa: E402
 
+from atk_fixtures.models import save_untrained_policy  # noqa: E402
+
 LAUNCH_FILE = Path(__file__).resolve().parent.parent / "launch" / "deploy.launch.py"
 UP_TIMEOUT_S = 120.0  # simulator start (model compile, EGL) + tracker transfer on a loaded machine
 
 
-def _model(model_dir: Path) -> Path:
-    import torch
-
-    from atk_policy.artifact import save_policy
-    from atk_policy.config import ModelConfig
-    from atk_policy.model import KeypointPolicy, Normalisation
-
-    torch.manual_seed(0)
-    rng = np.random.default_rng(0)
-    norm = Normalisation.from_data(rng.normal(size=(16, 7)).astype(np.float32),
-                                   rng.normal(size=(16, 7)).astype(np.float32))
-    policy = KeypointPolicy(4, (640, 480), ModelConfig(hidden=(8,)), norm,
-                            canonical_xy=rng.uniform((100, 100), (540, 380), (4, 2)))
-    return save_policy(model_dir, policy, rng.integers(0, 255, (480, 640, 3), dtype=np.uint8))
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    return _model(tmp_path_factory.mktemp("launch") / "model")
+    rng = np.random.default_rng(0)
+    return save_untrained_policy(tmp_path_factory.mktemp("launch") / "model", (640, 480),
+                                 canonical_xy=rng.uniform((100, 100), (540, 380), (4, 2)),
+                                 template=rng.integers(0, 255, (480, 640, 3), dtype=np.uint8))
 
 
 @launch_pytest.fixture

@@ -20,7 +20,7 @@ import torch
 from atk_perception.backends import make_correspondence
 from atk_perception.correspondence import CorrespondenceError
 from atk_perception.cotracker_backend import CoTrackerBackend, CoTrackerConfig
-from atk_perception.synthetic import procedural_texture
+from atk_fixtures.images import procedural_texture
 
 STEP = 4
 W, H = 160, 120

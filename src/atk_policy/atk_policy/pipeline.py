@@ -33,7 +33,6 @@ from .config import ATKConfig
 if TYPE_CHECKING:
     from .bags import BagConversionConfig
     from .dataset import Episode, SkippedEpisode
-    from .train import ATKResult
 
 #: Baselines trained with the same trainer and reported beside ATK.
 BASELINES = ("fullset", "random", "manual", "rgb")

@@ -10,7 +10,7 @@ import pytest
 
 from atk_policy.config import ATKConfig, CandidateConfig, ModelConfig, SelectionConfig, TrainConfig
 from atk_policy.pipeline import BaselineConfig, DataSource, PipelineError, TrainReport, train
-from atk_policy.synthetic import rendered_episodes
+from atk_fixtures.episodes import rendered_episodes
 
 PHOTO = Path(__file__).resolve().parents[3] / "tests" / "data" / "images" / "rubberwhale1.png"
 
