@@ -39,10 +39,12 @@ def test_prints_the_table(quick_run):
     assert "| method | RP | RB | +RO | +Light |" in stdout
     for method in ("ATK", "FullSet", "RandomSelect", "RGB"):
         assert f"| {method} |" in stdout
+    assert "| ATK (ROS graph) |" in stdout   # the same model through the ROS graph, on the RP scenes
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert {(r["method"], r["condition"]) for r in rows} == {
-        (m, c) for m in ("ATK", "FullSet", "RandomSelect", "RGB") for c in CONDITIONS}
-    assert all(0.0 <= float(r["mean"]) <= 1.0 for r in rows)
+        (m, c) for m in ("ATK", "ATK (ROS graph)", "FullSet", "RandomSelect", "RGB") for c in CONDITIONS}
+    assert all(0.0 <= float(r["mean"]) <= 1.0 for r in rows if r["method"] != "ATK (ROS graph)"
+               or r["condition"] == "RP")
     episodes = [json.loads(line) for line in open(out / "eval" / "episodes.jsonl")]
     assert len(episodes) == 4 * len(CONDITIONS)   # --quick: 1 episode per cell, 1 seed
     assert all(e["steps"] > 0 for e in episodes)
@@ -75,6 +77,7 @@ def test_models_and_ros_episode(quick_run):
     for name in ("fullset", "random", "rgb"):
         assert (model / "baselines" / name / "model.json").is_file()
     summary = json.loads((out / "summary.json").read_text())
-    (ros,) = summary["ros_episodes"]
+    (ros,) = summary["ros_episodes"]          # --quick: one scene, one training seed
+    assert ros["seed"] == 10_000 and ros["train_seed"] == 0   # the in-process row's first RP scene
     assert ros["steps"] > 0                   # the simulator node ran the episode
     assert sum(ros["policy_states"].values()) > 10  # the policy node reported throughout

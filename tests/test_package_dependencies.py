@@ -20,7 +20,7 @@ WORKSPACE_PACKAGES = {"atk_msgs", *PYTHON_PACKAGES}
 # ROS packages imported by their package name (besides *_msgs / *_srvs / *_interfaces).
 ROS_PACKAGES = {"rclpy", "launch", "launch_ros", "ament_index_python", "cv_bridge"}
 # Python modules whose rosdep key differs from the module name.
-ROSDEP_KEYS = {"numpy": "python3-numpy", "cv2": "python3-opencv", "torch": "python3-torch",
+ROSDEP_KEYS = {"numpy": "python3-numpy", "cv2": "python3-opencv", "torch": "python3-torch", "scipy": "python3-scipy",
                "yaml": "python3-yaml"}
 # Imported only inside try/except with a fallback, so not a dependency.
 OPTIONAL = {"cv_bridge": "image_conversion falls back to numpy when it is missing (PyPI ROS has no cv_bridge)"}

@@ -28,6 +28,7 @@ setup(
             "atk-graph = atk_bringup.runner:main",
             "atk-sim-pictures = atk_bringup.sim.pictures:main",
             "atk-demo = atk_bringup.demo:main",
+            "atk-calibrate = atk_bringup.calibrate:main",
         ],
         # the privileged, simulation-only ground truth behind atk_perception's
         # "oracle" h_C (perception cannot import this package)

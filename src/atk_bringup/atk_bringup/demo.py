@@ -9,8 +9,10 @@ What a robot operator does on the real cell, done in the MuJoCo stand-in:
    N) and the RGB baseline; optionally DAgger rounds where the privileged
    expert labels the states the learned policy reaches;
 3. deploy the ATK policy through the real ROS graph (sim, tracker and policy
-   nodes over DDS) for an episode, then evaluate every method in-process under
-   RP, RB, RO and Light added cumulatively (paper tables 1-3);
+   nodes over DDS) on the first ``--ros-episodes`` evaluation scenes (RP), the
+   table's "ATK (ROS graph)" row; then evaluate every method in-process under
+   RP, RB, RO and Light added cumulatively (paper tables 1-3), with the
+   graph's timing modelled (evaluation.KeypointAgent, timing="graph");
 4. print the success table (mean and spread over training seeds), write it as
    markdown and CSV, with the selected-keypoint picture and an image grid of
    the evaluation conditions.
@@ -58,7 +60,9 @@ class DemoConfig:
     eval_episodes: int = 10
     dagger_rounds: int = 0
     dagger_episodes: int = 10
-    ros_episodes: int = 1
+    #: ATK episodes per training seed through the ROS graph, on the first
+    #: evaluation scenes (RP): the "ATK (ROS graph)" row. ~25 s each.
+    ros_episodes: int = 5
     ros_timeout_s: float = 120.0
     methods: tuple[str, ...] = METHODS
     rgb_steps: int = 600
@@ -85,6 +89,10 @@ class DemoConfig:
     chunk: int = 4
     #: Std (px) of the noise on training keypoints (atk-train --keypoint-noise).
     keypoint_noise_px: float = 0.0
+    #: Robot-aware occlusion in propagation and evaluation (the simulator's
+    #: camera pose as the extrinsics): points the arm covers are predicted from
+    #: the joint states instead of tracked (atk_perception.robot_occlusion).
+    robot_occlusion: bool = True
 
     def __post_init__(self) -> None:
         for name in ("demos", "width", "height", "candidates", "steps", "eval_episodes", "rgb_steps"):
@@ -109,6 +117,9 @@ class DemoConfig:
             raise ValueError("--seeds must name at least one training seed")
         if self.demos < 4:
             raise ValueError(f"--demos must be at least 4 (training holds out 20% for validation), got {self.demos}")
+        if self.ros_episodes > self.eval_episodes:
+            raise ValueError(f"--ros-episodes ({self.ros_episodes}) must be at most --eval-episodes "
+                             f"({self.eval_episodes}): the graph runs on the in-process row's scenes")
         unknown = sorted(set(self.methods) - set(METHODS))
         if unknown or "ATK" not in self.methods:
             raise ValueError(f"--methods must include ATK and only {METHODS}, got {self.methods}")
@@ -176,7 +187,7 @@ def collect_dagger(cfg: DemoConfig, env, model_dir: Path, round_idx: int) -> lis
 
     from .demonstrations import record_relabelled_episode
 
-    agent = keypoint_agent(model_dir)
+    agent = keypoint_agent(model_dir, _camera(cfg, env))
     bag_dir = cfg.out / "bags"
     paths = []
     for i in tqdm(range(cfg.dagger_episodes), desc=f"DAgger round {round_idx}", unit="ep"):
@@ -203,7 +214,8 @@ def training_inputs(cfg: DemoConfig, seed: int) -> tuple[DataSource, ATKConfig, 
     source = DataSource(inputs=(str(cfg.out / "bags"),), canonical_episode="demo_000")
     config = ATKConfig(
         candidates=CandidateConfig(num_candidates=cfg.candidates),
-        propagation=PropagationConfig(workers=cfg.propagation_workers),
+        propagation=PropagationConfig(workers=cfg.propagation_workers, camera_extrinsics=(
+            str(write_sim_extrinsics(cfg.out / "camera_extrinsics.yaml")) if cfg.robot_occlusion else "")),
         model=ModelConfig(action_mode=cfg.action_mode, chunk=cfg.chunk),
         train=TrainConfig(steps=cfg.steps, seed=seed, keypoint_noise_px=cfg.keypoint_noise_px,
                           warmup_steps=min(TrainConfig().warmup_steps, cfg.steps)),
@@ -233,17 +245,47 @@ def train_seed(cfg: DemoConfig, seed: int, tag: str = "") -> Path:
 
 # --------------------------------------------------------------------------- agents
 
-def keypoint_agent(model_dir: Path):
+def _camera(cfg: DemoConfig, env):
+    c = env.config
+    return sim_camera(c.width, c.height) if cfg.robot_occlusion else None
+
+
+def write_sim_extrinsics(path: Path) -> Path:
+    """The simulated camera's pose in the robot base frame, as atk-calibrate writes a real one."""
+    from atk_perception.robot_mask import save_extrinsics
+
+    from .sim import model as sim_model
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_extrinsics(path, sim_model.base_t_camera(), info={"source": "simulator camera pose (exact)"})
+    return path
+
+
+def sim_camera(width: int, height: int):
+    """The simulated cell camera as the tracker's robot model sees it (K and its pose in the robot base frame)."""
+    from atk_perception.robot_occlusion import CameraModel
+
+    from .sim import model as sim_model
+
+    return CameraModel(sim_model.camera_intrinsics(width, height), sim_model.base_t_camera())
+
+
+def keypoint_agent(model_dir: Path, camera=None):
     """The deployed pipeline in-process: the tracker node's session and the
     policy node's gate, with their default parameters (config/tracker.yaml,
-    config/policy.yaml)."""
+    config/policy.yaml). camera: a robot_occlusion.CameraModel for
+    robot-aware occlusion (as the tracker node with an extrinsics file), or None."""
     from atk_perception.backends import make_correspondence
     from atk_perception.keypoint_template import load_model_template
+    from atk_perception.robot_occlusion import RobotAwareTracker
     from atk_policy.artifact import load_policy
 
     from .evaluation import KeypointAgent
 
-    return KeypointAgent(load_policy(model_dir), make_correspondence("cpu"), load_model_template(model_dir))
+    h_c = make_correspondence("cpu")
+    if camera is not None:
+        h_c = RobotAwareTracker(h_c, camera)
+    return KeypointAgent(load_policy(model_dir), h_c, load_model_template(model_dir))
 
 
 def rgb_agent(model_dir: Path):
@@ -259,21 +301,57 @@ def method_dirs(model_dir: Path) -> dict[str, Path]:
             "RandomSelect": model_dir / "baselines" / "random", "RGB": model_dir / "baselines" / "rgb"}
 
 
-def make_agent(method: str, path: Path):
-    return rgb_agent(path) if method == "RGB" else keypoint_agent(path)
+def make_agent(method: str, path: Path, camera=None):
+    return rgb_agent(path) if method == "RGB" else keypoint_agent(path, camera)
 
 
 # --------------------------------------------------------------------------- 3a. ROS graph
 
-def ros_episode(cfg: DemoConfig, model_dir: Path, seed: int) -> dict:
-    """One ATK episode through the real ROS graph: `atk-graph deploy sim:=true`
-    (sim, tracker and policy nodes over DDS), the episode reset through the
-    sim's service, success read from sim/episode."""
-    from .ros_episode import run_graph_episode
+ROS_ROW = "ATK (ROS graph)"
 
-    return run_graph_episode(model_dir=model_dir, task=cfg.task, seed=seed, perturbations=("RP",),
-                             width=cfg.width, height=cfg.height, timeout_s=cfg.ros_timeout_s,
-                             log_dir=cfg.out / "ros")
+
+def evaluation_scenes(cfg: DemoConfig) -> list[int]:
+    """The evaluation scenes (env seeds), the same for every method and row."""
+    return [10_000 + i for i in range(cfg.eval_episodes)]
+
+
+def ros_graph_episodes(cfg: DemoConfig, models: dict[int, Path]) -> list[dict]:
+    """ATK through the real ROS graph (`atk-graph deploy sim:=true`: sim,
+    tracker and policy nodes over DDS), one graph per training seed, on the
+    first ``cfg.ros_episodes`` evaluation scenes under RP; results are
+    appended to eval/ros_episodes.jsonl as they come (resumed)."""
+    from .ros_episode import run_graph_episodes
+
+    path = cfg.out / "eval" / "ros_episodes.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    results = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    scenes = evaluation_scenes(cfg)[:cfg.ros_episodes]
+    with open(path, "a") as log:
+        for ts, model_dir in models.items():
+            todo = [s for s in scenes if not any(r["train_seed"] == ts and r["seed"] == s for r in results)]
+            if not todo:
+                continue
+
+            def record(r: dict, ts: int = ts) -> None:
+                r = {"train_seed": ts, "condition": "RP", **r}
+                results.append(r)
+                log.write(json.dumps(r) + "\n")
+                log.flush()
+                _say(f"ROS graph, seed {ts}, scene {r['seed']}: success={r['success']} steps={r['steps']} "
+                     f"transfers={r['transfers']} {r['error'] or r['message']}")
+
+            run_graph_episodes(model_dir=model_dir, task=cfg.task, seeds=todo, perturbations=CONDITIONS["RP"],
+                               width=cfg.width, height=cfg.height, timeout_s=cfg.ros_timeout_s,
+                               log_dir=cfg.out / "ros" / f"seed{ts}", stall_s=cfg.stall_s, on_result=record,
+                               camera_extrinsics=(write_sim_extrinsics(cfg.out / "camera_extrinsics.yaml")
+                                                  if cfg.robot_occlusion else None))
+    return [r for r in results if r["seed"] in scenes and r["train_seed"] in models]
+
+
+def ros_graph_cell(results: list[dict], models: dict[int, Path]) -> CellStats:
+    """Success rate per training seed of the graph episodes."""
+    return CellStats([float(np.mean([r["success"] for r in results if r["train_seed"] == ts]))
+                      for ts in models if any(r["train_seed"] == ts for r in results)])
 
 
 # --------------------------------------------------------------------------- 3b. batch evaluation
@@ -294,10 +372,12 @@ def _worker_init(width: int, height: int) -> None:
 
 
 def _worker_episode(job: tuple) -> dict:
-    method, train_seed, cond, seed, path, task, stall_s = job
+    method, train_seed, cond, seed, path, task, stall_s, robot_aware = job
     agents = _WORKER["agents"]
     if (method, train_seed) not in agents:
-        agents[(method, train_seed)] = make_agent(method, Path(path))
+        c = _WORKER["env"].config
+        agents[(method, train_seed)] = make_agent(method, Path(path),
+                                                  sim_camera(c.width, c.height) if robot_aware else None)
     res = run_episode(_WORKER["env"], agents[(method, train_seed)], task, seed, CONDITIONS[cond],
                       stall_steps=stall_steps(stall_s, _WORKER["env"].config.control_hz))
     return {"method": method, "train_seed": train_seed, "condition": cond, "seed": seed,
@@ -319,8 +399,8 @@ def evaluate(cfg: DemoConfig, models: dict[int, Path]) -> dict[str, dict[str, Ce
         for line in results_path.read_text().splitlines():
             r = json.loads(line)
             done[(r["method"], r["train_seed"], r["condition"], r["seed"])] = r["success"]
-    eval_seeds = [10_000 + i for i in range(cfg.eval_episodes)]  # the same scenes for every method
-    jobs = [(m, ts, c, seed, str(method_dirs(d)[m]), cfg.task, cfg.stall_s)
+    eval_seeds = evaluation_scenes(cfg)  # the same scenes for every method
+    jobs = [(m, ts, c, seed, str(method_dirs(d)[m]), cfg.task, cfg.stall_s, cfg.robot_occlusion)
             for m in cfg.methods for ts, d in models.items() for c in CONDITIONS for seed in eval_seeds
             if (m, ts, c, seed) not in done]
     total = len(cfg.methods) * len(models) * len(CONDITIONS) * len(eval_seeds)
@@ -358,7 +438,7 @@ def condition_grid(cfg: DemoConfig, env, model_dir: Path, path: Path) -> None:
     transferred by h_C drawn on it (green: confident, red: not)."""
     import cv2
 
-    agent = keypoint_agent(model_dir)
+    agent = keypoint_agent(model_dir, _camera(cfg, env))
     tiles = []
     for cond, perturbations in CONDITIONS.items():
         obs = env.reset(task=cfg.task, seed=10_000, perturbations=perturbations)
@@ -372,14 +452,29 @@ def condition_grid(cfg: DemoConfig, env, model_dir: Path, path: Path) -> None:
     cv2.imwrite(str(path), np.hstack(tiles))
 
 
-def write_report(cfg: DemoConfig, table: dict[str, dict[str, CellStats]], extra: dict) -> str:
+def inprocess_cell(cfg: DemoConfig, models: dict[int, Path], method: str, condition: str,
+                   scenes: Sequence[int]) -> CellStats:
+    """In-process success of ``method`` per training seed on ``scenes`` only (from eval/episodes.jsonl)."""
+    rows = [json.loads(line) for line in (cfg.out / "eval" / "episodes.jsonl").read_text().splitlines()]
+    rates = []
+    for ts in models:
+        hits = [r["success"] for r in rows if r["method"] == method and r["condition"] == condition
+                and r["train_seed"] == ts and r["seed"] in scenes]
+        if hits:
+            rates.append(float(np.mean(hits)))
+    return CellStats(rates)
+
+
+def write_report(cfg: DemoConfig, table: dict[str, dict[str, CellStats]], extra: dict,
+                 notes: Sequence[str] = ()) -> str:
     conds = list(CONDITIONS)
     md = format_table(table, conds)
+    more = "".join(f"{n}\n\n" for n in notes)
     (cfg.out / "results.md").write_text(
         f"# ATK robustness table ({cfg.task}, simulation)\n\n"
         f"Success rate over {cfg.eval_episodes} evaluation episodes per cell, mean ± std over "
         f"training seeds {list(cfg.train_seeds)}. Conditions are cumulative: RB = RP + background, "
-        f"+RO adds distractors, +Light changes the lighting.\n\n{md}\n\n"
+        f"+RO adds distractors, +Light changes the lighting.\n\n{md}\n\n{more}"
         f"Run settings: `{json.dumps(extra.get('config', {}))}`\n")
     (cfg.out / "results.csv").write_text(table_csv(table, conds))
     return md
@@ -408,8 +503,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="DAgger rounds: the expert labels states the learned ATK policy reaches "
                         "(default: 0; --quick: 1, so that CI runs the path)")
     p.add_argument("--dagger-episodes", type=int, default=10, help="rollouts per DAgger round (default: 10)")
-    p.add_argument("--ros-episodes", type=int, default=1,
-                   help="ATK episodes deployed through the real ROS graph over DDS (default: 1; 0 skips)")
+    p.add_argument("--ros-episodes", type=int, default=None,
+                   help="ATK episodes per training seed deployed through the real ROS graph over DDS, on the "
+                        "first evaluation scenes under RP: the table's 'ATK (ROS graph)' row (default: 5; "
+                        "--full 20; --quick 1; 0 skips)")
     p.add_argument("--top-n", type=int, default=None,
                    help="keep exactly N keypoints (default: those the mask keeps; --quick: 4)")
     p.add_argument("--noise", type=float, default=0.01,
@@ -418,6 +515,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keypoint-noise", type=float, default=0.0, metavar="PX",
                    help="std (px) of Gaussian noise on the training keypoints (atk-train --keypoint-noise; "
                         "default: 0)")
+    p.add_argument("--no-robot-occlusion", action="store_true",
+                   help="track points the arm covers with h_C alone (as before robot-aware occlusion), "
+                        "in propagation and evaluation")
     p.add_argument("--eval-workers", type=int, default=2,
                    help="parallel evaluation processes (default: 2)")
     p.add_argument("--workers", type=int, default=2,
@@ -439,14 +539,14 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
         w, h = (int(v) for v in args.size.lower().split("x"))
     except ValueError:
         raise ValueError(f"--size must look like 320x240, got {args.size!r}") from None
-    demos, seeds, evals = 60, "0,1", 10
+    demos, seeds, evals, ros = 60, "0,1", 10, 5
     steps, dagger_eps, rgb_steps, top_n = args.steps, args.dagger_episodes, 600, args.top_n
     dagger_rounds = args.dagger_rounds or 0
     if args.full:
-        demos, seeds, evals, steps = 100, "0,1,2", 20, max(steps, 3000)
+        demos, seeds, evals, steps, ros = 100, "0,1,2", 20, max(steps, 3000), 20
     if args.quick:
         # 150 steps cannot settle the mask: keep the 4 most probable keypoints
-        demos, seeds, evals, steps, dagger_eps, rgb_steps = 6, "0", 1, 150, 2, 30
+        demos, seeds, evals, steps, dagger_eps, rgb_steps, ros = 6, "0", 1, 150, 2, 30, 1
         dagger_rounds = 1 if args.dagger_rounds is None else args.dagger_rounds
         top_n = top_n or 4
     out = args.out or Path("runs") / datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
@@ -457,11 +557,14 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
     return DemoConfig(out=Path(out), task=args.task, demos=args.demos or demos, width=w, height=h,
                       candidates=args.candidates, train_seeds=train_seeds, steps=steps,
                       eval_episodes=args.eval_episodes or evals, dagger_rounds=dagger_rounds,
-                      dagger_episodes=dagger_eps, ros_episodes=args.ros_episodes,
+                      dagger_episodes=dagger_eps,
+                      ros_episodes=min(ros, args.eval_episodes or evals) if args.ros_episodes is None
+                      else args.ros_episodes,
                       methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
                       rgb_steps=rgb_steps, top_n=top_n, eval_workers=args.eval_workers, noise_rad=args.noise,
                       propagation_workers=args.workers,
-                      stall_s=args.stall_s, keypoint_noise_px=args.keypoint_noise)
+                      stall_s=args.stall_s, keypoint_noise_px=args.keypoint_noise,
+                      robot_occlusion=not args.no_robot_occlusion)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -494,13 +597,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     first = models[cfg.train_seeds[0]]
     shutil.copyfile(first / "candidates.png", cfg.out / "selected_keypoints.png")
 
-    ros_results = []
+    ros_results: list[dict] = []
     if cfg.ros_episodes:
-        t = _stage(3, "deployment through the ROS graph (sim + tracker + policy nodes over DDS)")
-        for i in range(cfg.ros_episodes):
-            r = ros_episode(cfg, first, seed=20_000 + i)
-            ros_results.append(r)
-            _say(f"ROS episode {i}: success={r['success']} steps={r.get('steps')} ({r.get('message', '')})")
+        t = _stage(3, f"deployment through the ROS graph (sim + tracker + policy nodes over DDS): ATK on "
+                      f"{cfg.ros_episodes} RP scenes x {len(models)} seeds")
+        ros_results = ros_graph_episodes(cfg, models)
         timings["ros"] = time.perf_counter() - t
 
     t = _stage(4, f"evaluation: {len(cfg.methods)} methods x {len(CONDITIONS)} conditions x "
@@ -510,7 +611,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     timings["evaluation"] = time.perf_counter() - t
 
     _stage(5, "results")
-    md = write_report(cfg, table, {"config": settings})
+    notes = []
+    if ros_results:
+        table = {m: cells for m, cells in table.items() if m == "ATK"} | {
+            ROS_ROW: {"RP": ros_graph_cell(ros_results, models)}} | {
+            m: cells for m, cells in table.items() if m != "ATK"}
+        scenes = evaluation_scenes(cfg)[:cfg.ros_episodes]
+        same = inprocess_cell(cfg, models, "ATK", "RP", scenes)
+        notes.append(f"{ROS_ROW}: the same ATK models deployed through the ROS graph (sim, tracker and policy "
+                     f"nodes over DDS) on the first {len(scenes)} RP scenes; in-process ATK on those scenes: "
+                     f"{same.fmt()} (docs/deployment.md, \"Latency\").")
+    md = write_report(cfg, table, {"config": settings}, notes)
     timings["total"] = time.perf_counter() - t_all
     (cfg.out / "summary.json").write_text(json.dumps(
         {"timings_s": timings, "ros_episodes": ros_results,

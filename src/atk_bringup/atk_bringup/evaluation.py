@@ -33,44 +33,97 @@ class Agent(Protocol):
         """Action (7,): 6 joint targets (rad) + gripper command (0..1)."""
 
 
+TIMINGS = ("graph", "ideal")
+
+
 class KeypointAgent:
     """ATK deployment (paper, section 3.3), exactly as the tracker and policy
     nodes run it: the tracker's state machine (atk_perception.tracking_session:
     transfer the model's keypoints from the canonical template on the first
-    frame, track them, re-transfer when lost) and the policy node's input gate
-    (atk_policy.gating: hold when the tracker is not tracking or too many
-    keypoints have low confidence). While holding, the robot keeps its last
-    commanded target, as the simulator and the driver do when no new target
-    arrives."""
+    frame, track them, re-transfer when lost) and the policy node's deploy
+    step (atk_policy.deploy_step: input gate, ``select_action``, action check,
+    hold). While holding, the robot keeps its last commanded target, as the
+    simulator and the driver do when no new target arrives.
 
-    def __init__(self, policy, correspondence, template, session_config=None, gate_config=None) -> None:
+    timing="graph" (default) reproduces when things happen in the deploy graph
+    (sim_node at ``control_period_s``, tracker node, policy node with
+    trigger=keypoints; docs/deployment.md, "Latency"):
+
+    - the episode's first frame: the transfer costs no simulated time (the
+      simulator waits for the policy's first target, or for the tracker to
+      report that the transfer failed), and its action is the first step's;
+    - every later frame: the tracker takes a frame only when it is free
+      before the next frame arrives (newest-frame slot), and its work takes the
+      wall time it takes here (``clock``), as does the deploy step; an action
+      is applied from the first control step that starts after it is ready,
+      so an action later than one period is applied a step late, and a
+      transfer of seconds drops the frames meanwhile and holds the arm;
+    - the gate's "now" is the newest simulated clock tick when the keypoints
+      reach the policy, so keypoints older than ``keypoint_timeout_s`` (after
+      a long transfer) hold as stale, as in the graph.
+
+    timing="ideal": every frame is tracked and acted on at no cost in
+    simulated time (the evaluation before issue 17).
+
+    Counters: ``holds`` (control steps without a new action),
+    ``hold_reasons`` (state name -> steps; "LATE" when no action was ready
+    for the step), ``frames_dropped`` (frames the tracker was too busy to take).
+    """
+
+    def __init__(self, policy, correspondence, template, session_config=None, gate_config=None, *,
+                 timing: str = "graph", control_period_s: float = 0.1,
+                 max_joint_step_rad: float | None = None, clock: Callable[[], float] | None = None) -> None:
         """template: an atk_perception.keypoint_template.KeypointTemplate (the
-        model's canonical image and keypoints)."""
-        from atk_perception.tracking_session import TrackingSession
-        from atk_policy.gating import GateConfig, InputGate
+        model's canonical image and keypoints); clock: wall-time source of the
+        latency model (seconds; default time.perf_counter)."""
+        import time
 
+        from atk_perception.tracking_session import TrackingSession
+        from atk_policy.deploy_step import DEFAULT_MAX_JOINT_STEP_RAD, DeployStep
+        from atk_policy.gating import GateConfig
+
+        if timing not in TIMINGS:
+            raise ValueError(f"timing must be one of {TIMINGS}, got {timing!r}")
+        if not control_period_s > 0:
+            raise ValueError(f"control_period_s must be > 0 seconds, got {control_period_s!r}")
         self.policy = policy
         self.session = TrackingSession(correspondence, template, session_config)
         self.gate_config = gate_config or GateConfig()
-        self.gate = InputGate(self.gate_config)
+        self.step = DeployStep(policy, self.gate_config,
+                               DEFAULT_MAX_JOINT_STEP_RAD if max_joint_step_rad is None else max_joint_step_rad)
+        self.timing = timing
+        self.period = float(control_period_s)
+        self.clock = clock or time.perf_counter
         self.points: np.ndarray | None = None      # (N, 2) pixels, newest frame
         self.confidence: np.ndarray | None = None  # (N,)
         self.holds = 0                              # control steps spent holding
+        self.hold_reasons: dict[str, int] = {}
+        self.frames_dropped = 0
         self.last_reason = ""
         self._last_action: np.ndarray | None = None
-        self._pending = None
-        self._was_running = True   # the policy was reset with the episode
+        self._first = None           # the first frame's tracker output, acted on by the first act()
+        self._free_at = 0.0          # simulated time the tracker finishes its current frame
+        self._queue: list = []       # [(ready time, StepOutcome)] computed but not yet applied
 
     def reset(self, obs) -> None:
         self.session.request_reset()
-        self.policy.reset()
-        self.gate.reset()
-        self._was_running = True
+        self.step.reset()
         self.holds = 0
+        self.hold_reasons = {}
+        self.frames_dropped = 0
+        self.last_reason = ""
         self._last_action = None
-        self._pending = self._track(obs)  # the transfer onto the first frame
+        self._queue = []
+        self._free_at = float(obs.time)
+        self._first = self._track(obs)  # the transfer onto the first frame: no simulated time (see class doc)
 
     def _track(self, obs):
+        from atk_perception.robot_occlusion import RobotAwareTracker
+
+        if isinstance(self.session.h_c, RobotAwareTracker):
+            # the tracker node gets these from joint_states and the depth topic
+            depth = obs.depth_mm.astype(np.float32) / 1000.0 if obs.depth_mm.size else None
+            self.session.h_c.set_robot_state(obs.joint_positions, depth)
         try:
             out = self.session.process(obs.rgb, float(obs.time))
         except Exception as exc:  # noqa: BLE001 - as the tracker node: a backend bug skips the frame
@@ -78,28 +131,54 @@ class KeypointAgent:
         self.points, self.confidence = out.points, out.confidence
         return out
 
-    def act(self, obs) -> np.ndarray:
+    def _decide(self, obs, out, now_s: float):
         from atk_policy.gating import KeypointInput
 
-        out = self._pending if self._pending is not None else self._track(obs)
-        self._pending = None
-        kp = KeypointInput(float(obs.time), int(out.state), np.asarray(self.session.ids), out.points,
-                           out.confidence, out.visible, out.image_size, out.message)
-        decision = self.gate.evaluate(float(obs.time), kp, float(obs.time),
-                                      expected_ids=self.policy.keypoint_ids,
-                                      expected_image_size=tuple(self.policy.image_size))
-        resumed = decision.running and not self._was_running
-        self._was_running = decision.running
-        if decision.running:
-            if resumed:
-                self.policy.reset()  # no context (action chunk) carried over a hold, as the node does
-            self._last_action = np.asarray(self.policy.select_action(out.points, obs.joint_positions),
-                                           dtype=np.float64)
+        t = float(obs.time)
+        kp = KeypointInput(t, int(out.state), np.asarray(self.session.ids), out.points, out.confidence,
+                           out.visible, out.image_size, out.message)
+        return self.step.step(now_s, kp, np.asarray(obs.joint_positions, dtype=np.float64), t)
+
+    def act(self, obs) -> np.ndarray:
+        t, period = float(obs.time), self.period
+        if self._first is not None or self.timing == "ideal":
+            out = self._first if self._first is not None else self._track(obs)
+            self._first = None
+            self._queue.append((t, self._decide(obs, out, t)))
+            self._free_at = t
+        elif self._free_at < t + period:
+            # Free before the next frame arrives: the tracker takes this one
+            # (else the newest-frame slot drops it for the next).
+            start = max(t, self._free_at)
+            c0 = self.clock()
+            out = self._track(obs)
+            c1 = self.clock()
+            done = start + (c1 - c0)
+            # The policy's clock follows /clock, which moves once per tick.
+            now = t + period * math.floor((done - t) / period + 1e-9)
+            outcome = self._decide(obs, out, now)
+            self._free_at = done
+            self._queue.append((done + (self.clock() - c1), outcome))
+        else:
+            self.frames_dropped += 1
+        # The simulator steps with the newest target that has arrived by the
+        # end of this control period; a hold publishes nothing.
+        horizon = t + period + 1e-9
+        due = [o for ready, o in self._queue if ready <= horizon]
+        self._queue = [(ready, o) for ready, o in self._queue if ready > horizon]
+        acted = [o for o in due if o.acted]
+        if acted:
+            self._last_action = acted[-1].action
         else:
             self.holds += 1
-            self.last_reason = decision.reason
-            if self._last_action is None:  # nothing commanded yet: stay where the arm is
-                self._last_action = np.asarray(obs.joint_positions, dtype=np.float64).copy()
+            if due:
+                key, self.last_reason = due[-1].decision.state.name, due[-1].decision.reason
+            else:
+                key = "LATE"
+                self.last_reason = "no new action in this control step: the tracker or the policy was still busy"
+            self.hold_reasons[key] = self.hold_reasons.get(key, 0) + 1
+        if self._last_action is None:  # nothing commanded yet: stay where the arm is
+            self._last_action = np.asarray(obs.joint_positions, dtype=np.float64).copy()
         return self._last_action
 
 

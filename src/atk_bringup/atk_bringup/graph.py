@@ -17,6 +17,21 @@ is exactly what the launch-free runner starts:
 Graphs: ``deploy`` (camera or simulator, tracker, policy, driver),
 ``record`` (camera or simulator, driver, recorder node or ``ros2 bag
 record``), ``sim`` (the simulator alone).
+
+Exit policy: every node and process is ``required`` unless declared
+otherwise: when one exits on its own (crash, bad parameter, exit code 2 for
+an operator error), the whole graph is stopped and the launcher exits
+non-zero. Each one is on the path from the camera to the arm (or to the
+bag); a graph with a dead tracker, policy, simulator, driver or recorder is
+not a working robot, and keeping the rest running only hides the failure.
+
+Arguments are finished by :func:`prepare_values` before anything starts (the
+launch files run it in an ``OpaqueFunction``, the runner in
+:func:`resolve`): a ``required`` argument left empty is refused in one line,
+``model:=latest`` becomes the newest model an ``atk-demo`` run trained under
+``./runs``, and ``sim_width``/``sim_height`` ``auto`` become the image size
+the model was trained at (its ``model.json``), so the simulated camera
+renders the frames the policy expects.
 """
 from __future__ import annotations
 
@@ -42,10 +57,21 @@ class LaunchArgument:
     default: str
     description: str
     choices: Optional[tuple[str, ...]] = None
+    #: An empty value is refused before anything starts (one line naming the argument).
+    required: bool = False
+    #: The argument names a model folder; the value ``latest`` means the newest atk-demo model.
+    model: bool = False
+    #: The value ``auto`` takes this entry of the model's image size ("width" or "height"),
+    #: read from the model folder named by ``model_arg``.
+    auto_from_model: Optional[str] = None
+    model_arg: str = "model"
 
     def __post_init__(self) -> None:
         if not self.description:
             raise ValueError(f"LaunchArgument.description of {self.name!r} must not be empty")
+        if self.auto_from_model not in (None, "width", "height"):
+            raise ValueError(f"LaunchArgument.auto_from_model of {self.name!r} must be 'width' or 'height', "
+                             f"got {self.auto_from_model!r}")
         if self.choices is not None and self.default not in self.choices:
             raise ValueError(f"LaunchArgument.default {self.default!r} of {self.name!r} is not one of "
                              f"its choices {list(self.choices)}")
@@ -95,6 +121,8 @@ class NodeSpec:
     remappings: tuple[tuple[str, str], ...] = ()
     when: tuple[When, ...] = ()  # all must hold
     description: str = ""
+    #: Exits on its own -> the whole graph is stopped (launch: on_exit shutdown; atk-graph: exit 1).
+    required: bool = True
 
 
 @dataclass(frozen=True)
@@ -106,6 +134,7 @@ class ProcessSpec:
     when: tuple[When, ...] = ()
     cwd_arg: Optional[str] = None  # launch argument naming the working directory
     description: str = ""
+    required: bool = True
 
 
 @dataclass(frozen=True)
@@ -128,6 +157,10 @@ class Graph:
             for arg in used:
                 if arg not in known:
                     raise ValueError(f"Graph {self.name!r}: {item.name!r} refers to undeclared argument {arg!r}")
+        for a in self.arguments:
+            if a.auto_from_model is not None and a.model_arg not in known:
+                raise ValueError(f"Graph {self.name!r}: argument {a.name!r} takes its size from undeclared "
+                                 f"argument {a.model_arg!r}")
 
     def argument(self, name: str) -> LaunchArgument:
         for a in self.arguments:
@@ -147,8 +180,20 @@ _USE_SIM_TIME_ARG = LaunchArgument(
     "use_sim_time", "auto", "Nodes follow the /clock topic instead of the wall clock; auto: when sim:=true "
     "(the simulator stamps its images with sim time and publishes /clock).", ("auto", "true", "false"))
 _LOG_LEVEL_ARG = LaunchArgument("log_level", "info", "Log level of every node.", LOG_LEVELS)
-_TASK_ARG = LaunchArgument("task", "sushi", "Simulated task (sim:=true).", ("sushi", "glass_lid", "clock_button"))
-_SEED_ARG = LaunchArgument("seed", "0", "Seed of the first simulated episode (sim:=true).")
+_TASKS = ("sushi", "glass_lid", "clock_button")
+
+
+def _task_arg(in_sim: str) -> LaunchArgument:
+    return LaunchArgument("task", "sushi", f"Simulated task{in_sim}.", _TASKS)
+
+
+def _seed_arg(in_sim: str) -> LaunchArgument:
+    return LaunchArgument("seed", "0", f"Seed of the first simulated episode{in_sim}.")
+
+
+# Graphs with a sim argument say when a simulator argument applies; the sim
+# graph has no such argument (its simulator always runs).
+_WITH_SIM = " (sim:=true)"
 
 
 _SIM_ARG = LaunchArgument("sim", "false", "Run in the MuJoCo simulator instead of the real camera and UR arm "
@@ -165,12 +210,21 @@ _REAL = When("sim", "false")
 _SIMULATED = When("sim", "true")
 
 
-# The simulated camera's resolution: a model trained on 320x240 frames is
-# deployed on 320x240 frames (the tracker rescales only the template).
-_SIM_SIZE_ARGS = (
-    LaunchArgument("sim_width", "640", "sim:=true: width of the simulated camera image in pixels."),
-    LaunchArgument("sim_height", "480", "sim:=true: height of the simulated camera image in pixels."),
-)
+# The simulated camera's resolution. A policy reads keypoints in the pixels of
+# the frames it was trained on, so deploy renders at the model's size by
+# default (auto); atk-demo trains at 320x240, a 640x480 render put the policy
+# in FAULT. The tracker rescales only the template, never the keypoints.
+def _sim_size_args(in_sim: str, from_model: bool) -> tuple[LaunchArgument, ...]:
+    def text(what: str) -> str:
+        return f"sim:=true: {what}" if in_sim else what[0].upper() + what[1:]
+
+    if not from_model:
+        return (LaunchArgument("sim_width", "640", text("width of the simulated camera image in pixels.")),
+                LaunchArgument("sim_height", "480", text("height of the simulated camera image in pixels.")))
+    return (LaunchArgument("sim_width", "auto", text("width of the simulated camera image in pixels; auto: the "
+                           "width the model was trained at (its model.json)."), auto_from_model="width"),
+            LaunchArgument("sim_height", "auto", text("height of the simulated camera image in pixels; auto: the "
+                           "height the model was trained at (its model.json)."), auto_from_model="height"))
 
 
 def _sim_node(when: tuple[When, ...]) -> NodeSpec:
@@ -201,15 +255,19 @@ DEPLOY = Graph(
     (
         _SIM_ARG,
         LaunchArgument("model", "", "Folder of the trained policy (safetensors weights + JSON); the tracker "
-                       "and the policy load the same one. Required."),
+                       "and the policy load the same one. Required. latest: the newest model an atk-demo run "
+                       "trained under ./runs (printed at start).", required=True, model=True),
         _ROBOT_IP_ARG,
         LaunchArgument("tracker_backend", "cpu", "Keypoint tracker: the CPU tracker or CoTracker.",
                        ("cpu", "cotracker")),
+        LaunchArgument("camera_extrinsics", "", "Camera pose in the robot base frame (atk-calibrate's YAML; "
+                       "atk-demo writes the simulator's as <run>/camera_extrinsics.yaml): the tracker then "
+                       "predicts the keypoints the robot covers. Empty: off."),
         _CAMERA_ARG,
         _VIDEO_ARG,
-        _TASK_ARG,
-        _SEED_ARG,
-        *_SIM_SIZE_ARGS,
+        _task_arg(_WITH_SIM),
+        _seed_arg(_WITH_SIM),
+        *_sim_size_args(_WITH_SIM, from_model=True),
         LaunchArgument("expert", "false", "sim:=true: the scripted expert drives the arm instead of the policy "
                        "(to compare; the policy's targets are then ignored).", BOOL_CHOICES),
         _USE_SIM_TIME_ARG,
@@ -219,7 +277,8 @@ DEPLOY = Graph(
         _sim_node((_SIMULATED,)),
         _camera_node(),
         NodeSpec("atk_perception", "tracker_node", "tracker", ("tracker.yaml",),
-                 (ParamFromArg("model_dir", "model"), ParamFromArg("backend", "tracker_backend"), _SIM_TIME), (),
+                 (ParamFromArg("model_dir", "model"), ParamFromArg("backend", "tracker_backend"),
+                  ParamFromArg("extrinsics_file", "camera_extrinsics"), _SIM_TIME), (),
                  (), "Tracks the model's selected keypoints in the camera frames."),
         NodeSpec("atk_policy", "policy_node", "policy", ("policy.yaml",),
                  (ParamFromArg("model_dir", "model"), _SIM_TIME), (), (),
@@ -247,9 +306,9 @@ RECORD = Graph(
                        "CLI and rosbag2).", ("node", "bag")),
         LaunchArgument("bag_dir", "bags", "Folder the bags are written to (must exist with recorder:=bag)."),
         LaunchArgument("depth", "false", "Also record camera/depth/image_raw.", BOOL_CHOICES),
-        _TASK_ARG,
-        _SEED_ARG,
-        *_SIM_SIZE_ARGS,
+        _task_arg(_WITH_SIM),
+        _seed_arg(_WITH_SIM),
+        *_sim_size_args(_WITH_SIM, from_model=False),
         LaunchArgument("expert", "true", "sim:=true: the scripted expert demonstrates (false: drive the simulated "
                        "arm yourself through joint_target).", BOOL_CHOICES),
         _USE_SIM_TIME_ARG,
@@ -279,9 +338,9 @@ SIM = Graph(
     "The MuJoCo simulator alone (camera, joint states, /clock, episodes), e.g. to drive it by hand or with "
     "another graph.",
     (
-        _TASK_ARG,
-        _SEED_ARG,
-        *_SIM_SIZE_ARGS,
+        _task_arg(""),
+        _seed_arg(""),
+        *_sim_size_args("", from_model=False),
         LaunchArgument("expert", "false", "The scripted expert drives the arm (false: it follows joint_target).",
                        BOOL_CHOICES),
         _LOG_LEVEL_ARG,
@@ -299,6 +358,7 @@ class ResolvedProcess:
     name: str
     cmd: tuple[str, ...]
     cwd: Optional[str] = None
+    required: bool = True
 
 
 def source_config_dir() -> Path:
@@ -371,6 +431,89 @@ def check_values(graph: Graph, values: Mapping[str, str]) -> dict[str, str]:
     return out
 
 
+#: Where ``model:=latest`` looks, relative to the working directory: atk-demo's default --out parent.
+DEMO_RUNS_DIR = "runs"
+#: Written by atk-demo into a model folder once its training finished (demo.train_seed).
+DEMO_MODEL_MARKER = "atk_demo_train.json"
+
+
+def latest_demo_model(runs_dir: Path) -> Path:
+    """The model folder an atk-demo run under ``runs_dir`` finished training last.
+
+    A model counts once atk-demo has written its marker (training finished):
+    ``runs_dir/<run>/models/<seed>/atk_demo_train.json``. The newest marker wins.
+    """
+    markers = [m for m in runs_dir.glob(f"*/models/*/{DEMO_MODEL_MARKER}")
+               if (m.parent / "model.json").is_file()]
+    if not markers:
+        raise GraphError(f"model:=latest: no trained atk-demo model under {runs_dir.resolve()} (run "
+                         "scripts/demo.sh from this folder first, or give model:=<folder of a trained policy>)")
+    return max(markers, key=lambda m: (m.stat().st_mtime, str(m))).parent.resolve()
+
+
+def model_image_size(model_dir: str, arg_name: str) -> tuple[int, int]:
+    """(width, height) a model was trained at, from its model.json (no torch)."""
+    path = Path(model_dir) / "model.json"
+    try:
+        doc = json.loads(path.read_text())
+        w, h = (int(v) for v in doc["image_size"])
+    except FileNotFoundError:
+        raise GraphError(f"{arg_name}:={model_dir!r} is not a trained model folder ({path} not found)") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise GraphError(f"{arg_name}:={model_dir!r}: cannot read the image size from {path} ({exc})") from None
+    if w < 1 or h < 1:
+        raise GraphError(f"{arg_name}:={model_dir!r}: model.json image_size must be positive, got {w}x{h}")
+    return w, h
+
+
+def _used_arguments(graph: Graph, values: Mapping[str, str]) -> set[str]:
+    """Arguments read by the nodes and processes these values start."""
+    used: set[str] = set()
+    for node in graph.nodes:
+        if all(w.holds(values) for w in node.when):
+            for p in node.params_from_args:
+                used.add(p.arg if p.auto_from is None or values[p.arg] != "auto" else p.auto_from)
+    for proc in graph.processes:
+        if all(w.holds(values) for w in proc.when):
+            used.update(_placeholders(proc.cmd))
+            if proc.cwd_arg:
+                used.add(proc.cwd_arg)
+    return used
+
+
+def prepare_values(graph: Graph, values: Mapping[str, str], cwd: Optional[Path] = None,
+                   notes: Optional[list[str]] = None) -> dict[str, str]:
+    """Argument values as the nodes get them: checked, defaults filled, derived ones set.
+
+    Refuses (GraphError, one line naming the argument) an empty ``required``
+    argument; turns ``latest`` of a ``model`` argument into the newest
+    atk-demo model under ``cwd/runs``; turns ``auto`` of an
+    ``auto_from_model`` argument into the model's image size when a started
+    node reads it. What was derived is appended to ``notes`` as sentences.
+    Shared by the launch files (an OpaqueFunction) and :func:`resolve`.
+    """
+    vals = check_values(graph, values)
+    base = Path.cwd() if cwd is None else Path(cwd)
+    for a in graph.arguments:
+        if a.required and not vals[a.name].strip():
+            hint = " (or latest: the newest model atk-demo trained under ./runs)" if a.model else ""
+            raise GraphError(f"argument {a.name} is required: {a.name}:=<"
+                             f"{'folder of a trained policy' if a.model else 'value'}>{hint}")
+        if a.model and vals[a.name] == "latest" and not (base / "latest").is_dir():
+            found = latest_demo_model(base / DEMO_RUNS_DIR)
+            vals[a.name] = str(found)
+            if notes is not None:
+                notes.append(f"{a.name}:=latest is {found} (the newest atk-demo model)")
+    used = _used_arguments(graph, vals)
+    for a in graph.arguments:
+        if a.auto_from_model is not None and vals[a.name] == "auto" and a.name in used:
+            w, h = model_image_size(vals[a.model_arg], a.model_arg)
+            vals[a.name] = str(w if a.auto_from_model == "width" else h)
+            if notes is not None:
+                notes.append(f"{a.name}:=auto is {vals[a.name]} (the {a.auto_from_model} the model was trained at)")
+    return vals
+
+
 def format_param_value(value: str, kind: str, where: str) -> str:
     """A ``-p name:=value`` value (parsed as YAML by rcl) with the declared type."""
     if kind == "str":
@@ -400,23 +543,27 @@ def node_command(node: NodeSpec, values: Mapping[str, str], executable: str) -> 
 
 def resolve(graph: Graph, values: Mapping[str, str] | None = None,
             find_executable: Callable[[str, str], str] = find_node_executable,
-            find_process: Callable[[str], str] = find_program) -> list[ResolvedProcess]:
+            find_process: Callable[[str], str] = find_program, cwd: Optional[Path] = None,
+            notes: Optional[list[str]] = None) -> list[ResolvedProcess]:
     """The processes ``graph`` starts with these launch-argument values.
 
-    Raises GraphError (a ValueError) naming the argument, file or executable
-    at fault.
+    Values go through :func:`prepare_values` first (``cwd``: where
+    ``model:=latest`` looks; ``notes``: what was derived). Raises GraphError
+    (a ValueError) naming the argument, file or executable at fault.
     """
-    vals = check_values(graph, values or {})
+    vals = prepare_values(graph, values or {}, cwd, notes)
     out: list[ResolvedProcess] = []
     for node in graph.nodes:
         if all(w.holds(vals) for w in node.when):
             out.append(ResolvedProcess(node.name, node_command(node, vals,
-                                                               find_executable(node.package, node.executable))))
+                                                               find_executable(node.package, node.executable)),
+                                       required=node.required))
     for proc in graph.processes:
         if all(w.holds(vals) for w in proc.when):
             cmd = [vals[p[1:-1]] if p.startswith("{") and p.endswith("}") else p for p in proc.cmd]
             cmd[0] = find_process(cmd[0])
-            out.append(ResolvedProcess(proc.name, tuple(cmd), vals[proc.cwd_arg] if proc.cwd_arg else None))
+            out.append(ResolvedProcess(proc.name, tuple(cmd), vals[proc.cwd_arg] if proc.cwd_arg else None,
+                                       required=proc.required))
     return out
 
 
@@ -430,18 +577,18 @@ def describe(graph: Graph) -> str:
     lines = [graph.description, "", "arguments (name:=value):"]
     for a in graph.arguments:
         choices = f" {{{', '.join(a.choices)}}}" if a.choices else ""
-        lines.append(f"  {a.name}{choices} (default: {a.default!r})")
+        lines.append(f"  {a.name}{choices} ({'required' if a.required else f'default: {a.default!r}'})")
         lines.append(f"      {a.description}")
-    lines += ["", "nodes:"]
+    lines += ["", "nodes (required: its exit stops the graph):"]
     for n in graph.nodes:
         cond = f" when {' and '.join(map(str, n.when))}" if n.when else ""
-        lines.append(f"  {n.name}: {n.package}/{n.executable}{cond}")
+        lines.append(f"  {n.name}: {n.package}/{n.executable}{cond}{', required' if n.required else ''}")
     for p in graph.processes:
         cond = f" when {' and '.join(map(str, p.when))}" if p.when else ""
-        lines.append(f"  {p.name}: {' '.join(p.cmd[:4])} ...{cond}")
+        lines.append(f"  {p.name}: {' '.join(p.cmd[:4])} ...{cond}{', required' if p.required else ''}")
     return "\n".join(lines)
 
 
 __all__ = ["Graph", "GraphError", "GRAPHS", "LaunchArgument", "NodeSpec", "ParamFromArg", "ProcessSpec",
            "ResolvedProcess", "TRAINING_TOPICS", "When", "all_param_files", "check_values", "config_path",
-           "describe", "resolve"]
+           "describe", "latest_demo_model", "model_image_size", "prepare_values", "resolve"]

@@ -17,21 +17,65 @@ Mapping from the declaration:
   (LaunchConfiguration(arg), value))`` (``NotEqualsSubstitution`` when
   negated); a node with several is nested in one ``GroupAction`` per extra
   condition (all must hold);
-* :class:`~atk_bringup.graph.ProcessSpec` -> ``ExecuteProcess``.
+* :class:`~atk_bringup.graph.ProcessSpec` -> ``ExecuteProcess``;
+* every ``required`` node or process gets ``on_exit=[OpaqueFunction(
+  required_exit)]``: when it exits while the launch is not already shutting
+  down, :func:`required_exit` raises :class:`RequiredProcessExited`, which
+  ``launch`` reports in one line ("Caught exception in launch ...: required
+  node 'tracker' exited with code 2 ...") before it shuts the whole launch
+  down and exits 1, the same as ``atk-graph``. (``Shutdown()`` alone would
+  stop the graph but exit 0.)
+* one ``OpaqueFunction(prepare_arguments)`` after the argument declarations
+  runs :func:`atk_bringup.graph.prepare_values` on the launch configurations
+  before any node starts: a missing required argument is refused in one line,
+  ``model:=latest`` and ``sim_width:=auto`` are replaced by their values (and
+  printed).
 """
 from __future__ import annotations
 
 from typing import Any
 
-from atk_bringup.graph import Graph, ParamFromArg, When, config_path
+from atk_bringup.graph import Graph, GraphError, ParamFromArg, When, config_path, prepare_values
 
 _TYPES = {"str": str, "bool": bool, "int": int, "float": float}
+
+
+class RequiredProcessExited(RuntimeError):
+    """A required node or process of a launched graph exited on its own."""
+
+
+def prepare_arguments(context: Any, graph: Graph) -> list:
+    """OpaqueFunction body: finish the graph's launch arguments in ``context`` (see module docstring).
+
+    Raises GraphError (launch prints it in one line and exits 1)."""
+    configs = context.launch_configurations
+    values = {a.name: configs[a.name] for a in graph.arguments if a.name in configs}
+    notes: list[str] = []
+    try:
+        prepared = prepare_values(graph, values, notes=notes)
+    except GraphError as exc:
+        raise GraphError(f"{graph.name}.launch.py: {exc}") from None
+    for name, value in prepared.items():
+        configs[name] = value
+    for note in notes:
+        print(f"[{graph.name}.launch.py] {note}", flush=True)
+    return []
+
+
+def required_exit(context: Any, name: str, kind: str) -> list:
+    """OpaqueFunction body run on a required process's exit: stop the launch unless it is stopping anyway."""
+    if context.is_shutdown:
+        return []  # Ctrl-C or another process's exit: this exit is part of the shutdown
+    event = getattr(context.locals, "event", None)
+    code = getattr(event, "returncode", None)
+    raise RequiredProcessExited(f"required {kind} {name!r} exited with code {code}, so the graph is stopped "
+                                "(see its output above)")
 
 
 def build_launch_description(graph: Graph) -> Any:
     """The ``LaunchDescription`` that starts ``graph`` (see module docstring)."""
     from launch import LaunchDescription
-    from launch.actions import DeclareLaunchArgument, ExecuteProcess, GroupAction
+    from launch.actions import DeclareLaunchArgument, ExecuteProcess, GroupAction, OpaqueFunction
     from launch.conditions import IfCondition
     from launch.substitutions import EqualsSubstitution, IfElseSubstitution, LaunchConfiguration, \
         NotEqualsSubstitution
@@ -65,6 +109,10 @@ def build_launch_description(graph: Graph) -> Any:
         if a.choices is not None:
             kwargs["choices"] = list(a.choices)
         entities.append(DeclareLaunchArgument(a.name, **kwargs))
+    entities.append(OpaqueFunction(function=prepare_arguments, args=[graph]))
+
+    def on_exit(name: str, kind: str, required: bool) -> Any:
+        return [OpaqueFunction(function=required_exit, args=[name, kind])] if required else None
 
     for n in graph.nodes:
         parameters: list[Any] = [str(config_path(f)) for f in n.param_files]
@@ -75,7 +123,8 @@ def build_launch_description(graph: Graph) -> Any:
         def make_node(cond, n=n, parameters=parameters):
             return Node(package=n.package, executable=n.executable, name=n.name, output="screen",
                         parameters=parameters, remappings=list(n.remappings),
-                        ros_arguments=["--log-level", LaunchConfiguration("log_level")], condition=cond)
+                        ros_arguments=["--log-level", LaunchConfiguration("log_level")], condition=cond,
+                        on_exit=on_exit(n.name, "node", n.required))
 
         entities.append(guarded(make_node, n.when))
 
@@ -85,7 +134,8 @@ def build_launch_description(graph: Graph) -> Any:
 
         def make_process(cond, p=p, cmd=cmd):
             return ExecuteProcess(cmd=cmd, name=p.name, output="screen",
-                                  cwd=LaunchConfiguration(p.cwd_arg) if p.cwd_arg else None, condition=cond)
+                                  cwd=LaunchConfiguration(p.cwd_arg) if p.cwd_arg else None, condition=cond,
+                                  on_exit=on_exit(p.name, "process", p.required))
 
         entities.append(guarded(make_process, p.when))
 

@@ -8,9 +8,14 @@ Starts the processes :func:`atk_bringup.graph.resolve` lists (the same ones
 ``ros2 launch atk_bringup <graph>.launch.py`` starts), prefixes their output
 with the node name, and on Ctrl-C / SIGTERM stops them the way ``launch``
 does: SIGINT, then SIGTERM after ``sigterm_timeout_s``, then SIGKILL after
-``sigkill_timeout_s``. If any process exits on its own, the others are
-stopped too and the runner exits non-zero naming it (like launch's
-``on_exit=Shutdown()``): a graph with a dead node is not a working robot.
+``sigkill_timeout_s``.
+
+Exit policy, the same as the launch files' (graph.py declares which
+processes are ``required``; all of them are): when a required process exits
+on its own, the others are stopped and the runner exits 1 naming it, as
+``ros2 launch`` does through the required nodes' ``on_exit``; a process that
+is not required only has its exit reported. A graph with a dead node is not
+a working robot.
 """
 from __future__ import annotations
 
@@ -41,10 +46,10 @@ class StopTimeouts:
 class GraphRunner:
     """Run resolved processes; output lines go to ``out`` prefixed ``[name] ``."""
 
-    def __init__(self, processes: Sequence[ResolvedProcess], out: IO[str] = sys.stdout,
+    def __init__(self, processes: Sequence[ResolvedProcess], out: Optional[IO[str]] = None,
                  timeouts: StopTimeouts = StopTimeouts(), env: Optional[dict[str, str]] = None) -> None:
         self.processes = list(processes)
-        self.out = out
+        self.out = sys.stdout if out is None else out  # looked up now: a redirected stdout is honoured
         self.timeouts = timeouts
         self.env = dict(os.environ if env is None else env)
         # Node output reaches the prefixer line by line instead of in 4 KiB blocks.
@@ -52,8 +57,8 @@ class GraphRunner:
         self.popens: dict[str, subprocess.Popen] = {}
         self._threads: list[threading.Thread] = []
         self._out_lock = threading.Lock()
-        self.exited = threading.Event()  # set when any process has exited
-        self.first_exit: Optional[tuple[str, int]] = None
+        self.exited = threading.Event()  # set when a required process has exited on its own
+        self.first_exit: Optional[tuple[str, int]] = None  # (name, code) of that process
         self._stopping = False
 
     def _print(self, line: str) -> None:
@@ -61,15 +66,19 @@ class GraphRunner:
             self.out.write(line if line.endswith("\n") else line + "\n")
             self.out.flush()
 
-    def _pump(self, name: str, popen: subprocess.Popen) -> None:
+    def _pump(self, name: str, required: bool, popen: subprocess.Popen) -> None:
         assert popen.stdout is not None  # set by start(); not a safety check
         for line in popen.stdout:
             self._print(f"[{name}] {line.rstrip()}")
         code = popen.wait()
-        if self.first_exit is None and not self._stopping:
+        if self._stopping:
+            return
+        if not required:
+            self._print(f"[atk-graph] process {name!r} exited with code {code} (not required: the graph runs on)")
+            return
+        if self.first_exit is None:
             self.first_exit = (name, code)
-        if not self._stopping:
-            self._print(f"[atk-graph] process {name!r} exited with code {code}")
+        self._print(f"[atk-graph] required process {name!r} exited with code {code}")
         self.exited.set()
 
     def start(self) -> None:
@@ -82,7 +91,7 @@ class GraphRunner:
                                      cwd=p.cwd, env=self.env, start_new_session=True)
             self.popens[p.name] = popen
             self._print(f"[atk-graph] started {p.name} (pid {popen.pid}): {' '.join(p.cmd)}")
-            t = threading.Thread(target=self._pump, args=(p.name, popen), daemon=True)
+            t = threading.Thread(target=self._pump, args=(p.name, p.required, popen), daemon=True)
             t.start()
             self._threads.append(t)
 
@@ -150,11 +159,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(describe(GRAPHS[argv[0]]))
         return 0
     args = _parser().parse_args(argv)
+    notes: list[str] = []
     try:
-        procs = resolve(GRAPHS[args.graph], parse_assignments(args.assignments))
+        procs = resolve(GRAPHS[args.graph], parse_assignments(args.assignments), notes=notes)
     except GraphError as exc:
         print(f"atk-graph: {exc}", file=sys.stderr)
         return 2
+    for note in notes:
+        print(f"[atk-graph] {note}", flush=True)
     if args.dry_run:
         for p in procs:
             print(f"{p.name}: {' '.join(p.cmd)}" + (f"  (in {p.cwd})" if p.cwd else ""))
@@ -181,8 +193,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     codes = runner.stop()
     runner._print("[atk-graph] exit codes: " + ", ".join(f"{n}={c}" for n, c in codes.items()))
     if failed is not None:
-        print(f"atk-graph: {failed[0]!r} exited (code {failed[1]}) so the graph was stopped; see its output "
-              "above", file=sys.stderr)
+        print(f"atk-graph: required process {failed[0]!r} exited with code {failed[1]}, so the graph was "
+              "stopped (see its output above)", file=sys.stderr)
         return 1
     return 0
 

@@ -11,6 +11,22 @@ Subscribes ``joint_target`` (sensor_msgs/JointState) and ``gripper_command``
 home pose after a reset). Service ``~/reset_episode`` (atk_msgs/ResetEpisode)
 starts an episode with a task, seed and perturbation set.
 
+Without the expert, an episode's clock starts with its first command: after
+a reset the world stands still (the first frame is re-published every
+control period, at the same stamp) until the first joint_target or
+gripper_command of the episode arrives, or the tracker reports on
+``keypoints`` that it could not transfer the keypoints onto that frame, or
+``start_timeout_s`` passes. The policy thus acts on the first frame before
+the world moves, however long the tracker's transfer takes, as in the
+in-process evaluation (docs/deployment.md, "Latency"). Each new episode's
+stamps start ``episode_gap_s`` after the last one's: a break in the camera
+stream, so the tracker transfers its keypoints onto the new scene instead of
+tracking the old one into it. Commands stamped before the episode began
+(computed from the previous one) are ignored.
+
+Publishing order per step: joint_states, camera_info, depth, image, then
+``/clock``: a consumer of the image has the joint state of the same stamp.
+
 realtime=true steps one control period per control period of wall time;
 realtime=false steps as fast as the CPU allows (batch work: use it with
 expert=true or with consumers on use_sim_time). expert=true drives the arm
@@ -59,6 +75,12 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("auto_reset", False, "When an episode is done, start the next one (seed + 1, same task and "
               "perturbations)."),
     ParamSpec("frame_id", "camera_color_optical_frame", "frame_id of the images and camera info.", nonempty=True),
+    ParamSpec("start_timeout_s", 120.0, "Without expert: after a reset, wait this long at most for the episode's "
+              "first command (or the tracker's report that it could not transfer) before the world moves (s); "
+              "0: start at once.", min=0.0, max=3600.0),
+    ParamSpec("episode_gap_s", 10.0, "Simulated time between an episode's last stamp and the next one's first: "
+              "more than the tracker's max_frame_gap_s, so it transfers anew on a new scene (s).",
+              min=0.0, max=3600.0),
     ParamSpec("episode_status_hz", 1.0, "Rate of periodic sim/episode updates (also sent at once on reset, "
               "success and end).", min=0.1, max=100.0),
 )
@@ -97,7 +119,7 @@ def _define_node() -> type:
     from sensor_msgs.msg import CameraInfo, Image, JointState
 
     from atk_bringup.sim.env import SimConfig, SimEnv
-    from atk_msgs.msg import EpisodeStatus, GripperCommand
+    from atk_msgs.msg import EpisodeStatus, GripperCommand, KeypointArray
     from atk_msgs.srv import ResetEpisode
     from atk_perception.node_params import declare, log_effective
 
@@ -135,6 +157,12 @@ def _define_node() -> type:
             self._last_status = (None, None)
             self._last_status_wall = 0.0
             self._requests: queue.Queue = queue.Queue()
+            # Start of the current episode (guarded by _target_lock): its first
+            # stamp, whether its clock runs, and since when it has waited.
+            self._episode_t0 = 0.0
+            self._started = True
+            self._waiting_since = 0.0
+            self._last_obs = None
 
             self._pub_rgb = self.create_publisher(Image, "camera/color/image_raw", qos_profile_sensor_data)
             self._pub_info = self.create_publisher(CameraInfo, "camera/color/camera_info", qos_profile_sensor_data)
@@ -146,12 +174,22 @@ def _define_node() -> type:
             self._pub_grip = self.create_publisher(GripperCommand, "gripper_command", command_qos)
             self.create_subscription(JointState, "joint_target", self._on_target, command_qos)
             self.create_subscription(GripperCommand, "gripper_command", self._on_gripper, command_qos)
+            if not prm["expert"] and prm["start_timeout_s"] > 0:
+                # Sensor-data QoS, as the tracker publishes: only whether it
+                # reported on the episode's first frame matters.
+                self.create_subscription(KeypointArray, "keypoints", self._on_keypoints, qos_profile_sensor_data)
             # The reset service waits for the stepping thread; its own group lets
             # a multi-threaded executor keep serving the topics meanwhile.
             self.create_service(ResetEpisode, "~/reset_episode", self._on_reset,
                                 callback_group=MutuallyExclusiveCallbackGroup())
 
             self._stop = threading.Event()
+            # Ctrl-C shuts the context down from rclpy's signal handler, before
+            # the executor returns and destroy_node() runs: stop stepping at
+            # once, or the thread's next publish fails on the dead context
+            # ("publisher's context is invalid", logged as an error on every
+            # clean shutdown).
+            self.context.on_shutdown(self._stop.set)
             self._ready = threading.Event()
             self._init_error: Optional[BaseException] = None
             # One thread owns the simulator: it steps, renders (the EGL context
@@ -169,6 +207,11 @@ def _define_node() -> type:
                 f"({'real time' if prm['realtime'] else 'as fast as possible'})")
 
         # --- inputs ----------------------------------------------------------
+        def _from_earlier_episode(self, stamp) -> bool:
+            """A command stamped (non-zero) before this episode began was computed from the last one."""
+            t = stamp.sec + stamp.nanosec * 1e-9
+            return t != 0.0 and t < self._episode_t0 - 1e-6
+
         def _on_target(self, msg: JointState) -> None:
             if self._params["expert"]:
                 return  # our own expert's actions echo back here
@@ -178,9 +221,12 @@ def _define_node() -> type:
                                           throttle_duration_sec=1.0)
                 return
             with self._target_lock:
+                if self._from_earlier_episode(msg.header.stamp):
+                    return
                 base = self._current_target()
                 base[:6] = q
                 self._target = base
+                self._started = True
 
         def _on_gripper(self, msg: GripperCommand) -> None:
             if self._params["expert"]:
@@ -190,9 +236,24 @@ def _define_node() -> type:
                                           throttle_duration_sec=1.0)
                 return
             with self._target_lock:
+                if self._from_earlier_episode(msg.header.stamp):
+                    return
                 base = self._current_target()
                 base[6] = float(np.clip(msg.position, 0.0, 1.0))
                 self._target = base
+                self._started = True
+
+        def _on_keypoints(self, msg) -> None:
+            # The tracker could not transfer onto this episode's first frame:
+            # no command will come from it, and the policy holds, as it does
+            # in the in-process evaluation, while the clock runs.
+            if msg.state == KeypointArray.STATE_TRACKING:
+                return
+            with self._target_lock:
+                if not self._started and not self._from_earlier_episode(msg.header.stamp):
+                    self._started = True
+                    self.get_logger().info(f"episode starts without a command: tracker reports state "
+                                           f"{msg.state} on its first frame ({msg.message})")
 
         def _current_target(self) -> np.ndarray:
             if self._target is not None:
@@ -220,6 +281,7 @@ def _define_node() -> type:
                 self._env = SimEnv(self._cfg)
                 obs = self._env.reset(task=prm["task"], seed=int(prm["seed"]),
                                       perturbations=tuple(p for p in prm["perturbations"] if p))
+                self._begin_episode(obs)
                 self._publish(obs, force_status=True)
             except Exception as exc:  # noqa: BLE001 - reported by __init__
                 self._init_error = exc
@@ -229,7 +291,7 @@ def _define_node() -> type:
             period = 1.0 / self._cfg.control_hz
             next_tick = time.monotonic()
             try:
-                while not self._stop.is_set():
+                while not self._shutting_down():
                     if prm["realtime"]:
                         next_tick += period
                         while not self._stop.is_set():
@@ -247,12 +309,22 @@ def _define_node() -> type:
                     if self._stop.is_set():
                         break
                     try:
+                        if self._waiting():
+                            self._publish(self._last_obs)   # the same frame, same stamp: the world stands still
+                            if not prm["realtime"]:
+                                self._stop.wait(period)
+                            continue
                         self._tick()
                     except Exception as exc:  # noqa: BLE001 - report, keep the node alive
+                        if self._shutting_down():
+                            break  # a publish raced the shutdown: not a failure, and nothing to log to
                         self.get_logger().error(f"simulation step failed: {exc}", throttle_duration_sec=1.0)
                         self._stop.wait(period)
             finally:
                 self._env.close()
+
+        def _shutting_down(self) -> bool:
+            return self._stop.is_set() or not self.context.ok()
 
         def _serve_reset(self, job: dict) -> None:
             req, env = job["request"], self._env
@@ -260,9 +332,7 @@ def _define_node() -> type:
                 t0 = env.time
                 obs = env.reset(task=req.task or env.task, seed=int(req.seed),
                                 perturbations=tuple(p for p in req.perturbations if p))
-                self._clock_offset += t0 + 1.0 / self._cfg.control_hz
-                with self._target_lock:
-                    self._target = None
+                self._new_episode(t0, obs)
                 self._publish(obs, force_status=True)
                 job["ok"] = True
                 job["message"] = env.episode_message or (
@@ -272,14 +342,38 @@ def _define_node() -> type:
             finally:
                 job["done"].set()
 
+        def _new_episode(self, last_t: float, obs) -> None:
+            """Stamps of the new episode start episode_gap_s after the last one's
+            (last_t: the old episode's time); it waits for its first command."""
+            self._clock_offset += last_t + 1.0 / self._cfg.control_hz + float(self._params["episode_gap_s"])
+            self._begin_episode(obs)
+
+        def _begin_episode(self, obs) -> None:
+            with self._target_lock:
+                self._target = None
+                self._episode_t0 = self._clock_offset + obs.time
+                self._started = bool(self._params["expert"]) or self._params["start_timeout_s"] <= 0
+                self._waiting_since = time.monotonic()
+
+        def _waiting(self) -> bool:
+            """Whether the current episode still waits for its first command."""
+            with self._target_lock:
+                if self._started:
+                    return False
+                waited = time.monotonic() - self._waiting_since
+                if waited <= self._params["start_timeout_s"]:
+                    return True
+                self._started = True
+            self.get_logger().warning(f"no command within start_timeout_s={self._params['start_timeout_s']:g} s "
+                                      "of the episode's start: the world moves on without one")
+            return False
+
         def _tick(self) -> None:
             env = self._env
             if env.done and self._params["auto_reset"]:
                 t0 = env.time
                 obs = env.reset(seed=env.seed + 1, perturbations=env.perturbations)
-                self._clock_offset += t0 + 1.0 / self._cfg.control_hz
-                with self._target_lock:
-                    self._target = None
+                self._new_episode(t0, obs)
                 self._publish(obs, force_status=True)
                 return
             if self._params["expert"]:
@@ -305,15 +399,23 @@ def _define_node() -> type:
 
         def _publish(self, obs, force_status: bool = False) -> None:
             env = self._env
+            self._last_obs = obs
             t = self._clock_offset + obs.time
             stamp = stamp_of(t)
-            self._pub_clock.publish(Clock(clock=stamp))
             fid = self._params["frame_id"]
+            # joint_states first and /clock last: whoever reacts to the image
+            # (tracker -> policy) or to the clock (a timer under use_sim_time)
+            # already has the joint state of this stamp.
+            js = JointState()
+            js.header.stamp = stamp
+            js.name = [*kin.JOINT_NAMES, GRIPPER_JOINT]
+            js.position = [float(v) for v in obs.joint_positions]
+            js.velocity = [float(v) for v in env.joint_velocities()]
+            self._pub_js.publish(js)
             h, w = obs.rgb.shape[:2]
             img = Image(height=h, width=w, encoding="rgb8", is_bigendian=0, step=3 * w)
             img.header.stamp, img.header.frame_id = stamp, fid
             img.data = obs.rgb.tobytes()
-            self._pub_rgb.publish(img)
             k = env.intrinsics
             info = CameraInfo(height=h, width=w, distortion_model="plumb_bob")
             info.header.stamp, info.header.frame_id = stamp, fid
@@ -328,12 +430,8 @@ def _define_node() -> type:
                 dep.header.stamp, dep.header.frame_id = stamp, fid
                 dep.data = obs.depth_mm.tobytes()
                 self._pub_depth.publish(dep)
-            js = JointState()
-            js.header.stamp = stamp
-            js.name = [*kin.JOINT_NAMES, GRIPPER_JOINT]
-            js.position = [float(v) for v in obs.joint_positions]
-            js.velocity = [float(v) for v in env.joint_velocities()]
-            self._pub_js.publish(js)
+            self._pub_rgb.publish(img)
+            self._pub_clock.publish(Clock(clock=stamp))
             status = (env.done, env.success())
             now = time.monotonic()
             if (force_status or status != self._last_status
@@ -347,8 +445,17 @@ def _define_node() -> type:
 
         def destroy_node(self) -> None:
             self._stop.set()
-            if self._thread.is_alive():
-                self._thread.join(timeout=STOP_TIMEOUT_S)
+            deadline = time.monotonic() + STOP_TIMEOUT_S
+            while self._thread.is_alive() and time.monotonic() < deadline:
+                try:
+                    self._thread.join(timeout=max(0.0, deadline - time.monotonic()))
+                except KeyboardInterrupt:
+                    # Under `ros2 launch`, Ctrl-C reaches a node twice (from the
+                    # terminal's process group and from launch). The second one
+                    # must not abandon this join: the interpreter would then
+                    # exit under a stepper thread still inside MuJoCo/EGL and
+                    # crash (exit -11, seen 2 times in 5 clean Ctrl-Cs).
+                    continue
             super().destroy_node()
 
     return _SimNode

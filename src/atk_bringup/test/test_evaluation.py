@@ -37,7 +37,10 @@ def _policy(points: np.ndarray) -> KeypointPolicy:
 def _agent(template_image: np.ndarray, points: np.ndarray) -> KeypointAgent:
     ids = tuple(range(len(points)))
     template = KeypointTemplate(template_image, points.astype(np.float32), ids, tuple(f"kp{i}" for i in ids))
-    return KeypointAgent(_policy(points), make_correspondence("cpu"), template)
+    # timing="ideal": these tests are about the pipeline, not the latency model;
+    # an untrained policy's targets may lie far from the arm: no step limit here.
+    return KeypointAgent(_policy(points), make_correspondence("cpu"), template, timing="ideal",
+                         max_joint_step_rad=10.0)
 
 
 def _table_points(image: np.ndarray) -> np.ndarray:
@@ -117,3 +120,71 @@ def test_an_h_c_error_skips_the_frame_instead_of_ending_the_evaluation(env, monk
     monkeypatch.setattr(agent.session, "process", broken)
     agent.act(env.step(action))
     assert agent.holds == 1 and "tracker error ValueError" in agent.last_reason
+
+
+def _timed_agent(obs, latencies: dict[int, float]):
+    """A graph-timing agent whose tracker takes ``latencies[frame]`` seconds
+    (0.01 otherwise) on a virtual clock, so the timing model is tested exactly."""
+    now = [0.0]
+    points = _table_points(obs.rgb)
+    ids = tuple(range(len(points)))
+    template = KeypointTemplate(obs.rgb, points.astype(np.float32), ids, tuple(f"kp{i}" for i in ids))
+    agent = KeypointAgent(_policy(points), make_correspondence("cpu"), template, timing="graph",
+                          max_joint_step_rad=10.0, clock=lambda: now[0])
+    real_process = agent.session.process
+    frames = [0]
+
+    def process(image, stamp):
+        out = real_process(image, stamp)
+        now[0] += latencies.get(frames[0], 0.01)
+        frames[0] += 1
+        return out
+
+    agent.session.process = process
+    return agent
+
+
+def _roll(env, agent, n: int) -> list[np.ndarray]:
+    obs = env.reset(task="sushi", seed=3, perturbations=("RP",))
+    agent.reset(obs)
+    actions = []
+    for _ in range(n):
+        actions.append(agent.act(obs).copy())
+        obs = env.step(actions[-1])
+    return actions
+
+
+def test_graph_timing_with_a_fast_tracker_acts_as_ideal_timing(env):
+    obs = env.reset(task="sushi", seed=3, perturbations=("RP",))
+    fast = _roll(env, _timed_agent(obs, {}), STEPS)
+    ideal_agent = _agent(obs.rgb, _table_points(obs.rgb))
+    ideal = _roll(env, ideal_agent, STEPS)
+    np.testing.assert_allclose(np.array(fast), np.array(ideal), atol=1e-9)
+
+
+def test_graph_timing_applies_a_late_action_late_and_drops_the_busy_frames(env):
+    """Frame 2 (the transfer is frame 0) takes 0.25 s: its action is not ready
+    for step 2 or 3 (held, LATE); frame 3 arrives while the tracker is busy and
+    is dropped; frame 4 is taken at 0.25 s, and its action, the newest, is step 4's."""
+    obs = env.reset(task="sushi", seed=3, perturbations=("RP",))
+    agent = _timed_agent(obs, {2: 0.25})
+    actions = _roll(env, agent, 5)
+    assert agent.frames_dropped == 1 and agent.hold_reasons == {"LATE": 2}, agent.hold_reasons
+    np.testing.assert_array_equal(actions[2], actions[1])   # held: the last target again
+    np.testing.assert_array_equal(actions[3], actions[1])
+    assert not np.array_equal(actions[4], actions[1])
+
+
+def test_graph_timing_holds_stale_keypoints_after_a_long_transfer(env):
+    """Frame 2 takes 3.05 s (a re-transfer on a loaded machine): frames 3-31
+    arrive while the tracker is busy and are dropped; its keypoints reach the
+    policy 3 s old, a stale hold at step 32, as in the graph. The next frame
+    taken (32) takes 0.2 s: step 33 has no new action, frame 33 is dropped, and
+    step 34 acts again."""
+    obs = env.reset(task="sushi", seed=3, perturbations=("RP",))
+    agent = _timed_agent(obs, {2: 3.05, 3: 0.2})   # tracker calls: 0 transfer, 1, 2, then the next taken
+    actions = _roll(env, agent, 35)
+    assert agent.frames_dropped == 30, agent.frames_dropped
+    assert agent.hold_reasons == {"LATE": 31, "HOLD_STALE": 1}, agent.hold_reasons
+    assert agent.holds == 32
+    assert not np.array_equal(actions[34], actions[1])

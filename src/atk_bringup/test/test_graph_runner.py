@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import io
+import json
+import os
+import re
 import sys
 import threading
 import time
@@ -11,7 +14,8 @@ import pytest
 
 from atk_bringup import runner
 from atk_bringup.graph import (GRAPHS, GraphError, ResolvedProcess, all_param_files, config_path,
-                               find_node_executable, node_command, resolve, source_config_dir)
+                               find_node_executable, latest_demo_model, node_command, prepare_values, resolve,
+                               source_config_dir)
 from atk_fixtures.models import save_untrained_policy
 
 START_TIMEOUT_S = 30.0  # a node's first output line (torch import + model load on a loaded 2-core machine)
@@ -40,37 +44,87 @@ def test_every_parameter_file_exists_in_the_package():
     assert not missing, f"graphs refer to parameter files not in atk_bringup/config: {missing}"
 
 
-def test_resolve_deploy_in_sim(config_dir):
-    procs = resolve(GRAPHS["deploy"], {"sim": "true", "model": "/models/a b", "log_level": "debug"},
+def _model_json(folder: Path, size: tuple[int, int]) -> Path:
+    """What graph.prepare_values reads of a model folder: model.json's image_size."""
+    folder.mkdir(parents=True)
+    (folder / "model.json").write_text(json.dumps({"image_size": list(size)}))
+    return folder
+
+
+def test_resolve_deploy_in_sim(config_dir, tmp_path):
+    model = _model_json(tmp_path / "models" / "a b", (320, 240))
+    procs = resolve(GRAPHS["deploy"], {"sim": "true", "model": str(model), "log_level": "debug"},
                     find_executable=_fake)
     assert [p.name for p in procs] == ["sim", "tracker", "policy"]
+    assert all(p.required for p in procs)
     policy = next(p for p in procs if p.name == "policy")
     assert policy.cmd == ("/opt/fake/atk_policy/policy_node", "--ros-args", "-r", "__node:=policy",
                           "--params-file", str(config_dir / "policy.yaml"),
-                          "-p", 'model_dir:="/models/a b"', "-p", "use_sim_time:=true", "--log-level", "debug")
+                          "-p", f'model_dir:="{model}"', "-p", "use_sim_time:=true", "--log-level", "debug")
+    # the simulator renders at the model's size (sim_width/sim_height auto)
+    assert {"width:=320", "height:=240"} <= set(procs[0].cmd)
     tracker = next(p for p in procs if p.name == "tracker")
     assert "backend:=\"cpu\"" in " ".join(tracker.cmd)
     # the simulator is the clock source: never told to follow /clock
     assert not any("use_sim_time" in part for part in procs[0].cmd)
     assert {'task:="sushi"', "seed:=0", "expert:=false"} <= set(procs[0].cmd)
     # use_sim_time:=auto follows sim; an explicit value wins
-    procs = resolve(GRAPHS["deploy"], {"sim": "true", "use_sim_time": "false"}, find_executable=_fake)
+    procs = resolve(GRAPHS["deploy"], {"sim": "true", "use_sim_time": "false", "model": str(model)},
+                    find_executable=_fake)
     assert "use_sim_time:=false" in procs[-1].cmd
     with pytest.raises(GraphError, match="seed.*number"):
-        resolve(GRAPHS["deploy"], {"sim": "true", "seed": "x1"}, find_executable=_fake)
+        resolve(GRAPHS["deploy"], {"sim": "true", "seed": "x1", "model": str(model)}, find_executable=_fake)
+
+
+def test_model_is_required_and_sizes_follow_it(config_dir, tmp_path):
+    with pytest.raises(GraphError, match=r"^argument model is required: model:=<folder of a trained policy>"):
+        resolve(GRAPHS["deploy"], {"sim": "true"}, find_executable=_fake)
+    with pytest.raises(GraphError, match="argument model is required"):
+        resolve(GRAPHS["deploy"], {"sim": "true", "model": "  "}, find_executable=_fake)
+    # a folder that is no model: the argument at fault is named
+    with pytest.raises(GraphError, match=r"model:='/no/such' is not a trained model folder"):
+        resolve(GRAPHS["deploy"], {"sim": "true", "model": "/no/such"}, find_executable=_fake)
+    model = _model_json(tmp_path / "m", (320, 240))
+    notes: list[str] = []
+    vals = prepare_values(GRAPHS["deploy"], {"sim": "true", "model": str(model), "sim_height": "480"},
+                          notes=notes)
+    assert (vals["sim_width"], vals["sim_height"]) == ("320", "480")  # an explicit value wins
+    assert notes == ["sim_width:=auto is 320 (the width the model was trained at)"]
+    # on the robot no simulator reads the size: the model is not opened here (its nodes check it)
+    assert prepare_values(GRAPHS["deploy"], {"model": "/robot/model"})["sim_width"] == "auto"
+    # graphs without a model keep numeric defaults
+    assert prepare_values(GRAPHS["sim"], {})["sim_width"] == "640"
+
+
+def test_model_latest_picks_the_newest_finished_demo_model(tmp_path):
+    runs = tmp_path / "runs"
+    with pytest.raises(GraphError, match="no trained atk-demo model under"):
+        latest_demo_model(runs)
+    made = []
+    for run, seed, mtime in (("r1", "seed0", 2_000_000), ("r2", "seed1", 2_000_002), ("r2", "seed0", 2_000_001)):
+        m = _model_json(runs / run / "models" / seed, (320, 240))
+        (m / "atk_demo_train.json").write_text("{}")  # atk-demo's "training finished" marker
+        os.utime(m / "atk_demo_train.json", (mtime, mtime))
+        made.append(m)
+    _model_json(runs / "r3" / "models" / "seed0", (320, 240))  # still training: no marker
+    assert latest_demo_model(runs) == made[1].resolve()
+    notes: list[str] = []
+    vals = prepare_values(GRAPHS["deploy"], {"sim": "true", "model": "latest"}, cwd=tmp_path, notes=notes)
+    assert vals["model"] == str(made[1].resolve()) and vals["sim_width"] == "320"
+    assert notes[0] == f"model:=latest is {made[1].resolve()} (the newest atk-demo model)"
 
 
 def test_resolve_deploy_on_the_robot(config_dir):
     procs = resolve(GRAPHS["deploy"], {"robot_ip": "10.0.0.2", "camera": "video", "video": "/v.mp4",
-                                       "use_sim_time": "false"}, find_executable=_fake)
+                                       "use_sim_time": "false", "model": "/m"}, find_executable=_fake)
     assert [p.name for p in procs] == ["camera", "tracker", "policy", "ur_driver"]
     assert all("use_sim_time:=false" in p.cmd for p in procs)
     driver = " ".join(procs[-1].cmd)
     assert 'robot_ip:="10.0.0.2"' in driver and str(config_dir / "ur_driver.yaml") in driver
     camera = " ".join(procs[0].cmd)
     assert 'backend:="video"' in camera and 'video_path:="/v.mp4"' in camera
-    assert [p.name for p in resolve(GRAPHS["deploy"], {"camera": "none"}, find_executable=_fake)] == \
-        ["tracker", "policy", "ur_driver"]
+    assert [p.name for p in resolve(GRAPHS["deploy"], {"camera": "none", "model": "/m"}, find_executable=_fake)] \
+        == ["tracker", "policy", "ur_driver"]
 
 
 def test_resolve_record_with_node_or_bag(config_dir, tmp_path):
@@ -119,7 +173,7 @@ def test_missing_parameter_file_names_where_it_looked(monkeypatch, tmp_path):
 def test_help_lists_arguments_with_defaults_and_choices(capsys):
     assert runner.main(["deploy", "--help"]) == 0
     out = capsys.readouterr().out
-    for text in ("sim {true, false} (default: 'false')", "tracker_backend {cpu, cotracker}",
+    for text in ("sim {true, false} (default: 'false')", "tracker_backend {cpu, cotracker}", "model (required)",
                  "camera {kinect, video, none}", "robot_ip", "model", "log_level {debug, info, warn, error}",
                  "policy: atk_policy/policy_node"):
         assert text in out
@@ -184,3 +238,38 @@ def test_runner_reports_a_process_that_exits_on_its_own():
         codes = r.stop()
     assert codes["crasher"] == 3 and codes["sleeper"] != 0  # the sleeper was stopped by a signal
     assert any("process 'crasher' exited with code 3" in line for line in out.lines)
+
+
+def test_runner_lets_a_process_that_is_not_required_exit():
+    """Exit policy: only a required process's exit stops the graph."""
+    out = _Lines()
+    r = runner.GraphRunner([
+        ResolvedProcess("sleeper", (sys.executable, "-c", "import time; time.sleep(60)")),
+        ResolvedProcess("helper", (sys.executable, "-c", "raise SystemExit(4)"), required=False),
+    ], out=out, timeouts=runner.StopTimeouts(2.0, 2.0))
+    r.start()
+    try:
+        out.wait("process 'helper' exited with code 4 (not required: the graph runs on)", START_TIMEOUT_S)
+        assert not r.exited.is_set() and r.first_exit is None
+        assert r.running() == ["sleeper"]
+    finally:
+        codes = r.stop()
+    assert codes["helper"] == 4 and codes["sleeper"] != 0
+
+
+def test_atk_graph_exits_1_naming_the_required_process(monkeypatch, capfd):
+    """`atk-graph` with a node that dies: every other process stopped, exit 1, one line naming it
+    (what `ros2 launch` does through the required nodes' on_exit)."""
+    procs = [ResolvedProcess("sleeper", (sys.executable, "-c", "import time; time.sleep(60)")),
+             ResolvedProcess("tracker", (sys.executable, "-c", "raise SystemExit(2)"))]
+    monkeypatch.setattr(runner, "resolve", lambda graph, values, notes: procs)
+    monkeypatch.setattr(runner.signal, "signal", lambda *a: None)  # leave pytest's SIGINT handler alone
+    t0 = time.monotonic()
+    assert runner.main(["deploy", "model:=/m"]) == 1
+    captured = capfd.readouterr()
+    assert captured.err.strip().splitlines() == [
+        "atk-graph: required process 'tracker' exited with code 2, so the graph was stopped (see its output above)"]
+    codes = re.search(r"exit codes: sleeper=(-?\d+), tracker=(-?\d+)", captured.out)
+    # the sleeper was stopped by SIGINT (-2, or 1 when it came while Python was still starting)
+    assert codes and int(codes.group(1)) != 0 and codes.group(2) == "2", captured.out
+    assert time.monotonic() - t0 < START_TIMEOUT_S

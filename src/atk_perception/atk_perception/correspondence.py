@@ -54,3 +54,13 @@ class Correspondence(ABC):
     @abstractmethod
     def update(self, image: np.ndarray) -> TrackResult:
         """Track the current points into ``image`` (the next frame)."""
+
+    def set_points(self, points: np.ndarray, which: np.ndarray) -> bool:
+        """Replace the tracked positions of the points ``which`` (N,) bool by ``points`` (N, 2).
+
+        Used by :class:`~atk_perception.robot_occlusion.RobotAwareTracker`:
+        while the robot covers a point its position is predicted, and tracking
+        must resume from the prediction. Returns False when the backend cannot
+        take positions back (the default); the prediction is then only reported.
+        """
+        return False

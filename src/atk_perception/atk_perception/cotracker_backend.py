@@ -33,7 +33,21 @@ predictor without that inner network gives booleans only: confidence is then
 Between two results ``update`` returns the last estimate, its confidence
 multiplied by ``confidence_decay`` per frame since that result; before the
 first result (the first ``2 * step - 1`` frames after ``reset``) that
-estimate is the reset points.
+estimate is the reset points. A point is ``visible`` only while that decayed
+confidence still exceeds ``visibility_threshold`` (the rule the results
+themselves follow), so a stale estimate is never reported visible with a
+confidence below the threshold.
+
+The checkpoint is read before the predictor is built (``torch.load`` with
+``weights_only=True``: tensors only, no pickled code): its architecture
+(CoTracker3: a ``corr_mlp``; CoTracker2: a ``track_feat_updater``) must match
+``v2``, and its ``time_emb`` fixes ``window_len`` (16 for the released
+CoTracker3 online model, 8 for CoTracker2), so ``window_len = 0`` (the
+default) takes it from there and any other value must equal it. A damaged
+file, a checkpoint of the other version or a refused state dict raise
+:class:`CheckpointError` (a ValueError) with one line that says what to
+change, and ``device: cuda`` without CUDA is refused the same way before any
+tensor moves.
 
 ``transfer`` (one-off alignment from the canonical template) is delegated to
 the CPU backend's SIFT matching, motion grouping and local affine fit
@@ -67,10 +81,11 @@ class CoTrackerConfig:
     """Path of a local CoTracker checkpoint file (e.g. scaled_online.pth). Required."""
     device: str = "auto"
     """'auto' (CUDA when available), 'cuda', 'cuda:N' or 'cpu'."""
-    window_len: int = 16
-    """Sliding window length of the online model (the released CoTracker3 online model uses 16)."""
+    window_len: int = 0
+    """Sliding window length of the online model. It is fixed by the checkpoint (the released
+    CoTracker3 online model: 16, CoTracker2: 8): 0 takes the checkpoint's; another value must equal it."""
     v2: bool = False
-    """True for a CoTracker2 checkpoint (no confidence head)."""
+    """True for a CoTracker2 checkpoint (no confidence head); must match the checkpoint."""
     visibility_threshold: float = 0.6
     """A point is visible when visibility x confidence exceeds this (the official predictor's fixed value is 0.6)."""
     confidence_decay: float = 0.9
@@ -88,8 +103,10 @@ class CoTrackerConfig:
         need(isinstance(self.device, str) and (self.device in ("auto", "cpu", "cuda")
                                                or self.device.startswith("cuda:")),
              "device", "must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
-        need(isinstance(self.window_len, int) and self.window_len >= 2
-             and self.window_len % 2 == 0, "window_len", "must be an even integer >= 2")
+        need(isinstance(self.window_len, int) and not isinstance(self.window_len, bool)
+             and (self.window_len == 0 or (self.window_len >= 2 and self.window_len % 2 == 0)),
+             "window_len", "must be 0 (the checkpoint's) or an even integer >= 2")
+        need(isinstance(self.v2, bool), "v2", "must be true or false")
         need(0.0 <= self.visibility_threshold < 1.0, "visibility_threshold",
              "must be in [0, 1)")
         need(0.0 < self.confidence_decay <= 1.0, "confidence_decay", "must be in (0, 1]")
@@ -101,16 +118,114 @@ PredictorFactory = Callable[[CoTrackerConfig], Any]
 """Builds the online predictor from the config (the official one by default)."""
 
 
+class CheckpointError(ValueError):
+    """A CoTracker checkpoint that cannot be used as configured (one line: what to change)."""
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What a checkpoint fixes: the architecture version and the sliding window length."""
+
+    version: int  # 2 or 3
+    window_len: int
+
+
+def _one_line(exc: BaseException, limit: int = 160) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def inspect_checkpoint(path: str | os.PathLike) -> CheckpointInfo:
+    """Version and window length of a CoTracker checkpoint, read without building the model.
+
+    ``torch.load(weights_only=True)``: only tensors and containers are
+    unpickled. Raises CheckpointError for a file that is not a CoTracker
+    state dict.
+    """
+    import torch
+
+    name = str(path)
+    try:
+        state = torch.load(name, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure to read is the same operator problem
+        raise CheckpointError(
+            f"CoTracker checkpoint {name!r} cannot be read ({type(exc).__name__}: {_one_line(exc, 100)}): "
+            "the file is damaged or not a PyTorch checkpoint; download it again") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]  # training checkpoints wrap the state dict
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"CoTracker checkpoint {name!r} holds no state dict of tensors: not a CoTracker "
+                              "checkpoint")
+    emb = state.get("time_emb")
+    if emb is None or emb.ndim != 3:
+        raise CheckpointError(f"CoTracker checkpoint {name!r} has no time_emb (1, window_len, C) tensor: not a "
+                              "CoTracker2/3 online checkpoint")
+    if any(k.startswith("corr_mlp.") for k in state):
+        version = 3
+    elif any(k.startswith("track_feat_updater.") for k in state):
+        version = 2
+    else:
+        raise CheckpointError(f"CoTracker checkpoint {name!r} is neither CoTracker3 (corr_mlp) nor CoTracker2 "
+                              "(track_feat_updater)")
+    return CheckpointInfo(version, int(emb.shape[1]))
+
+
+def check_checkpoint(config: CoTrackerConfig) -> CheckpointInfo:
+    """The checkpoint's version and window length, refused (CheckpointError) where config disagrees."""
+    info = inspect_checkpoint(config.checkpoint)
+    name = str(config.checkpoint)
+    if info.version == 2 and not config.v2:
+        raise CheckpointError(f"CoTracker checkpoint {name!r} is a CoTracker2 checkpoint: set v2 (tracker "
+                              "parameter cotracker_v2: true) or use a CoTracker3 online checkpoint")
+    if info.version == 3 and config.v2:
+        raise CheckpointError(f"CoTracker checkpoint {name!r} is a CoTracker3 checkpoint, but v2 is set: clear it "
+                              "(tracker parameter cotracker_v2: false)")
+    if config.window_len not in (0, info.window_len):
+        raise CheckpointError(f"window_len {config.window_len} does not match checkpoint {name!r}, whose window is "
+                              f"{info.window_len} frames: the checkpoint fixes it, leave window_len at 0")
+    return info
+
+
 def official_predictor(config: CoTrackerConfig) -> Any:
-    """Build ``cotracker.predictor.CoTrackerOnlinePredictor`` from ``config.checkpoint``."""
+    """Build ``cotracker.predictor.CoTrackerOnlinePredictor`` from ``config.checkpoint``.
+
+    The checkpoint is checked first (:func:`check_checkpoint`); the window
+    length is the checkpoint's. A state dict the predictor still refuses is
+    reported as CheckpointError in one line.
+    """
+    info = check_checkpoint(config)
     try:
         from cotracker.predictor import CoTrackerOnlinePredictor
     except ImportError as exc:
         raise ImportError(
             f"the CoTracker backend needs the 'cotracker' package ({exc}); {INSTALL_HINT}"
         ) from exc
-    return CoTrackerOnlinePredictor(checkpoint=str(config.checkpoint), v2=config.v2,
-                                    window_len=config.window_len)
+    try:
+        return CoTrackerOnlinePredictor(checkpoint=str(config.checkpoint), v2=config.v2,
+                                        window_len=info.window_len)
+    except (RuntimeError, KeyError, ValueError) as exc:  # load_state_dict: missing/unexpected keys, sizes
+        raise CheckpointError(
+            f"CoTracker checkpoint {str(config.checkpoint)!r} does not fit the CoTracker{info.version} online "
+            f"model (window {info.window_len}): {_one_line(exc)}") from None
+
+
+def resolve_device(device: str) -> Any:
+    """``torch.device`` for CoTrackerConfig.device; CUDA asked for but absent is a ValueError."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            why = ("this torch is built without CUDA" if torch.version.cuda is None
+                   else "no CUDA device is visible")
+            raise ValueError(f"CoTrackerConfig.device = {device!r}: CUDA is not available ({why}, torch "
+                             f"{torch.__version__}); use device 'cpu' or 'auto'")
+        index = int(device.split(":", 1)[1]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"CoTrackerConfig.device = {device!r}: only {torch.cuda.device_count()} CUDA "
+                             "device(s) here")
+    return torch.device(device)
 
 
 def _head_recorder(inner: Any) -> Any:
@@ -152,10 +267,7 @@ class CoTrackerBackend(Correspondence):
                 "CoTracker3 online checkpoint (e.g. scaled_online.pth from "
                 "https://huggingface.co/facebook/cotracker3) and name its local path; "
                 "nothing is downloaded at run time")
-        if config.device == "auto":
-            self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        else:
-            self.device = torch.device(config.device)
+        self.device = resolve_device(config.device)
         factory = predictor_factory if predictor_factory is not None else official_predictor
         self.model = factory(config)
         if hasattr(self.model, "to"):
@@ -230,9 +342,11 @@ class CoTrackerBackend(Correspondence):
         if (n > 0 and self._n_frames >= 2 * self.step
                 and self._n_frames % self.step == 0):
             self._run_window()
-        conf = self._conf * np.float32(self.cfg.confidence_decay ** self._since_result)
-        return TrackResult(self._points.copy(), conf.astype(np.float32),
-                           self._visible.copy())
+        conf = (self._conf * np.float32(self.cfg.confidence_decay ** self._since_result)).astype(np.float32)
+        # A stale estimate whose confidence has decayed to the threshold is no
+        # longer visible: the same rule as for a fresh result.
+        visible = self._visible & (conf > self.cfg.visibility_threshold)
+        return TrackResult(self._points.copy(), conf, visible)
 
     def _run_window(self) -> None:
         import torch

@@ -839,6 +839,24 @@ class CpuTracker(Correspondence):
         """Current estimates (N, 2) float32, or None before ``reset``."""
         return None if self._points is None else self._points.copy()
 
+    def set_points(self, points: np.ndarray, which: np.ndarray) -> bool:
+        """Continue from ``points`` (N, 2) for the points ``which`` (N,) bool (robot-aware occlusion).
+
+        Their variance is raised to (prior_gate_px / 2)^2: a predicted
+        position is only as good as the robot model, so the next
+        re-anchoring that finds the point outweighs it.
+        """
+        if self._points is None:
+            return False
+        pts = np.asarray(points, np.float32).reshape(-1, 2)
+        sel = np.asarray(which, bool).reshape(-1)
+        if len(pts) != len(self._points) or len(sel) != len(self._points):
+            raise CorrespondenceError(f"set_points: {len(pts)} points / {len(sel)} flags for "
+                                      f"{len(self._points)} tracked points")
+        self._points[sel] = pts[sel]
+        self._var[sel] = np.maximum(self._var[sel], np.float32((self.cfg.prior_gate_px / 2) ** 2))
+        return True
+
     def update(self, image: np.ndarray) -> TrackResult:
         """Track into ``image`` (same size as the reset image)."""
         if self._prev_gray is None or self._points is None:

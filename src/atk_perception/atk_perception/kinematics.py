@@ -77,8 +77,34 @@ ROBOTIQ_2F85_TCP = np.eye(4)
 ROBOTIQ_2F85_TCP[2, 3] = ROBOTIQ_2F85_TCP_Z
 ROBOTIQ_2F85_TCP.setflags(write=False)
 
+# --- The arm and gripper as simple solids -------------------------------------
+# One description shared by the simulator's MJCF (sim/model.py builds its
+# primitive geoms from it) and the tracker's robot mask (robot_mask.py renders
+# its silhouette from it), so what the mask covers is what the simulator draws.
+# Link k (k = 0..5) is drawn in the frame fk_all(q)[k] @ Rz(q[k]) (the body
+# that joint k+1 turns): a joint cylinder about its z axis (radius r, half
+# length 1.1 r) and, where the DH offset (a_k, 0, d_k) is non-zero, a capsule
+# of radius 0.75 r from the origin to that offset. The radii are a little
+# below the real UR5e's (joint housings 45-75 mm): on the real cell the mask's
+# pixel margin covers the difference.
+UR5E_LINK_RADII = np.array([0.06, 0.055, 0.045, 0.04, 0.04, 0.038])  # (6,) m
+UR5E_BASE_CYLINDER = (0.075, 0.04, 0.04)  # radius, half length, centre height above the base frame, m
+# Robotiq 2F-85-like gripper in the tool0 frame (z along the tool): a coupling
+# disc and the housing, then per finger a knuckle and a pad. Each finger moves
+# along tool0 x: its origin lies at +-FINGER_TRAVEL * (1 - g) for the gripper
+# reading g (0 open .. 1 closed); stroke 85 mm = 2 x 42.5 mm. Pads 22 mm wide
+# (y) and 37 mm long (z), centred on the pinch point (ROBOTIQ_2F85_TCP_Z).
+ROBOTIQ_2F85_FINGER_TRAVEL = 0.0425  # m per finger
+ROBOTIQ_2F85_COUPLING = (0.0375, 0.006, 0.006)  # disc radius, half length, centre z, m
+ROBOTIQ_2F85_HOUSING_HALF = np.array([0.045, 0.03, 0.044])  # box half extents, m
+ROBOTIQ_2F85_HOUSING_Z = 0.056  # box centre on tool0 z, m
+ROBOTIQ_2F85_KNUCKLE_HALF = np.array([0.008, 0.012, 0.018])
+ROBOTIQ_2F85_KNUCKLE_OFFSET = np.array([0.012, 0.0, 0.118])  # from the finger origin, x mirrored per finger
+ROBOTIQ_2F85_PAD_HALF = np.array([0.004, 0.011, 0.0185])  # x (thickness), y (width), z (length)
+
 for _a in (DH_D, DH_A, DH_ALPHA, UR5E_JOINT_LIMITS, CELL_JOINT_LIMITS, UR5E_VELOCITY_LIMITS,
-           HOME_Q):
+           HOME_Q, UR5E_LINK_RADII, ROBOTIQ_2F85_HOUSING_HALF, ROBOTIQ_2F85_KNUCKLE_HALF,
+           ROBOTIQ_2F85_KNUCKLE_OFFSET, ROBOTIQ_2F85_PAD_HALF):
     _a.setflags(write=False)
 
 
@@ -279,3 +305,16 @@ def within_limits(q: np.ndarray, joint_limits: np.ndarray | None = None) -> bool
     lim = UR5E_JOINT_LIMITS if joint_limits is None else np.asarray(joint_limits)
     q = _as_q(q)
     return bool(np.all(q >= lim[:, 0]) and np.all(q <= lim[:, 1]))
+
+
+def joint_state_vector(names, positions) -> tuple[np.ndarray | None, str]:
+    """(7,) = the six UR joints (rad, :data:`JOINT_NAMES` order) + gripper (0..1) from a
+    JointState's ``names``/``positions`` in any order, or (None, why) when one is missing."""
+    index = {n: i for i, n in enumerate(names)}
+    missing = [n for n in (*JOINT_NAMES, GRIPPER_JOINT) if n not in index]
+    if missing:
+        return None, f"joint_states lacks joints {missing} (has {list(names)})"
+    if len(positions) != len(names):
+        return None, f"joint_states has {len(names)} names but {len(positions)} positions"
+    return np.array([positions[index[n]] for n in (*JOINT_NAMES, GRIPPER_JOINT)], dtype=np.float64), ""
+

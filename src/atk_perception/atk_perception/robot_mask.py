@@ -233,9 +233,9 @@ def points_in_mask(mask: np.ndarray, points: np.ndarray) -> np.ndarray:
     """(N,) bool: the points (N, 2) pixels fall on True pixels of ``mask`` (outside the image: False)."""
     pts = np.asarray(points, np.float64)
     h, w = mask.shape
-    xi = np.round(pts[:, 0]).astype(np.int64) if len(pts) else np.zeros(0, np.int64)
-    yi = np.round(pts[:, 1]).astype(np.int64) if len(pts) else np.zeros(0, np.int64)
     finite = np.all(np.isfinite(pts), axis=1) if len(pts) else np.zeros(0, bool)
+    safe = np.clip(np.nan_to_num(pts.reshape(-1, 2), nan=-1.0), -1.0, 1e9)
+    xi, yi = np.round(safe[:, 0]).astype(np.int64), np.round(safe[:, 1]).astype(np.int64)
     inside = finite & (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
     out = np.zeros(len(pts), bool)
     out[inside] = mask[yi[inside], xi[inside]]

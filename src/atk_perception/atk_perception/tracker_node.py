@@ -5,14 +5,22 @@ Thin shell over :mod:`atk_perception.tracking_session` (state machine),
 :mod:`atk_perception.image_conversion` and the h_C backends. See
 docs/perception_nodes.md for topics, QoS and behaviour.
 
-Concurrency: a SingleThreadedExecutor runs the image callback, the stall
-watchdog and the two services; the image callback only stores the newest
-frame in a one-slot buffer (an older one not yet taken counts as dropped) and
-returns. A plain worker thread waits on that slot, runs h_C and publishes.
-One lock guards the session, so the worker, the watchdog and the services
-never touch it at once. (A two-thread MultiThreadedExecutor did the same
-with a guard condition, but rclpy's per-callback futures and wait-set
-rebuilds cost more than h_C itself: ~40 % of a core at 30 fps, measured.)
+Concurrency: a SingleThreadedExecutor runs the image callback and the two
+services; the image callback only stores the newest frame in a one-slot
+buffer (an older one not yet taken counts as dropped) and returns. A plain
+worker thread owns the session: it waits on that slot, runs h_C and
+publishes, and between frames it runs the stall watchdog. The executor thread
+never waits for the worker, so frames keep arriving while a transfer runs for
+seconds: ~/reset only files a request the worker applies before its next frame
+(TrackingSession.request_reset is thread-safe). Before, the watchdog timer
+waited on the session's lock on the executor thread during a transfer, so no
+frame was taken, the stall rule fired when the lock came free, and the frames
+that "resumed" were transferred onto again: a re-transfer loop (issue 17).
+Only ~/transfer, the operator's one-off, shares h_C with the worker under a
+lock and so holds the executor while a frame is processed.
+(A two-thread MultiThreadedExecutor did the same with a guard condition, but
+rclpy's per-callback futures and wait-set rebuilds cost more than h_C
+itself: ~40 % of a core at 30 fps, measured.)
 """
 from __future__ import annotations
 
@@ -24,12 +32,15 @@ from typing import Any
 import cv2
 import numpy as np
 
+from atk_perception import kinematics as kin
 from atk_perception.correspondence import CorrespondenceError
 from atk_perception.image_conversion import ImageConversionError, array_to_imgmsg, imgmsg_to_rgb8
 from atk_perception.keypoint_template import (
     TemplateError, load_model_template, load_points_template)
 from atk_perception.node_params import ParamSpec, ParameterError, format_help
 from atk_perception.node_runner import run_node
+from atk_perception.robot_mask import RobotMaskError, load_extrinsics
+from atk_perception.robot_occlusion import RobotAwareTracker, RobotInputs, RobotOcclusionConfig
 from atk_perception.tracking_session import (
     SIZE_MISMATCH_POLICIES, LatestFrameSlot, SessionConfig, SessionOutput, TrackerState,
     TrackingSession)
@@ -44,6 +55,15 @@ PARAMS = (
               "downloaded). Required for backend 'cotracker'"),
     ParamSpec("device", "", "torch device for backend 'cotracker' (e.g. cuda, cpu); "
               "empty: the backend's default"),
+    ParamSpec("cotracker_v2", False, "backend 'cotracker': the checkpoint is a CoTracker2 one (no "
+              "confidence head); must match the checkpoint"),
+    ParamSpec("cotracker_window_len", 0, "backend 'cotracker': sliding window length; fixed by the "
+              "checkpoint (CoTracker3 online: 16), 0 takes the checkpoint's", min=0, max=1024),
+    ParamSpec("cotracker_visibility_threshold", 0.6, "backend 'cotracker': a point is visible when "
+              "visibility x confidence exceeds this (the official predictor's fixed value: 0.6)",
+              min=0.0, max=0.999),
+    ParamSpec("cotracker_confidence_decay", 0.9, "backend 'cotracker': confidence factor per frame "
+              "since the last CoTracker result (it runs every window_len/2 frames)", min=0.001, max=1.0),
     # 'async' by default here (not in the library, whose offline users want
     # results independent of thread timing): it takes SIFT off the frame path,
     # which is what sets the node's latency tail (docs/perception.md).
@@ -79,6 +99,13 @@ PARAMS = (
               "camera frames: 'rescale' it (same aspect ratio only) or 'refuse' to track",
               choices=SIZE_MISMATCH_POLICIES),
     ParamSpec("overlay", True, "publish keypoints/overlay (only while someone subscribes)"),
+    ParamSpec("extrinsics_file", "", "camera pose in the robot base frame (atk-calibrate's YAML): keypoints "
+              "the robot covers (from joint_states, camera_info and this) are reported not visible and "
+              "predicted. Empty: off"),
+    ParamSpec("robot_margin_px", 6.0, "the robot's silhouette is grown by this before testing keypoints",
+              min=0.0, max=100.0),
+    ParamSpec("max_joint_age_s", 0.25, "a joint state further than this from the frame's stamp is not used "
+              "(the robot model is off for that frame)", min=0.001, max=10.0),
 )
 
 SUMMARY = ("Tracks the model's keypoints on camera/color/image_raw with h_C and publishes\n"
@@ -90,8 +117,18 @@ _STATE_NAMES = {TrackerState.INITIALISING: "INITIALISING", TrackerState.TRACKING
                 TrackerState.LOST: "LOST"}
 
 
-def make_backend(backend: str, checkpoint: str, device: str, reanchor_mode: str = "async"):
-    """Build h_C; ValueError/FileNotFoundError with an operator message on failure."""
+#: tracker parameter -> CoTrackerConfig field
+COTRACKER_PARAMS = {"cotracker_v2": "v2", "cotracker_window_len": "window_len",
+                    "cotracker_visibility_threshold": "visibility_threshold",
+                    "cotracker_confidence_decay": "confidence_decay"}
+
+
+def make_backend(backend: str, checkpoint: str, device: str, reanchor_mode: str = "async",
+                 cotracker: dict[str, Any] | None = None):
+    """Build h_C; ValueError/FileNotFoundError with an operator message on failure.
+
+    cotracker: the node's ``cotracker_*`` parameters (COTRACKER_PARAMS), for backend 'cotracker'.
+    """
     from atk_perception.backends import make_correspondence  # noqa: PLC0415 (torch for cotracker)
 
     overrides: dict[str, Any] = {}
@@ -105,6 +142,8 @@ def make_backend(backend: str, checkpoint: str, device: str, reanchor_mode: str 
         overrides["checkpoint"] = checkpoint
         if device:
             overrides["device"] = device
+        for param, value in (cotracker or {}).items():
+            overrides[COTRACKER_PARAMS[param]] = value
     return make_correspondence(backend, **overrides)
 
 
@@ -139,15 +178,15 @@ def _build_node_class():
     from atk_msgs.srv import ResetTracker, TransferKeypoints  # noqa: PLC0415
     from rclpy.node import Node  # noqa: PLC0415
     from rclpy.qos import qos_profile_sensor_data  # noqa: PLC0415
-    from sensor_msgs.msg import Image  # noqa: PLC0415
+    from sensor_msgs.msg import CameraInfo, Image, JointState  # noqa: PLC0415
 
     from atk_perception.node_params import declare, log_effective  # noqa: PLC0415
 
     class TrackerNode(Node):
         """ROS shell around :class:`TrackingSession`."""
 
-        def __init__(self) -> None:
-            super().__init__(NODE_NAME)
+        def __init__(self, **node_kwargs: Any) -> None:
+            super().__init__(NODE_NAME, **node_kwargs)
             p = declare(self, PARAMS)
             log_effective(self, p)
             self.p = p
@@ -162,7 +201,16 @@ def _build_node_class():
                 frame_timeout_s=p["frame_timeout_s"],
                 template_size_mismatch=p["template_size_mismatch"])
             template = self._load_template(p)
-            h_c = make_backend(p["backend"], p["checkpoint"], p["device"], p["reanchor_mode"])
+            h_c = make_backend(p["backend"], p["checkpoint"], p["device"], p["reanchor_mode"],
+                               {name: p[name] for name in COTRACKER_PARAMS})
+            base_t_camera = None
+            if p["extrinsics_file"]:
+                try:
+                    base_t_camera = load_extrinsics(p["extrinsics_file"])
+                except RobotMaskError as exc:
+                    raise ParameterError(f"parameter extrinsics_file: {exc}") from exc
+            self.robot = RobotInputs(base_t_camera, p["max_joint_age_s"])
+            h_c = RobotAwareTracker(h_c, None, RobotOcclusionConfig(margin_px=p["robot_margin_px"]))
             self.session = TrackingSession(h_c, template, config)
             self.get_logger().info(
                 f"tracking {len(template)} keypoints ({', '.join(template.names)}) from "
@@ -175,22 +223,29 @@ def _build_node_class():
             self._last_stall_log = 0.0
             self._last_bad_log = 0.0
             self._frames_done = 0
-            # Held by whoever touches the session: the worker thread, the
-            # watchdog timer and the services (both on the executor thread).
+            # Held by the worker while it processes a frame and by the ~/transfer
+            # service (both use h_C); never by anything else on the executor thread.
             self._session_lock = threading.Lock()
 
             # Sensor-data QoS (best effort, keep last 5): a late frame is worth
             # nothing, and a reliable queue would make the camera wait on us.
             self.sub = self.create_subscription(Image, "camera/color/image_raw", self._on_image,
                                                 qos_profile_sensor_data)
+            # The robot model's inputs: sensor-data QoS (newest only; best effort
+            # also matches a reliable publisher such as the driver's joint_states).
+            if base_t_camera is not None:
+                self.create_subscription(CameraInfo, "camera/color/camera_info", self._on_camera_info,
+                                         qos_profile_sensor_data)
+                self.create_subscription(JointState, "joint_states", self._on_joint_state,
+                                         qos_profile_sensor_data)
             # Keypoints are sensor data too: consumers want the newest, not a backlog.
             self.pub = self.create_publisher(KeypointArray, "keypoints", qos_profile_sensor_data)
             self.overlay_pub = self.create_publisher(Image, "keypoints/overlay",
                                                      qos_profile_sensor_data)
-            # Watchdog period: a tenth of the frame timeout, so a stall is seen
-            # within 10 % of it, but not faster than 20 Hz.
-            self._watchdog = self.create_timer(max(0.05, config.frame_timeout_s / 10),
-                                               self._check_stall)
+            # Watchdog period (run by the worker between frames): a tenth of the
+            # frame timeout, so a stall is seen within 10 % of it, but not
+            # faster than 20 Hz.
+            self._watchdog_period_s = max(0.05, config.frame_timeout_s / 10)
             self.create_service(ResetTracker, "~/reset", self._on_reset)
             self.create_service(TransferKeypoints, "~/transfer", self._on_transfer)
             self._Keypoint, self._KeypointArray = Keypoint, KeypointArray
@@ -211,6 +266,14 @@ def _build_node_class():
                                         p["point_ids"] or None, p["point_names"] or None)
 
         # -------------------------------------------------------- callbacks
+        def _on_camera_info(self, msg) -> None:
+            self.robot.set_intrinsics(np.asarray(msg.k, np.float64))
+
+        def _on_joint_state(self, msg) -> None:
+            q, _ = kin.joint_state_vector(list(msg.name), list(msg.position))
+            if q is not None:
+                self.robot.set_joint_state(q, msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9)
+
         def _on_image(self, msg: Image) -> None:
             # Cheap on purpose: store, count an overwrite as a drop, wake the worker.
             self._last_rx = time.monotonic()
@@ -218,10 +281,13 @@ def _build_node_class():
 
         def _worker_loop(self) -> None:
             while True:
-                msg = self.slot.wait_take()
-                if msg is None:  # closed: the node is shutting down
+                msg = self.slot.wait_take(self._watchdog_period_s)
+                if self.slot.closed:  # the node is shutting down
                     return
                 try:
+                    if msg is None:
+                        self._check_stall()
+                        continue
                     with self._session_lock:
                         self._work(msg)
                 except Exception as exc:  # noqa: BLE001
@@ -248,6 +314,9 @@ def _build_node_class():
                 self._publish(self.session.report_bad_frame(str(exc)), msg.header)
                 return
             stamp_s = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+            note = self.robot.apply(self.session.h_c, stamp_s)
+            if note:
+                self.get_logger().info(note)
             try:
                 out = self.session.process(rgb, stamp_s)
             except Exception as exc:  # noqa: BLE001 (a backend bug must not kill the node)
@@ -269,11 +338,11 @@ def _build_node_class():
                 self._last_bad_log = now
 
         def _check_stall(self) -> None:
+            """Worker thread, when no frame came for a watchdog period."""
             if self._last_header is None:
                 return
             idle = time.monotonic() - self._last_rx
-            with self._session_lock:
-                out = self.session.check_stalled(idle)
+            out = self.session.check_stalled(idle)
             if out is not None:
                 self.get_logger().warning(out.message)
                 self._last_stall_log = time.monotonic()
@@ -287,8 +356,9 @@ def _build_node_class():
         def _on_reset(self, request, response):
             pts = np.array([[k.x, k.y] for k in request.keypoints], np.float32).reshape(-1, 2)
             ids = [int(k.id) for k in request.keypoints]
-            with self._session_lock:
-                ok, message = self.session.request_reset(pts if len(ids) else None, ids or None)
+            # No lock: the session files the request, and the worker applies
+            # it before its next frame (a transfer in progress is not waited for).
+            ok, message = self.session.request_reset(pts if len(ids) else None, ids or None)
             if ok:
                 self.get_logger().info(message)
             else:

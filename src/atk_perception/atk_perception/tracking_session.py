@@ -21,25 +21,19 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from enum import IntEnum
 from typing import Generic, Sequence, TypeVar
 
 import numpy as np
 
 from atk_perception.correspondence import Correspondence, CorrespondenceError
 from atk_perception.keypoint_template import KeypointTemplate
+from atk_perception.tracker_state import TrackerState
 
 T = TypeVar("T")
 
 SIZE_MISMATCH_POLICIES = ("rescale", "refuse")
 #: Smallest frame side the session accepts (the h_C backends' own minimum).
 MIN_FRAME_SIZE = 16
-
-
-class TrackerState(IntEnum):
-    INITIALISING = 0
-    TRACKING = 1
-    LOST = 2
 
 
 @dataclass
@@ -50,6 +44,12 @@ class SessionConfig:
     min_point_confidence: float = 0.5
     #: Fewer confident keypoints than this fraction makes a frame "bad".
     min_confident_fraction: float = 0.5
+    #: A keypoint that is not visible counts as confident when its confidence
+    #: is at least this: its position was predicted from the robot (carried by
+    #: the gripper, atk_perception.robot_occlusion); h_C backends give hidden
+    #: points less. Carrying an object for longer than lost_after_s must not
+    #: read as a lost track.
+    min_predicted_confidence: float = 0.75
     #: Consecutive bad frames before the state becomes LOST (1 = immediately) ...
     lost_after_frames: int = 3
     #: ... and for at least this long (source stamps, s). The robot's own arm
@@ -75,7 +75,8 @@ class SessionConfig:
     max_aspect_difference: float = 0.02
 
     def __post_init__(self) -> None:
-        for name in ("min_point_confidence", "min_confident_fraction", "transfer_min_fraction"):
+        for name in ("min_point_confidence", "min_confident_fraction", "transfer_min_fraction",
+                     "min_predicted_confidence"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"{name}: must be within [0, 1], got {v!r}")
@@ -199,6 +200,12 @@ class TrackingSession:
         self._last_processing_s = 0.0  # wall time spent on the previous frame
         self._stalled = False
         self._scaled_template: KeypointTemplate | None = None
+        # request_reset may be called from another thread than process (the
+        # tracker node's service vs its worker): it only files the request
+        # under this lock, and process applies it before its next frame, so
+        # neither waits for the other's work (a transfer takes seconds).
+        self._request_lock = threading.Lock()
+        self._request: tuple[np.ndarray | None, str] | None = None
 
     # ------------------------------------------------------------------ API
     @property
@@ -216,12 +223,12 @@ class TrackingSession:
 
         Returns (accepted, message). Explicit points must name every template
         id exactly once (any order); they are checked against the frame size.
+        Thread-safe against :meth:`process` (the request is applied before
+        the next frame is processed).
         """
         if points is None or len(points) == 0:
-            self._reset_points = None
-            self._needs_transfer = True
-            self._frames_until_retry = 0
-            self._pending_note = "reset requested: keypoints transferred from the template"
+            with self._request_lock:
+                self._request = (None, "reset requested: keypoints transferred from the template")
             return True, "reset accepted: the template keypoints will be transferred on the next frame"
         pts = np.asarray(points, dtype=np.float32)
         if pts.ndim != 2 or pts.shape[1] != 2 or not np.all(np.isfinite(pts)):
@@ -232,19 +239,28 @@ class TrackingSession:
                            f"{list(self.template.ids)}")
         order = [ids.index(i) for i in self.template.ids]
         pts = pts[order]
-        if self._image_size is not None:
-            err = self._outside(pts, self._image_size)
+        size = self._image_size
+        if size is not None:
+            err = self._outside(pts, size)
             if err:
                 return False, f"reset refused: {err}"
-        self._reset_points = pts
+        with self._request_lock:
+            self._request = (pts, "reset requested: tracking the given keypoints")
+        return True, "reset accepted: tracking the given keypoints from the next frame"
+
+    def _apply_request(self) -> None:
+        with self._request_lock:
+            request, self._request = self._request, None
+        if request is None:
+            return
+        self._reset_points, self._pending_note = request
         self._needs_transfer = True
         self._frames_until_retry = 0
-        self._pending_note = "reset requested: tracking the given keypoints"
-        return True, "reset accepted: tracking the given keypoints from the next frame"
 
     def process(self, image: np.ndarray, stamp_s: float) -> SessionOutput:
         """Handle one frame: ``image`` (H, W, 3) uint8 RGB taken at ``stamp_s``."""
         t0 = time.perf_counter()
+        self._apply_request()
         problem = self._frame_problem(image)
         if problem:  # before any state change: a bad frame must not end a good track
             return self.report_bad_frame(problem)
@@ -376,7 +392,8 @@ class TrackingSession:
                 f"({pts[k, 0]:.1f}, {pts[k, 1]:.1f})")
 
     def _confident(self, conf: np.ndarray, visible: np.ndarray) -> np.ndarray:
-        return visible & (conf >= self.config.min_point_confidence)
+        c = self.config
+        return (conf >= c.min_point_confidence) & (visible | (conf >= c.min_predicted_confidence))
 
     def _initialise(self, image: np.ndarray, notes: list[str]) -> None:
         cfg = self.config

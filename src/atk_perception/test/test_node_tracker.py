@@ -379,7 +379,70 @@ def test_help_needs_no_ros() -> None:
         assert f"  {name} (default" in out.stdout
 
 
+def _look_at(eye: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """base_T_camera (4, 4) of an optical frame (z forward, y down) at eye looking at target."""
+    z = (target - eye) / np.linalg.norm(target - eye)
+    x = np.cross(z, [0.0, 0.0, 1.0])
+    x /= np.linalg.norm(x)
+    t = np.eye(4)
+    t[:3, :3] = np.stack([x, np.cross(z, x), z], 1)
+    t[:3, 3] = eye
+    return t
+
+
+def test_keypoints_under_the_robot_are_reported_not_visible(tmp_path: Path) -> None:
+    """With an extrinsics file, camera_info and joint_states, the keypoint the
+    gripper covers is reported not visible (and held where it was), the others
+    are tracked as usual, and the node says once that the robot model is on."""
+    from sensor_msgs.msg import CameraInfo, JointState
+    from std_msgs.msg import Header
+
+    from atk_perception import kinematics as kin
+    from atk_perception.robot_mask import save_extrinsics
+
+    q = np.concatenate([kin.HOME_Q + [0.0, 0.6, -0.6, -0.5, 0.0, 0.0], [0.0]])
+    tcp = (kin.fk(q[:6]) @ kin.ROBOTIQ_2F85_TCP)[:3, 3]
+    # a camera 0.8 m beside the gripper looking at its pinch point, which then
+    # projects onto keypoint 0 (the principal point is put there)
+    cam = _look_at(tcp + [0.0, 0.8, 0.0], tcp)
+    k = np.array([[290.0, 0, SCENE_PTS[0, 0]], [0, 290.0, SCENE_PTS[0, 1]], [0, 0, 1]])
+    save_extrinsics(tmp_path / "camera.yaml", cam)
+    ns = f"/rbt{os.getpid()}"
+    log = tmp_path / "tracker.log"
+    proc = start_tracker(ns, log, f"model_dir:={_model_dir(tmp_path)}",
+                         f"extrinsics_file:={tmp_path / 'camera.yaml'}")
+    h = Harness(ns)
+    try:
+        info_pub = h.node.create_publisher(CameraInfo, "camera/color/camera_info", qos_profile_sensor_data)
+        js_pub = h.node.create_publisher(JointState, "joint_states", 10)
+        h.wait_for(lambda: (h.pub.get_subscription_count() > 0 and js_pub.get_subscription_count() > 0
+                            and info_pub.get_subscription_count() > 0) or proc.poll() is not None,
+                   STARTUP_TIMEOUT_S, "the tracker node's image, camera_info and joint_states subscriptions")
+        assert proc.poll() is None, log.read_text()
+        replies = []
+        for t in range(6):
+            stamp = h.next_stamp()
+            header = Header(frame_id="camera_color_optical_frame")
+            header.stamp.sec, header.stamp.nanosec = divmod(stamp, 10**9)
+            info_pub.publish(CameraInfo(header=header, width=320, height=240, k=k.reshape(-1).tolist()))
+            js_pub.publish(JointState(header=header, name=[*kin.JOINT_NAMES, kin.GRIPPER_JOINT],
+                                      position=q.tolist()))
+            replies.append(h.send_and_wait(h.frame_msg(SCENE_IMG, stamp)))
+        # the first frames may come before the node has the camera_info and a joint state
+        last = replies[-1]
+        assert not last.keypoints[0].visible
+        np.testing.assert_allclose([last.keypoints[0].x, last.keypoints[0].y], SCENE_PTS[0], atol=TOL_PX)
+        assert sum(kp.visible for kp in last.keypoints) >= 2, "points away from the robot are still tracked"
+    finally:
+        h.close()
+        stop(proc)
+    text = log.read_text()
+    assert text.count("robot-aware occlusion on") == 1, text[-3000:]
+
+
 @pytest.mark.parametrize("params, match", [
+    (["points:=[10.0, 10.0]", "template_image:=%s", "extrinsics_file:=/nonexistent/camera.yaml"],
+     "extrinsics_file"),
     (["backend:=cotracker", "points:=[10.0, 10.0]", "template_image:=%s"],
      "needs a local CoTracker3 checkpoint"),
     (["backend:=cotracker", "checkpoint:=/nonexistent/scaled_online.pth",

@@ -316,3 +316,35 @@ def test_lost_needs_the_bad_streak_to_last_lost_after_s(scene) -> None:
     assert states[4] == TrackerState.LOST                       # 0.5 s after it
     with pytest.raises(ValueError, match="lost_after_s"):
         SessionConfig(lost_after_s=-1.0)
+
+
+def test_points_predicted_from_the_robot_keep_tracking_alive(scene) -> None:
+    """Hidden keypoints whose position the robot model predicts (confidence >=
+    min_predicted_confidence, as RobotAwareTracker reports a carried object's
+    points) count as confident: carrying an object is not a lost track. The
+    same points hidden at a backend's usual confidence do go LOST."""
+    from atk_perception.correspondence import TrackResult
+
+    class Carried(type(make_correspondence("cpu"))):
+        """The CPU backend with 5 of 8 points reported hidden at ``conf``."""
+
+        conf = 0.8
+
+        def update(self, image):
+            r = super().update(image)
+            vis = r.visible.copy()
+            vis[:5] = False
+            c = r.confidence.copy()
+            c[:5] = self.conf
+            return TrackResult(r.points, c, vis)
+
+    img, pts = scene
+    tpl = KeypointTemplate(img, pts, tuple(range(10, 18)), tuple(f"kp{i}" for i in range(8)))
+    for conf, lost in ((0.8, False), (0.6, True)):
+        h_c = Carried()
+        h_c.conf = conf
+        s = TrackingSession(h_c, tpl, SessionConfig(lost_after_frames=2, lost_after_s=0.2))
+        states = [s.process(warp(img, pts, k)[0], stamp_s=0.1 * k).state for k in range(1, 7)]
+        assert (TrackerState.LOST in states) == lost, (conf, states)
+    with pytest.raises(ValueError, match="min_predicted_confidence"):
+        SessionConfig(min_predicted_confidence=1.5)

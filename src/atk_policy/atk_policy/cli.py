@@ -91,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="episodes propagated in parallel processes (default: %(default)s)")
     g.add_argument("--min-confidence", type=float, default=0.0,
                    help="points with lower h_C confidence count as not visible (default: %(default)s)")
+    g.add_argument("--camera-extrinsics", type=Path, metavar="YAML",
+                   help="camera pose in the robot base frame (atk-calibrate's file): points the robot covers "
+                        "are predicted from the joint states instead of tracked, as on the deployed tracker "
+                        "(needs camera_info in the bags). Default: off")
     g.add_argument("--track-cache", type=Path, metavar="DIR",
                    help="cache of propagated tracks (default: OUTPUT/cache/tracks)")
     g = p.add_argument_group("training (defaults: table 6 of the paper scaled for small datasets)")
@@ -187,7 +191,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[DataSource, ATKConfig, B
             candidates=CandidateConfig(num_candidates=args.candidates, method=args.candidate_method,
                                        seed=args.candidate_seed),
             propagation=PropagationConfig(backend=args.backend, workers=args.workers,
-                                          min_confidence=args.min_confidence),
+                                          min_confidence=args.min_confidence,
+                                          camera_extrinsics=str(args.camera_extrinsics or "")),
             model=ModelConfig(head=args.head, action_mode=args.action_mode, chunk=args.chunk,
                               binary_gripper=not args.no_binary_gripper, hidden=hidden,
                               init_keep_prob=args.init_keep_prob,

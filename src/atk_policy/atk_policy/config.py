@@ -57,9 +57,16 @@ class PropagationConfig:
     workers: int = 1                  #: parallel processes over episodes (1 = in this process)
     #: A point whose h_C confidence is below this counts as not visible.
     min_confidence: float = 0.0
+    #: Camera pose in the robot base frame (a file written by atk-calibrate,
+    #: or by atk-demo from the simulator): points the robot covers are then
+    #: predicted instead of tracked (atk_perception.robot_occlusion), as the
+    #: tracker node does when deployed. Empty: off.
+    camera_extrinsics: str = ""
 
     def __post_init__(self) -> None:
         _check(isinstance(self.backend, str) and bool(self.backend), "backend", self.backend, "must be a name")
+        _check(isinstance(self.camera_extrinsics, str), "camera_extrinsics", self.camera_extrinsics,
+               "must be a file path or empty")
         _check(isinstance(self.workers, int) and self.workers >= 1, "workers", self.workers, "must be an int >= 1")
         _check(0.0 <= self.min_confidence <= 1.0, "min_confidence", self.min_confidence, "must be in [0, 1]")
 

@@ -15,11 +15,18 @@ The checks, in order (the first that fails decides):
 3. no joint state yet, or older than ``joint_state_timeout_s`` -> HOLD_STALE;
 4. tracker state not TRACKING -> HOLD_NOT_TRACKING;
 5. keypoint ids (order included) differ from the model's, or the image size
-   differs from the one the model was trained on -> FAULT (retrying cannot
-   fix a wrong model/tracker pairing: an operator must);
-6. more than ``max_low_confidence`` keypoints below
-   ``confidence_threshold`` (invisible or non-finite points count as low)
-   -> HOLD_LOW_CONFIDENCE.
+   differs from the one the model was trained on, or is not reported (0x0)
+   -> FAULT (retrying cannot fix a wrong model/tracker pairing: an operator
+   must);
+6. invalid keypoint values: a position that is not finite or lies outside
+   the image by more than ``image_margin_fraction`` of its size (the tracker
+   clips its points to the image, so such a point is a tracker defect), or a
+   confidence that is not a number in [0, 1] -> FAULT. Such values never
+   reach the network: a point at (1e6, 1e6) made it command joint targets
+   16,000 rad away (issue 15). Re-checked every step; the policy resumes when
+   the values are valid again;
+7. more than ``max_low_confidence`` keypoints below
+   ``confidence_threshold`` (or invisible) -> HOLD_LOW_CONFIDENCE.
 
 Times are plain float seconds on one clock (the node's ROS clock, which
 follows ``/clock`` under ``use_sim_time``).
@@ -33,6 +40,11 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from atk_perception.tracker_state import TrackerState
+
+__all__ = ["GateConfig", "GateDecision", "GateState", "InputGate", "KeypointInput", "TrackerState",
+           "evaluate_gate", "invalid_keypoint_reason", "low_confidence_mask"]
+
 
 class GateState(IntEnum):
     """Same values as the ``atk_msgs/PolicyStatus`` STATE_* constants."""
@@ -42,14 +54,6 @@ class GateState(IntEnum):
     HOLD_NOT_TRACKING = 2
     HOLD_LOW_CONFIDENCE = 3
     FAULT = 4
-
-
-class TrackerState(IntEnum):
-    """Same values as the ``atk_msgs/KeypointArray`` STATE_* constants."""
-
-    INITIALISING = 0
-    TRACKING = 1
-    LOST = 2
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,17 @@ class GateConfig:
         places; holding then froze the arm in the covering pose, so the
         keypoints never came back (the deadlock of 36 of 49 evaluation
         episodes before this grace existed). 0: hold at once.
+    predicted_min_confidence: a keypoint the camera does not see (visible
+        False) is not low when its confidence is at least this: the tracker
+        predicted it from the robot (a point on the object the gripper
+        carries, atk_perception.robot_occlusion, confidence 0.8). The h_C
+        backends give hidden points less (CPU: 0, CoTracker: at most its
+        0.6 visibility threshold). Above 1: every hidden keypoint is low.
+    image_margin_fraction: a keypoint may lie outside the image by at most
+        this fraction of the image's width (x) or height (y) before the array
+        counts as invalid input; the tracker clips what it transfers to the
+        image and optical flow drifts a few pixels past its edge, so half an
+        image is far beyond anything a working tracker reports.
     """
 
     keypoint_timeout_s: float = 0.25
@@ -81,6 +96,8 @@ class GateConfig:
     max_low_confidence: int = 2
     max_low_confidence_fraction: float = 0.5
     low_confidence_grace_s: float = 2.0
+    predicted_min_confidence: float = 0.75
+    image_margin_fraction: float = 0.5
 
     def __post_init__(self) -> None:
         for name in ("keypoint_timeout_s", "joint_state_timeout_s"):
@@ -99,6 +116,13 @@ class GateConfig:
         g = self.low_confidence_grace_s
         if not (isinstance(g, (int, float)) and math.isfinite(g) and g >= 0):
             raise ValueError(f"GateConfig.low_confidence_grace_s must be >= 0 seconds, got {g!r}")
+        p = self.predicted_min_confidence
+        if not (isinstance(p, (int, float)) and math.isfinite(p) and p >= self.confidence_threshold):
+            raise ValueError(f"GateConfig.predicted_min_confidence must be >= confidence_threshold "
+                             f"({self.confidence_threshold}), got {p!r}")
+        mf = self.image_margin_fraction
+        if not (isinstance(mf, (int, float)) and math.isfinite(mf) and 0.0 <= mf <= 10.0):
+            raise ValueError(f"GateConfig.image_margin_fraction must be in [0, 10], got {mf!r}")
 
 
 @dataclass(frozen=True)
@@ -142,12 +166,50 @@ class GateDecision:
         return self.state == GateState.RUNNING
 
 
-def low_confidence_mask(keypoints: KeypointInput, threshold: float) -> np.ndarray:
-    """(N,) bool: below ``threshold``, not visible, or with a non-finite value."""
+def invalid_keypoint_reason(keypoints: KeypointInput, image_size: Optional[tuple[int, int]],
+                            margin_fraction: float) -> str:
+    """Why the keypoint values cannot be fed to the policy, or "" when they can.
+
+    Invalid: a non-finite position; a position outside the image (width,
+    height) by more than ``margin_fraction`` of its size (not checked when
+    ``image_size`` is None or 0x0); a confidence that is not finite or lies
+    outside [0, 1].
+    """
+    ids = np.asarray(keypoints.ids)
+    pos = np.asarray(keypoints.positions, dtype=np.float64).reshape(-1, 2)
+    conf = np.asarray(keypoints.confidence, dtype=np.float64)
+    bad_pos = ~np.all(np.isfinite(pos), axis=1)
+    if np.any(bad_pos):
+        k = int(np.flatnonzero(bad_pos)[0])
+        return (f"invalid keypoint input: {int(bad_pos.sum())} position(s) not finite, e.g. id {int(ids[k])} at "
+                f"{pos[k].tolist()}")
+    bad_conf = ~np.isfinite(conf) | (conf < 0.0) | (conf > 1.0)
+    if np.any(bad_conf):
+        k = int(np.flatnonzero(bad_conf)[0])
+        return (f"invalid keypoint input: {int(bad_conf.sum())} confidence(s) outside [0, 1], e.g. id "
+                f"{int(ids[k])} with {conf[k]!r}")
+    if image_size is not None and tuple(image_size) != (0, 0):
+        w, h = float(image_size[0]), float(image_size[1])
+        mx, my = margin_fraction * w, margin_fraction * h
+        out = (pos[:, 0] < -mx) | (pos[:, 0] > w + mx) | (pos[:, 1] < -my) | (pos[:, 1] > h + my)
+        if np.any(out):
+            k = int(np.flatnonzero(out)[0])
+            return (f"invalid keypoint input: {int(out.sum())} keypoint(s) outside the {w:.0f}x{h:.0f} image by "
+                    f"more than {margin_fraction:g} of its size, e.g. id {int(ids[k])} at "
+                    f"({pos[k, 0]:.1f}, {pos[k, 1]:.1f}): is the tracker working in another image size?")
+    return ""
+
+
+def low_confidence_mask(keypoints: KeypointInput, threshold: float,
+                        predicted_threshold: float = math.inf) -> np.ndarray:
+    """(N,) bool: below ``threshold``, not visible (unless predicted: confidence at
+    least ``predicted_threshold``, see GateConfig), or with a non-finite value."""
     conf = np.asarray(keypoints.confidence, dtype=np.float64)
     pos = np.asarray(keypoints.positions, dtype=np.float64)
     finite = np.isfinite(conf) & np.all(np.isfinite(pos), axis=1)
-    return ~finite | (np.nan_to_num(conf, nan=-1.0) < threshold) | ~np.asarray(keypoints.visible, dtype=bool)
+    c = np.nan_to_num(conf, nan=-1.0)
+    hidden = ~np.asarray(keypoints.visible, dtype=bool) & (c < predicted_threshold)
+    return ~finite | (c < threshold) | hidden
 
 
 def _state_name(value: int) -> str:
@@ -206,13 +268,23 @@ def evaluate_gate(config: GateConfig, now_s: float, keypoints: Optional[Keypoint
                 why = f"missing {missing}, unexpected {extra}"
             return GateDecision(GateState.FAULT, f"tracker keypoint ids {got} do not match the model's {want} "
                                 f"({why}): the tracker and the policy must load the same model", age)
-    if expected_image_size is not None and tuple(keypoints.image_size) != (0, 0):
-        if tuple(int(v) for v in keypoints.image_size) != tuple(int(v) for v in expected_image_size):
-            w, h = keypoints.image_size
-            ew, eh = expected_image_size
+    if expected_image_size is not None:
+        ew, eh = (int(v) for v in expected_image_size)
+        w, h = (int(v) for v in keypoints.image_size)
+        if (w, h) == (0, 0):
+            # An unreported size used to skip this check (issue 15): the
+            # pixels could then refer to any image.
+            return GateDecision(GateState.FAULT, "the keypoint array reports no image size (0x0), so its pixels "
+                                f"cannot be checked against the model's {ew}x{eh} frame: the tracker must fill "
+                                "image_width and image_height", age)
+        if (w, h) != (ew, eh):
             return GateDecision(GateState.FAULT, f"keypoints refer to a {w}x{h} image but the model was trained "
-                                f"on {ew}x{eh}: set the camera resolution to {ew}x{eh}", age)
-    low = low_confidence_mask(keypoints, config.confidence_threshold)
+                                f"on {ew}x{eh}: set the camera resolution to {ew}x{eh} (deploy launch argument "
+                                f"sim_width:={ew} sim_height:={eh} in simulation, or leave them at auto)", age)
+    invalid = invalid_keypoint_reason(keypoints, tuple(keypoints.image_size), config.image_margin_fraction)
+    if invalid:
+        return GateDecision(GateState.FAULT, invalid, age)
+    low = low_confidence_mask(keypoints, config.confidence_threshold, config.predicted_min_confidence)
     n_low = int(low.sum())
     low_ids = tuple(int(i) for i in np.asarray(keypoints.ids)[low])
     allowed = max(config.max_low_confidence, int(math.floor(config.max_low_confidence_fraction * len(low) + 1e-9)))

@@ -294,6 +294,7 @@ def _train(source: DataSource, cfg: ATKConfig, baselines: BaselineConfig, out: P
             barrier()
         tracked = propagate_dataset(episodes, canonical, points, backend=cfg.propagation.backend,
                                     min_confidence=cfg.propagation.min_confidence, workers=cfg.propagation.workers,
+                                    camera_extrinsics=cfg.propagation.camera_extrinsics or None,
                                     cache_dir=track_cache, progress=progress)
         if main_rank:
             barrier()

@@ -7,20 +7,32 @@ was computed from), ``gripper_command`` (atk_msgs/GripperCommand, same
 stamp) and ``policy/status`` (atk_msgs/PolicyStatus, at status_rate_hz,
 also while holding).
 
-Before each action the input gate (:mod:`atk_policy.gating`) decides; in any
-state but RUNNING the node publishes nothing on joint_target or
-gripper_command (the driver then keeps the arm where it is) and the status
-says why. When input is good again it resets the policy and resumes.
+Each control step is :class:`atk_policy.deploy_step.DeployStep`, the same
+step the evaluation runs: the input gate (:mod:`atk_policy.gating`) decides,
+the policy acts, and its action is checked (finite, within
+``max_joint_step_rad`` of the measured joints). In any state but RUNNING, and
+when an action is refused, the node publishes nothing on joint_target or
+gripper_command (the driver then keeps the arm at its last target) and the
+status says why. When input is good again it resets the policy and resumes.
 
-``trigger`` (parameter): ``timer`` (default) acts at ``control_rate_hz`` on the
-newest input, the fixed control period the policy was trained with (the
-action is the target for the next control step, so acting faster than that
-rate would move the arm faster than in the demonstrations); ``keypoints``
-acts as soon as each keypoint array arrives, for the lowest latency (the
-action rate is then the tracker's frame rate: use it when the model was
-trained at that rate, and for the latency benchmark).
+The policy acts on the newest keypoints with the joint state of the same
+camera frame (the nearest stamp, :class:`~atk_policy.deploy_step.JointStateBuffer`):
+the pairs it was trained on.
 
-Library: atk_policy.artifact (model), atk_policy.gating (holding rules).
+``trigger`` (parameter): ``keypoints`` (default) acts as soon as a keypoint
+array arrives, on at most ``control_rate_hz`` arrays per second of source
+stamps (an array less than 3/4 of a control period after the last one acted
+on is skipped): the action is the target for the next control step, so
+acting faster than the trained rate would move the arm faster than in the
+demonstrations. The latency is then the tracker's and the policy's own.
+``timer`` acts at ``control_rate_hz`` on whatever input is newest; under
+``use_sim_time`` its timer fires on ``/clock``, i.e. as a frame is published
+and before its keypoints exist, so it acts on the previous frame's keypoints:
+one control step late (issue 17: 1001 of 1006 steps, and a third fewer
+successes).
+
+Library: atk_policy.artifact (model), atk_policy.deploy_step (the step),
+atk_policy.gating (holding rules).
 """
 from __future__ import annotations
 
@@ -32,19 +44,29 @@ import numpy as np
 from atk_perception import kinematics as kin
 from atk_perception.node_params import ParameterError, ParamSpec, format_help
 from atk_perception.node_runner import run_node
-from atk_policy.gating import GateConfig, GateDecision, GateState, InputGate, KeypointInput
+from atk_policy.deploy_step import DEFAULT_MAX_JOINT_STEP_RAD, DeployStep, JointStateBuffer
+from atk_policy.deploy_step import check_action  # noqa: F401 (kept importable from here)
+from atk_policy.gating import GateConfig, GateDecision, GateState, KeypointInput
 
 UR_JOINTS = kin.JOINT_NAMES
 GRIPPER_JOINT = kin.GRIPPER_JOINT
-TRIGGERS = ("timer", "keypoints")
+TRIGGERS = ("keypoints", "timer")
+#: trigger=keypoints skips an array whose source stamp is less than this many
+#: control periods after the last one acted on (a 30 fps camera and a 10 Hz
+#: policy: every third frame; 10 Hz frames: every frame despite jitter).
+MIN_PERIOD_FRACTION = 0.75
+#: A keypoint array waits for a joint state this close to its stamp (s), or newer.
+JOINT_STATE_SYNC_S = 0.002
 
 
 PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("model_dir", "", "Folder of the trained policy (model.json + policy.safetensors). Empty: the node "
               "reports FAULT until restarted with a model."),
-    ParamSpec("trigger", "timer", "timer: act at control_rate_hz on the newest input (the trained control rate); "
-              "keypoints: act on each new keypoint array at once (lowest latency).", choices=TRIGGERS),
-    ParamSpec("control_rate_hz", 10.0, "Control rate of trigger=timer (Hz).", min=0.5, max=100.0),
+    ParamSpec("trigger", "keypoints", "keypoints: act when a keypoint array arrives, at most control_rate_hz "
+              "times per second of source stamps (the newest keypoints, lowest latency); timer: act at "
+              "control_rate_hz on the newest input (under use_sim_time one step late).", choices=TRIGGERS),
+    ParamSpec("control_rate_hz", 10.0, "Control rate (Hz): the timer's rate, or the most keypoint arrays acted "
+              "on per second.", min=0.5, max=100.0),
     ParamSpec("status_rate_hz", 10.0, "Rate of policy/status (Hz), also while holding.", min=0.5, max=100.0),
     ParamSpec("keypoint_timeout_s", 0.25, "Hold when the newest keypoints' source image stamp is older than this "
               "(s).", min=0.001, max=10.0, runtime=True),
@@ -58,6 +80,11 @@ PARAMS: tuple[ParamSpec, ...] = (
               "line at which the tracker calls a frame bad) ...", min=0.0, max=1.0, runtime=True),
     ParamSpec("low_confidence_grace_s", 2.0, "... for longer than this (s): the arm covering keypoints while it "
               "grasps or places must not freeze it there.", min=0.0, max=60.0, runtime=True),
+    ParamSpec("image_margin_fraction", 0.5, "A keypoint further outside the image than this fraction of its "
+              "size is invalid input (FAULT, nothing published).", min=0.0, max=10.0, runtime=True),
+    ParamSpec("max_joint_step_rad", DEFAULT_MAX_JOINT_STEP_RAD, "Refuse (do not publish) an action whose joint "
+              "target is further than this from the measured joints (rad; the driver's max_target_step).",
+              min=0.001, max=6.3, runtime=True),
     ParamSpec("torch_threads", 1, "Threads torch may use for inference. One sample through a small network gains "
               "nothing from more, and on a small machine the extra threads spin and take CPU from the tracker "
               "(benchmarks/bench_latency.py, 2 cores: p99 21 ms with 1, 44-52 ms with torch's default).",
@@ -76,23 +103,7 @@ def print_help() -> None:
 
 def proprio_from_joint_state(names: Sequence[str], positions: Sequence[float]) -> tuple[Optional[np.ndarray], str]:
     """(7,) = 6 UR joint positions (rad) + gripper (0..1), or (None, why)."""
-    index = {n: i for i, n in enumerate(names)}
-    missing = [n for n in (*UR_JOINTS, GRIPPER_JOINT) if n not in index]
-    if missing:
-        return None, f"joint_states lacks joints {missing} (has {list(names)})"
-    if len(positions) != len(names):
-        return None, f"joint_states has {len(names)} names but {len(positions)} positions"
-    return np.array([positions[index[n]] for n in (*UR_JOINTS, GRIPPER_JOINT)], dtype=np.float64), ""
-
-
-def check_action(action: Any) -> tuple[Optional[np.ndarray], str]:
-    """(7,) finite action, or (None, why)."""
-    a = np.asarray(action, dtype=np.float64).reshape(-1)
-    if a.shape != (7,):
-        return None, f"model returned an action of shape {np.shape(action)}, expected (7,)"
-    if not np.all(np.isfinite(a)):
-        return None, f"model returned a non-finite action {a.tolist()}"
-    return a, ""
+    return kin.joint_state_vector(names, positions)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -127,12 +138,12 @@ def _define_node() -> type:
         def __init__(self, load_policy: Optional[Callable[[str], Any]] = None) -> None:
             super().__init__("policy")
             self._params: dict[str, Any] = declare(self, PARAMS)
-            self._gate = InputGate(self._gate_config(self._params))
+            gate_config = self._gate_config(self._params)
             self.add_on_set_parameters_callback(self._on_set_parameters)
             log_effective(self, self._params)
 
             self._model_fault: Optional[str] = None
-            self._policy = None
+            policy = None
             model_dir = self._params["model_dir"]
             if not model_dir:
                 self._model_fault = "no model: set parameter model_dir (launch argument model:=DIR)"
@@ -145,27 +156,25 @@ def _define_node() -> type:
                         from atk_policy.artifact import load_policy as _load
                     else:
                         _load = load_policy
-                    self._policy = _load(model_dir)
+                    policy = _load(model_dir)
                 except Exception as exc:  # any load failure is a FAULT the operator must see, not a crash
                     self._model_fault = f"cannot load model {model_dir!r}: {exc}"
+            self._step = DeployStep(None if self._model_fault else policy, gate_config,
+                                    float(self._params["max_joint_step_rad"]))
             if self._model_fault:
                 self.get_logger().error(self._model_fault)
-                self._expected_ids = None
-                self._expected_size = None
             else:
-                self._expected_ids = [int(i) for i in self._policy.keypoint_ids]
-                self._expected_size = tuple(int(v) for v in self._policy.image_size)
-                self.get_logger().info(f"loaded model {model_dir!r}: keypoint ids {self._expected_ids}, image "
-                                       f"{self._expected_size[0]}x{self._expected_size[1]}")
+                size = self._step.expected_size
+                self.get_logger().info(f"loaded model {model_dir!r}: keypoint ids {self._step.expected_ids}, "
+                                       f"image {size[0]}x{size[1]}")
 
             self._keypoints: Optional[KeypointInput] = None
             self._kp_stamp = None
-            self._keypoints_new = False
-            self._js_stamp: Optional[float] = None
-            self._proprio: Optional[np.ndarray] = None
+            self._pending: Optional[KeypointInput] = None   # trigger=keypoints: not yet acted on
+            self._acted_stamp: Optional[float] = None        # source stamp of the last array acted on
+            self._joint_states = JointStateBuffer()
             self._js_fault: Optional[str] = None
             self._step_fault: Optional[str] = None
-            self._was_running = False
             self._steps = 0
             self._decision = GateDecision(GateState.HOLD_STALE, "starting", -1.0)
 
@@ -181,7 +190,7 @@ def _define_node() -> type:
             # newest-input fields need no lock; inference (a small MLP, ~1 ms)
             # is short enough not to starve the subscriptions.
             if self._params["trigger"] == "timer":
-                self.create_timer(1.0 / self._params["control_rate_hz"], self._control_step)
+                self.create_timer(1.0 / self._params["control_rate_hz"], self._timer_step)
             self.create_timer(1.0 / self._params["status_rate_hz"], self._publish_status)
 
         @staticmethod
@@ -191,7 +200,8 @@ def _define_node() -> type:
                               confidence_threshold=float(params["confidence_threshold"]),
                               max_low_confidence_fraction=float(params["max_low_confidence_fraction"]),
                               low_confidence_grace_s=float(params["low_confidence_grace_s"]),
-                              max_low_confidence=int(params["max_low_confidence"]))
+                              max_low_confidence=int(params["max_low_confidence"]),
+                              image_margin_fraction=float(params["image_margin_fraction"]))
 
         def _on_set_parameters(self, params) -> SetParametersResult:
             updated = dict(self._params)
@@ -208,14 +218,15 @@ def _define_node() -> type:
                 gate = self._gate_config(updated)
             except ValueError as exc:
                 return SetParametersResult(successful=False, reason=str(exc))
-            self._params, self._gate.config = updated, gate
+            self._params, self._step.config = updated, gate
+            self._step.max_joint_step_rad = float(updated["max_joint_step_rad"])
             return SetParametersResult(successful=True)
 
         # --- message conversion ------------------------------------------
         def _on_keypoints(self, msg: KeypointArray) -> None:
             kps = msg.keypoints
             try:
-                self._keypoints = KeypointInput(
+                kp = KeypointInput(
                     stamp_s=stamp_s(msg.header.stamp), tracker_state=int(msg.state),
                     ids=np.array([k.id for k in kps], dtype=np.int64),
                     positions=np.array([[k.x, k.y] for k in kps], dtype=np.float64).reshape(-1, 2),
@@ -225,46 +236,74 @@ def _define_node() -> type:
             except ValueError as exc:
                 self.get_logger().error(f"malformed keypoint array ignored: {exc}")
                 return
-            self._kp_stamp = msg.header.stamp
-            self._keypoints_new = True
-            if self._params["trigger"] == "keypoints":
-                self._control_step()
+            self._keypoints, self._kp_stamp = kp, msg.header.stamp
+            if self._params["trigger"] != "keypoints":
+                return
+            period = 1.0 / self._params["control_rate_hz"]
+            if (self._acted_stamp is not None and kp.stamp_s >= self._acted_stamp
+                    and kp.stamp_s - self._acted_stamp < MIN_PERIOD_FRACTION * period):
+                return  # within the control period of the last action (a faster camera)
+            self._pending = kp
+            self._try_pending()
 
         def _on_joint_state(self, msg: JointState) -> None:
             proprio, why = proprio_from_joint_state(list(msg.name), list(msg.position))
             self._js_fault = why or None
             if proprio is not None:
-                self._proprio = proprio
-                self._js_stamp = stamp_s(msg.header.stamp)
+                self._joint_states.add(stamp_s(msg.header.stamp), proprio)
+                if self._pending is not None:
+                    self._try_pending()
 
         # --- control -----------------------------------------------------
-        def _evaluate(self) -> GateDecision:
-            fault = self._model_fault or self._js_fault or self._step_fault
-            return self._gate.evaluate(self.get_clock().now().nanoseconds * 1e-9, self._keypoints,
-                                       self._js_stamp, self._expected_ids, self._expected_size, fault)
+        def _now_s(self) -> float:
+            return self.get_clock().now().nanoseconds * 1e-9
 
-        def _control_step(self) -> None:
-            self._step_fault = None  # an inference error is retried on the next step
-            decision = self._evaluate()
-            if decision.running and (self._params["trigger"] == "timer" or self._keypoints_new):
-                if not self._was_running:
-                    self._policy.reset()  # no context carried over a hold
-                kp = self._keypoints
-                try:
-                    action, why = check_action(self._policy.select_action(kp.positions.astype(np.float32),
-                                                                          self._proprio.astype(np.float32)))
-                except Exception as exc:  # an inference error holds the arm and is reported, never raised
-                    action, why = None, f"inference failed: {type(exc).__name__}: {exc}"
-                if action is None:
-                    self._step_fault = why
-                    decision = GateDecision(GateState.FAULT, why, decision.input_age_s)
-                    self.get_logger().error(why, throttle_duration_sec=2.0)
-                else:
-                    self._publish_action(action, self._kp_stamp)
-            self._keypoints_new = False
+        def _frame_joint_state(self, kp: Optional[KeypointInput]) -> tuple[Optional[float], Optional[np.ndarray]]:
+            """The joint state of the keypoints' camera frame (nearest stamp),
+            or the newest when there are no keypoints."""
+            if kp is None:
+                newest = self._joint_states.newest_stamp
+                return (None, None) if newest is None else self._joint_states.nearest(newest)
+            found = self._joint_states.nearest(kp.stamp_s)
+            return (None, None) if found is None else found
+
+        def _try_pending(self) -> None:
+            """trigger=keypoints: act on the pending array once the joint state
+            of its frame is here (the simulator publishes both with one stamp,
+            but they travel on two topics)."""
+            kp = self._pending
+            newest = self._joint_states.newest_stamp
+            if newest is not None and newest < kp.stamp_s - JOINT_STATE_SYNC_S:
+                # Not here yet; acted on when it arrives. A frame whose joint
+                # state never comes is superseded by the next array, and the
+                # status reports the joint state as stale.
+                return
+            self._pending = None
+            self._control_step(kp, self._kp_stamp if kp is self._keypoints else None)
+
+        def _timer_step(self) -> None:
+            self._control_step(self._keypoints, self._kp_stamp)
+
+        def _control_step(self, kp: Optional[KeypointInput], stamp) -> None:
+            self._step_fault = None  # an inference error or refused action is retried on the next step
+            js_stamp, proprio = self._frame_joint_state(kp)
+            fault = self._model_fault or self._js_fault
+            outcome = self._step.step(self._now_s(), kp, proprio, js_stamp, fault)
+            decision = outcome.decision
+            if outcome.acted:
+                self._acted_stamp = kp.stamp_s
+                self._publish_action(outcome.action, stamp if stamp is not None else self._stamp_msg(kp.stamp_s))
+            elif outcome.error:
+                self._step_fault = outcome.error
+                self.get_logger().error(outcome.error, throttle_duration_sec=2.0)
             self._log_transition(decision)
             self._decision = decision
-            self._was_running = decision.running
+
+        @staticmethod
+        def _stamp_msg(t: float):
+            from builtin_interfaces.msg import Time  # noqa: PLC0415
+            sec, nsec = divmod(int(round(t * 1e9)), 1_000_000_000)
+            return Time(sec=sec, nanosec=nsec)
 
         def _publish_action(self, action: np.ndarray, stamp) -> None:
             """stamp: builtin_interfaces/Time of the keypoints' source image, copied exactly."""
@@ -292,12 +331,14 @@ def _define_node() -> type:
 
         def _publish_status(self) -> None:
             # Re-evaluated here, so staleness shows even when nothing arrives
-            # (with trigger=keypoints no control step would notice).
-            decision = self._evaluate()
+            # (with trigger=keypoints no control step would notice). A hold
+            # seen here also resets the policy before it acts again.
+            js_stamp, _ = self._frame_joint_state(self._keypoints)
+            decision = self._step.evaluate(self._now_s(), self._keypoints, js_stamp,
+                                           self._model_fault or self._js_fault or self._step_fault)
             if not decision.running:
                 self._log_transition(decision)
                 self._decision = decision
-                self._was_running = False  # reset the policy when it resumes
             msg = PolicyStatus()
             msg.header.stamp = self.get_clock().now().to_msg()
             msg.state = int(decision.state)

@@ -18,6 +18,14 @@ episode's data and frames), and episodes run in ``workers`` processes when
 asked. Points that h_C places outside the image are clamped to its border
 and marked not visible; the count is kept in ``TrackedEpisode.meta`` and
 shown in the CLI summary (never silent).
+
+With ``camera_extrinsics`` (the camera pose in the robot base frame, a file
+from ``atk-calibrate``) and the bags' camera intrinsics, h_C is wrapped in
+:class:`atk_perception.robot_occlusion.RobotAwareTracker` and fed each
+frame's joint state (the episode's proprio): the points the robot covers are
+predicted, as the tracker node does when deployed, so the policy trains on
+what it will see. An episode without intrinsics is tracked as before and
+says so in ``TrackedEpisode.meta["robot_occlusion"]``.
 """
 from __future__ import annotations
 
@@ -136,11 +144,24 @@ def _backend_id(backend: str | HCFactory) -> str:
 
 # --------------------------------------------------------------------------- one episode
 
+def episode_intrinsics(episode: Episode) -> np.ndarray | None:
+    """(3, 3) K from the episode's camera_info (bags), or None when it has none."""
+    info = (episode.meta or {}).get("camera_info") or {}
+    k = info.get("k")
+    if k is None or len(k) != 9:
+        return None
+    k = np.asarray(k, np.float64).reshape(3, 3)
+    return k if np.all(np.isfinite(k)) and k[0, 0] > 0 and k[1, 1] > 0 else None
+
+
 def propagate_episode(episode: Episode, template_image: np.ndarray, candidates: np.ndarray,
-                      hc: Any, min_confidence: float = 0.0, progress: bool = False) -> TrackedEpisode:
+                      hc: Any, min_confidence: float = 0.0, progress: bool = False,
+                      base_t_camera: np.ndarray | None = None) -> TrackedEpisode:
     """Algorithm 1 for one episode with the h_C instance ``hc``.
 
-    template_image (H, W, 3) uint8 RGB = I_can; candidates (C, 2) pixels on it.
+    template_image (H, W, 3) uint8 RGB = I_can; candidates (C, 2) pixels on it;
+    base_t_camera (4, 4): camera pose in the robot base frame, or None (no
+    robot-aware occlusion).
     """
     from tqdm import tqdm
 
@@ -159,6 +180,18 @@ def propagate_episode(episode: Episode, template_image: np.ndarray, candidates: 
         # privileged backends (the simulation-only oracle) read the episode's
         # recorded ground truth, found through its metadata (the bag's folder)
         bind(episode.meta)
+    robot_note = "off"
+    robot = None
+    if base_t_camera is not None:
+        k = episode_intrinsics(episode)
+        if k is None:
+            robot_note = "off: the episode has no camera_info (intrinsics unknown)"
+        else:
+            from atk_perception.robot_occlusion import CameraModel, RobotAwareTracker
+
+            hc = robot = RobotAwareTracker(hc, CameraModel(k, np.asarray(base_t_camera, np.float64)))
+            robot_note = "on"
+            robot.set_robot_state(np.asarray(episode.proprio[0], np.float64))
     pts, cf = hc.transfer(template_image, candidates.astype(np.float32), frame0)
     pts, cf = np.asarray(pts, np.float32), np.asarray(cf, np.float32)
     tracks[0], conf[0], vis[0] = pts, cf, cf >= min_confidence
@@ -181,13 +214,15 @@ def propagate_episode(episode: Episode, template_image: np.ndarray, candidates: 
     hc.reset(frame0, tracks[0])
     for t in tqdm(range(1, t_len), desc=f"track {episode.name}", unit="frame", leave=False,
                   disable=not progress, mininterval=0.5):
+        if robot is not None:
+            robot.set_robot_state(np.asarray(episode.proprio[t], np.float64))
         r = hc.update(episode.frames[t])
         tracks[t] = r.points
         conf[t] = r.confidence
         vis[t] = np.asarray(r.visible, bool) & (conf[t] >= min_confidence)
         clipped += clamp(t)
     return TrackedEpisode(episode.name, tracks, vis, conf, episode.proprio, episode.actions,
-                          (w, h), meta={"clipped_points": clipped})
+                          (w, h), meta={"clipped_points": clipped, "robot_occlusion": robot_note})
 
 
 # --------------------------------------------------------------------------- dataset
@@ -213,10 +248,16 @@ def _frames_digest(episode: Episode) -> str:
 
 
 def cache_key(episode: Episode, template_image: np.ndarray, candidates: np.ndarray,
-              backend: str | HCFactory, min_confidence: float) -> str:
+              backend: str | HCFactory, min_confidence: float,
+              base_t_camera: np.ndarray | None = None) -> str:
     """sha256 of every input that decides the tracks of ``episode``."""
     h = hashlib.sha256()
     h.update(f"v{TRACK_CACHE_VERSION}|{_backend_id(backend)}|{min_confidence!r}|{episode.name}|".encode())
+    if base_t_camera is not None:
+        from atk_perception.robot_occlusion import RobotOcclusionConfig
+
+        h.update(b"robot-aware|" + np.ascontiguousarray(base_t_camera, np.float64).tobytes())
+        h.update(repr(RobotOcclusionConfig()).encode())
     h.update(str(template_image.shape).encode())
     h.update(np.ascontiguousarray(template_image).tobytes())
     h.update(np.ascontiguousarray(candidates, dtype=np.float32).tobytes())
@@ -227,20 +268,33 @@ def cache_key(episode: Episode, template_image: np.ndarray, candidates: np.ndarr
 
 
 def _worker(args: tuple) -> TrackedEpisode:
-    episode, template_image, candidates, backend, min_conf = args
-    return propagate_episode(episode, template_image, candidates, make_correspondence(backend), min_conf)
+    episode, template_image, candidates, backend, min_conf, base_t_camera = args
+    return propagate_episode(episode, template_image, candidates, make_correspondence(backend), min_conf,
+                             base_t_camera=base_t_camera)
 
 
 def propagate_dataset(episodes: Sequence[Episode], template_image: np.ndarray, candidates: np.ndarray, *,
                       backend: str | HCFactory = "cpu", min_confidence: float = 0.0, workers: int = 1,
-                      cache_dir: str | Path | None = None, progress: bool = True) -> list[TrackedEpisode]:
+                      cache_dir: str | Path | None = None, progress: bool = True,
+                      camera_extrinsics: str | Path | None = None) -> list[TrackedEpisode]:
     """Algorithm 1 over a dataset; returns TrackedEpisodes in the order of ``episodes``.
 
     workers > 1 runs episodes in that many processes (spawned, so h_C
     backends need no fork-safety); episodes and ``backend`` must then be
     picklable. Cached episodes are loaded instead of recomputed.
+    camera_extrinsics: atk-calibrate's file (camera pose in the robot base
+    frame) for robot-aware occlusion; None: off.
     """
     from tqdm import tqdm
+
+    base_t_camera = None
+    if camera_extrinsics:
+        from atk_perception.robot_mask import RobotMaskError, load_extrinsics
+
+        try:
+            base_t_camera = load_extrinsics(camera_extrinsics)
+        except RobotMaskError as exc:
+            raise PropagationError(f"camera extrinsics: {exc}") from exc
 
     candidates = np.asarray(candidates, np.float32)
     if candidates.ndim != 2 or candidates.shape[1] != 2 or len(candidates) == 0:
@@ -255,7 +309,7 @@ def propagate_dataset(episodes: Sequence[Episode], template_image: np.ndarray, c
     results: list[TrackedEpisode | None] = [None] * len(episodes)
     todo: list[tuple[int, str | None]] = []
     for i, ep in enumerate(episodes):
-        key = cache_key(ep, template_image, candidates, backend, min_confidence) if cache else None
+        key = cache_key(ep, template_image, candidates, backend, min_confidence, base_t_camera) if cache else None
         if key and (cache / f"{key}.npz").is_file():
             results[i] = TrackedEpisode.load(cache / f"{key}.npz")
         else:
@@ -274,10 +328,12 @@ def propagate_dataset(episodes: Sequence[Episode], template_image: np.ndarray, c
     if workers <= 1 or len(todo) <= 1:
         for i, key in todo:
             done(i, key, propagate_episode(episodes[i], template_image, candidates,
-                                           make_correspondence(backend), min_confidence, progress=progress))
+                                           make_correspondence(backend), min_confidence, progress=progress,
+                                           base_t_camera=base_t_camera))
     else:
         with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-            futs = {pool.submit(_worker, (episodes[i], template_image, candidates, backend, min_confidence)):
+            futs = {pool.submit(_worker, (episodes[i], template_image, candidates, backend, min_confidence,
+                                          base_t_camera)):
                     (i, key) for i, key in todo}
             from concurrent.futures import as_completed
 

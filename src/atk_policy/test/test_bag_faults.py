@@ -151,14 +151,53 @@ def test_a_killed_bag_in_a_folder_of_bags_is_named_not_dropped(tmp_path):
 
 def test_reindex_refuses_what_it_cannot_recover_with_a_reason(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(bags.BagError, match="no .mcap file"):
+    with pytest.raises(bags.BagError, match="no .mcap or .db3 file"):
         bags.reindex_bag(tmp_path / "empty")
     (tmp_path / "sq").mkdir()
-    (tmp_path / "sq" / "sq.db3").write_bytes(b"")
-    with pytest.raises(bags.BagError, match="sqlite3 bags written by rosbags commit only when closed"):
+    (tmp_path / "sq" / "sq.db3").write_bytes(b"")  # killed before the first commit
+    with pytest.raises(bags.BagError, match="nothing was committed"):
         bags.reindex_bag(tmp_path / "sq")
+    assert (tmp_path / "sq" / "sq.db3").is_file() and not (tmp_path / "sq" / ".reindex").exists()
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "junk.mcap").write_bytes(b"not an mcap file at all")
     with pytest.raises(bags.BagError, match="not an MCAP file"):
         bags.reindex_bag(tmp_path / "junk")
     assert not (tmp_path / "junk" / ".reindex").exists() and (tmp_path / "junk" / "junk.mcap").is_file()
+
+
+def test_a_bag_cut_short_names_the_reindex_command(tmp_path):
+    rng = np.random.default_rng(0)
+    T = 12
+    bag = write_episode_bag(tmp_path / "cut", stamps=1000.0 + np.arange(T) / 10,
+                            images=rng.integers(0, 256, (T, H, W, 3), dtype=np.uint8),
+                            camera_info=CameraInfoData.pinhole(W, H, 30.0),
+                            joint_states=np.c_[rng.normal(size=(T, 6)), np.zeros(T)],
+                            joint_targets=rng.normal(size=(T, 6)), gripper_commands=np.zeros(T))
+    mcap = bag / "cut.mcap"
+    with open(mcap, "r+b") as f:
+        f.truncate(mcap.stat().st_size - 50)  # the summary's end: metadata.yaml is there, the footer is not
+    with pytest.raises(bags.BagError, match=f"python -m atk_policy.bags reindex {bag}"):
+        inspect_bag(bag)
+    assert bags.needs_reindex(bag) is not None
+    assert bags.reindex_bag(bag).recovered
+    assert inspect_bag(bag).message_count == 5 * T
+
+
+def test_the_bags_command_line_lists_a_bag_and_refuses_a_missing_one(tmp_path):
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(0)
+    T = 12
+    bag = write_episode_bag(tmp_path / "ep", stamps=1000.0 + np.arange(T) / 10,
+                            images=rng.integers(0, 256, (T, H, W, 3), dtype=np.uint8),
+                            camera_info=CameraInfoData.pinhole(W, H, 30.0),
+                            joint_states=np.c_[rng.normal(size=(T, 6)), np.zeros(T)],
+                            joint_targets=rng.normal(size=(T, 6)), gripper_commands=np.zeros(T))
+    ok = subprocess.run([sys.executable, "-m", "atk_policy.bags", "inspect", str(bag)], capture_output=True,
+                        text=True, timeout=60)
+    assert ok.returncode == 0 and "mcap, files ep.mcap, 60 messages" in ok.stdout
+    assert "/camera/color/image_raw (sensor_msgs/msg/Image, 12 msgs)" in ok.stdout
+    bad = subprocess.run([sys.executable, "-m", "atk_policy.bags", "inspect", str(tmp_path / "nope")],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "nope" in bad.stderr

@@ -40,6 +40,12 @@ TRIGGER_SRV = "---\nbool success\nstring message\n"
 RIHS = "RIHS01_" + "0" * 64
 
 
+def _open_writer(path: Path, storage: str) -> Writer:
+    w = Writer(path, version=9, storage_plugin=StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3)
+    w.open()
+    return w
+
+
 def _serialiser():
     """A store with stand-in message types whose CDR layout is the service events'."""
     store = get_typestore(Stores.ROS2_KILTED)
@@ -70,8 +76,7 @@ def _write_service_bag(path: Path, storage: str) -> None:
     """/chatter (String, 3 msgs), /add/_service_event (2 events), /trigger/_service_event (2 events)."""
     s = _serialiser()
     T = s.types
-    w = Writer(path, version=9, storage_plugin=StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3)
-    w.open()
+    w = _open_writer(path, storage)
     chatter = w.add_connection("/chatter", "std_msgs/msg/String", typestore=s)
     add = w.add_connection("/add/_service_event", "demo_srvs/srv/AddTwo_Event", msgdef=ADD_SCHEMA, rihs01=RIHS)
     trig = w.add_connection("/trigger/_service_event", "std_srvs/srv/Trigger_Event", msgdef=TRIGGER_SRV,
@@ -142,8 +147,7 @@ def test_a_service_schema_with_encoding_unknown_is_read(tmp_path):
 def test_a_topic_that_cannot_be_decoded_is_skipped_and_reported_not_fatal(tmp_path, storage):
     s = get_typestore(Stores.ROS2_KILTED)
     bag = tmp_path / "mixed"
-    w = Writer(bag, version=9, storage_plugin=StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3)
-    w.open()
+    w = _open_writer(bag, storage)
     good = w.add_connection("/chatter", "std_msgs/msg/String", typestore=s)
     nodef = w.add_connection("/mystery", "vendor_msgs/msg/Secret", msgdef="", rihs01=RIHS)
     broken = w.add_connection("/broken", "vendor_msgs/msg/Broken", msgdef="int32[ x\n", rihs01=RIHS)
@@ -172,8 +176,7 @@ def test_old_style_type_names_are_read(tmp_path, storage):
     """``std_msgs/String`` (no /msg/) was a raw KeyError."""
     s = get_typestore(Stores.ROS2_KILTED)
     bag = tmp_path / "old_names"
-    w = Writer(bag, version=9, storage_plugin=StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3)
-    w.open()
+    w = _open_writer(bag, storage)
     c = w.add_connection("/chatter", "std_msgs/String", msgdef="string data\n", rihs01=RIHS)
     v = w.add_connection("/vendor", "vendor_msgs/Thing", msgdef="int32 x\nstd_msgs/String s\n" + DELIM
                          + "MSG: std_msgs/String\nstring data\n", rihs01=RIHS)
@@ -222,3 +225,40 @@ def test_a_file_compressed_bag_lists_its_own_files_not_temporary_copies(tmp_path
     assert list(info.files) == on_disk == [f"packed.{'mcap' if storage == 'mcap' else 'db3'}.zstd"]
     assert info.storage == storage
     assert [m.data for _, _, m in read_messages(bag)] == ["x"]
+
+
+def test_a_robot_bag_with_old_style_type_names_trains_like_any_other(tmp_path):
+    """sensor_msgs/Image, sensor_msgs/JointState, atk_msgs/GripperCommand (no /msg/) are the documented types."""
+    import numpy as np
+
+    from atk_policy.bags import (CameraInfoData, load_episodes, make_typestore, open_reader, raw_messages,
+                                 write_episode_bag)
+
+    rng = np.random.default_rng(4)
+    T, W, H = 12, 16, 12
+    images = rng.integers(0, 256, (T, H, W, 3), dtype=np.uint8)
+    joints = np.c_[rng.normal(size=(T, 6)), np.zeros(T)]
+    write_episode_bag(tmp_path / "new", stamps=50.0 + np.arange(T) / 10, images=images,
+                      camera_info=CameraInfoData.pinhole(W, H, 20.0), joint_states=joints,
+                      joint_targets=rng.normal(size=(T, 6)), gripper_commands=np.zeros(T))
+    store = make_typestore()
+    old = Writer(tmp_path / "old", version=9, storage_plugin=StoragePlugin.MCAP)
+    old.open()
+    conns = {}
+    reader = open_reader(tmp_path / "new")
+    try:
+        for c in reader.connections:
+            msgdef, _ = store.generate_msgdef(c.msgtype, ros_version=2)
+            conns[c.id] = old.add_connection(c.topic, c.msgtype.replace("/msg/", "/"), msgdef=msgdef,
+                                             rihs01=store.hash_rihs01(c.msgtype))
+        for c, ts, data in raw_messages(reader, None):
+            old.write(conns[c.id], ts, data)
+    finally:
+        reader.close()
+    old.close()
+    assert {c.msgtype for c in conns.values()} >= {"sensor_msgs/Image", "sensor_msgs/JointState",
+                                                    "atk_msgs/GripperCommand"}
+    (ep,), report = load_episodes(tmp_path / "old")
+    assert len(ep) == T, report.summary()
+    np.testing.assert_allclose(ep.proprio, joints)
+    np.testing.assert_array_equal(ep.frames[T - 1], images[T - 1])

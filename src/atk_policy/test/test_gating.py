@@ -69,8 +69,19 @@ def test_staleness_is_checked_before_tracker_state():
     assert d.state == GateState.HOLD_STALE
 
 
+def test_a_hidden_keypoint_predicted_from_the_robot_is_not_low():
+    # a point on the carried object: not visible, position from the tool pose (confidence 0.8)
+    kp = _kp(conf=[0.9, 0.8, 0.74, 0.9], visible=[True, False, False, True])
+    assert low_confidence_mask(kp, 0.5, 0.75).tolist() == [False, False, True, False]
+    assert low_confidence_mask(kp, 0.5).tolist() == [False, True, True, False]
+    d = evaluate_gate(CFG, 10.0, kp, 10.0, IDS)
+    assert d.low_confidence_count == 1 and d.low_confidence_ids == (11,)
+    with pytest.raises(ValueError, match="predicted_min_confidence"):
+        GateConfig(predicted_min_confidence=0.3)
+
+
 def test_low_confidence_counts_threshold_visibility_and_nan():
-    kp = _kp(conf=[0.9, 0.49, 0.5, 0.9], visible=[True, True, True, False])
+    kp = _kp(conf=[0.9, 0.49, 0.5, 0.7], visible=[True, True, True, False])
     assert low_confidence_mask(kp, 0.5).tolist() == [False, True, False, True]
     d = evaluate_gate(CFG, 10.0, kp, 10.0, IDS)
     assert d.state == GateState.HOLD_LOW_CONFIDENCE
@@ -79,10 +90,12 @@ def test_low_confidence_counts_threshold_visibility_and_nan():
     # one low keypoint is tolerated (max_low_confidence=1) and reported
     d = evaluate_gate(CFG, 10.0, _kp(conf=[0.9, 0.1, 0.9, 0.9]), 10.0, IDS)
     assert d.running and d.low_confidence_count == 1 and "7" in d.reason
+    # a non-finite position is invalid input, never fed to the network (issue 15)
     pos = np.full((4, 2), 5.0)
     pos[0, 1] = np.nan
-    kp = _kp(conf=[0.9, 0.1, 0.9, 0.9], positions=pos)
-    assert evaluate_gate(CFG, 10.0, kp, 10.0, IDS).state == GateState.HOLD_LOW_CONFIDENCE
+    kp = _kp(conf=[0.9, 0.9, 0.9, 0.9], positions=pos)
+    d = evaluate_gate(CFG, 10.0, kp, 10.0, IDS)
+    assert d.state == GateState.FAULT and "not finite" in d.reason and "id 3" in d.reason
 
 
 def test_id_mismatch_is_a_fault():
@@ -92,10 +105,37 @@ def test_id_mismatch_is_a_fault():
     assert d.state == GateState.FAULT and "missing [11, 20]" in d.reason and "unexpected [12]" in d.reason
 
 
-def test_image_size_mismatch_is_a_fault_unless_unreported():
+def test_image_size_mismatch_or_unreported_size_is_a_fault():
     d = evaluate_gate(CFG, 10.0, _kp(size=(1280, 720)), 10.0, IDS, (640, 480))
     assert d.state == GateState.FAULT and "1280x720" in d.reason and "640x480" in d.reason
-    assert evaluate_gate(CFG, 10.0, _kp(size=(0, 0)), 10.0, IDS, (640, 480)).running
+    assert "sim_width:=640 sim_height:=480" in d.reason  # the launch arguments that fix it (issue 16)
+    assert evaluate_gate(CFG, 10.0, _kp(size=(640, 480)), 10.0, IDS, (640, 480)).running
+    # issue 15: a 0x0 size used to skip the check
+    d = evaluate_gate(CFG, 10.0, _kp(size=(0, 0)), 10.0, IDS, (640, 480))
+    assert d.state == GateState.FAULT and "no image size (0x0)" in d.reason
+
+
+@pytest.mark.parametrize("where", [(1e6, 1e6), (-500.0, -500.0), (5.0, 481.0 + 240.0), (-320.5, 5.0)])
+def test_keypoints_far_outside_the_image_are_invalid_input(where):
+    """Issue 15: points at (1e6, 1e6) or (-500, -500) with confidence 0.9 were
+    acted on (joint targets 16,000 rad away). Outside the image by more than
+    image_margin_fraction (0.5) of its size -> FAULT, whatever the confidence."""
+    pos = np.full((4, 2), 5.0)
+    pos[2] = where
+    d = evaluate_gate(CFG, 10.0, _kp(positions=pos), 10.0, IDS, (640, 480))
+    assert d.state == GateState.FAULT and "outside the 640x480 image" in d.reason and "id 11" in d.reason
+
+
+def test_keypoints_a_little_outside_the_image_are_valid():
+    pos = np.array([[-300.0, 5.0], [939.0, 5.0], [5.0, -239.0], [5.0, 719.0]])  # within half an image
+    assert evaluate_gate(CFG, 10.0, _kp(positions=pos), 10.0, IDS, (640, 480)).running
+
+
+@pytest.mark.parametrize("bad", [5.0, -0.1, float("nan"), float("inf")])
+def test_confidence_outside_0_1_is_invalid_input(bad):
+    """Issue 15: confidence 5.0 counted as confident."""
+    d = evaluate_gate(CFG, 10.0, _kp(conf=[0.9, bad, 0.9, 0.9]), 10.0, IDS)
+    assert d.state == GateState.FAULT and "outside [0, 1]" in d.reason and "id 7" in d.reason
 
 
 def test_caller_fault_wins():

@@ -23,7 +23,6 @@ from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import QoSProfile, QoSReliabilityPolicy, qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
 
-from atk_fixtures.models import save_untrained_policy  # noqa: E402
 from atk_policy.policy_node import GRIPPER_JOINT, UR_JOINTS  # noqa: E402
 
 IDS = [3, 7, 11, 20]
@@ -31,6 +30,25 @@ IMAGE_SIZE = (64, 48)
 STARTUP_TIMEOUT_S = 30.0   # torch import + model load + DDS discovery on a loaded 2-core machine
 STATE_TIMEOUT_S = 10.0     # a state change must show in policy/status within this
 RUNNING, HOLD_STALE, HOLD_NOT_TRACKING, HOLD_LOW_CONFIDENCE, FAULT = range(5)
+
+
+def make_test_model(model_dir: Path) -> Path:
+    """A small untrained keypoint policy saved through the real artifact API."""
+    import torch
+
+    from atk_policy.artifact import save_policy
+    from atk_policy.config import ModelConfig
+    from atk_policy.model import KeypointPolicy, Normalisation
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    proprio = rng.normal(size=(32, 7))
+    # Small steps (~0.01 rad), as a trained policy makes: the node refuses
+    # targets further than max_joint_step_rad from the measured joints.
+    norm = Normalisation.from_data(proprio.astype(np.float32),
+                                   (proprio + rng.normal(scale=0.01, size=(32, 7))).astype(np.float32))
+    policy = KeypointPolicy(len(IDS), IMAGE_SIZE, ModelConfig(hidden=(16,)), norm, keypoint_ids=IDS)
+    return save_policy(model_dir, policy, np.zeros((IMAGE_SIZE[1], IMAGE_SIZE[0], 3), np.uint8))
 
 
 def policy_command(*params: str) -> list[str]:
@@ -134,8 +152,7 @@ class Harness:
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    return save_untrained_policy(tmp_path_factory.mktemp("model") / "atk_test", IMAGE_SIZE, num_keypoints=len(IDS),
-                                 keypoint_ids=IDS, hidden=(16,), samples=32)
+    return make_test_model(tmp_path_factory.mktemp("model") / "atk_test")
 
 
 @pytest.fixture

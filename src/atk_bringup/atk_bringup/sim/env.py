@@ -167,9 +167,7 @@ class SimEnv:
     @property
     def intrinsics(self) -> np.ndarray:
         """(3, 3) pinhole K of the colour (= depth) camera, OpenCV convention (pixel centres at integers)."""
-        c = self.config
-        fy = 0.5 * c.height / np.tan(np.deg2rad(sim_model.CAMERA_FOVY_DEG) / 2)
-        return np.array([[fy, 0.0, (c.width - 1) / 2], [0.0, fy, (c.height - 1) / 2], [0.0, 0.0, 1.0]])
+        return sim_model.camera_intrinsics(self.config.width, self.config.height)
 
     @property
     def camera_pose(self) -> np.ndarray:
@@ -181,6 +179,11 @@ class SimEnv:
         t[:3, :3] = r @ np.diag([1.0, -1.0, -1.0])  # MuJoCo camera looks along -z, y up
         t[:3, 3] = self._data.cam_xpos[cam]
         return t
+
+    @property
+    def base_t_camera(self) -> np.ndarray:
+        """(4, 4) robot base <- camera optical frame: the extrinsics a hand-eye calibration estimates."""
+        return np.linalg.inv(sim_model.base_transform()) @ self.camera_pose
 
     @property
     def state(self) -> SimState:

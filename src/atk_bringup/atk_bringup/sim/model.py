@@ -42,8 +42,8 @@ FLOOR_Z = -0.75
 # Gripper (Robotiq 2F-85 dimensions): stroke 85 mm, i.e. each finger travels
 # 42.5 mm; pad 22 mm wide (y) and 37 mm long (z); pinch point
 # kin.ROBOTIQ_2F85_TCP_Z from tool0.
-FINGER_TRAVEL = 0.0425
-PAD_HALF = (0.004, 0.011, 0.0185)  # x (thickness), y (width), z (length)
+FINGER_TRAVEL = kin.ROBOTIQ_2F85_FINGER_TRAVEL
+PAD_HALF = tuple(float(v) for v in kin.ROBOTIQ_2F85_PAD_HALF)  # x (thickness), y (width), z (length)
 TCP_Z = kin.ROBOTIQ_2F85_TCP_Z
 
 # Joint PD gains (position actuators): stiff enough that a 10 Hz target
@@ -54,7 +54,7 @@ KP = (4000.0, 4000.0, 3000.0, 800.0, 800.0, 500.0)
 KV = (400.0, 400.0, 300.0, 60.0, 60.0, 40.0)
 ARMATURE = (0.4, 0.4, 0.3, 0.1, 0.1, 0.1)
 LINK_MASS = (3.7, 8.393, 2.275, 1.219, 1.219, 0.1879)  # UR5e published link masses, kg
-LINK_RADIUS = (0.06, 0.055, 0.045, 0.04, 0.04, 0.038)
+LINK_RADIUS = tuple(float(r) for r in kin.UR5E_LINK_RADII)  # the robot mask draws the same solids
 
 N_TABLE_MATERIALS = 5
 N_BACKGROUND_MATERIALS = 4
@@ -166,14 +166,16 @@ def _gripper_xml(ind: str) -> str:
             f'{ind}    <joint name="finger_{side}" type="slide" axis="{-sign:.0f} 0 0" '
             f'range="0 {FINGER_TRAVEL}" armature="0.01" damping="2"/>\n'
             f'{ind}    <geom class="gripper" name="knuckle_{side}" type="box" '
-            f'pos="{sign * 0.012:.4f} 0 0.118" size="0.008 0.012 0.018" material="gripper_dark"/>\n'
+            f'pos="{_fmt(kin.ROBOTIQ_2F85_KNUCKLE_OFFSET * [sign, 1, 1])}" '
+            f'size="{_fmt(kin.ROBOTIQ_2F85_KNUCKLE_HALF)}" material="gripper_dark"/>\n'
             f'{ind}    <geom class="pad" name="pad_{side}" type="box" '
             f'pos="{sign * px:.4f} 0 {TCP_Z:.4f}" size="{px} {py} {pz}" material="gripper_pad"/>\n'
             f'{ind}  </body>\n')
+    cr, chl, cz = kin.ROBOTIQ_2F85_COUPLING
     return (
-        f'{ind}<geom class="gripper" type="cylinder" pos="0 0 0.006" size="0.0375 0.006" material="ur_joint"/>\n'
-        f'{ind}<geom class="gripper" name="gripper_housing" type="box" pos="0 0 0.056" '
-        f'size="0.045 0.03 0.044" material="gripper_dark"/>\n'
+        f'{ind}<geom class="gripper" type="cylinder" pos="0 0 {cz}" size="{cr} {chl}" material="ur_joint"/>\n'
+        f'{ind}<geom class="gripper" name="gripper_housing" type="box" pos="0 0 {kin.ROBOTIQ_2F85_HOUSING_Z}" '
+        f'size="{_fmt(kin.ROBOTIQ_2F85_HOUSING_HALF)}" material="gripper_dark"/>\n'
         + "".join(fingers))
 
 
@@ -259,8 +261,9 @@ def build_mjcf(task: TaskAssets, width: int, height: int,
         mats += "\n    " + "\n    ".join(f'<mesh name="{p.name}" file="{p.name}.stl"/>' for p in parts)
     textures = {**textures, **task.textures}
     base_quat = np.array([np.cos(BASE_YAW / 2), 0.0, 0.0, np.sin(BASE_YAW / 2)])
+    br, bhl, bz = kin.UR5E_BASE_CYLINDER
     base_geoms = (_mesh_geoms(parts, "base", "      ") if parts else
-                  '      <geom class="robot" type="cylinder" pos="0 0 0.04" size="0.075 0.04" material="ur_joint"/>\n')
+                  f'      <geom class="robot" type="cylinder" pos="0 0 {bz}" size="{br} {bhl}" material="ur_joint"/>\n')
     xyaxes = look_at_xyaxes(CAMERA_POS, CAMERA_TARGET)
     tx0 = TABLE_CENTRE_X
     xml = f"""<mujoco model="atk_cell">
@@ -368,6 +371,22 @@ def index_model(m: mujoco.MjModel) -> ModelIndex:
         gripper_geoms=np.array([g for g in range(m.ngeom)
                                 if m.geom_bodyid[g] in gripper_bodies and m.geom_contype[g]]),
     )
+
+
+def camera_intrinsics(width: int, height: int) -> np.ndarray:
+    """(3, 3) pinhole K of the cell camera at width x height (OpenCV convention, square pixels)."""
+    fy = 0.5 * height / np.tan(np.deg2rad(CAMERA_FOVY_DEG) / 2)
+    return np.array([[fy, 0.0, (width - 1) / 2], [0.0, fy, (height - 1) / 2], [0.0, 0.0, 1.0]])
+
+
+def base_t_camera() -> np.ndarray:
+    """(4, 4) robot base <- camera optical frame (x right, y down, z forward) of the fixed cell camera."""
+    xyaxes = look_at_xyaxes(CAMERA_POS, CAMERA_TARGET)
+    right, up = xyaxes[:3], xyaxes[3:]
+    world_t_cam = np.eye(4)
+    world_t_cam[:3, :3] = np.stack([right, -up, np.cross(right, up) * -1.0], 1)
+    world_t_cam[:3, 3] = CAMERA_POS
+    return np.linalg.inv(base_transform()) @ world_t_cam
 
 
 def base_transform() -> np.ndarray:

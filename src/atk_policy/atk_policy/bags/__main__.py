@@ -11,7 +11,7 @@ from typing import Sequence
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m atk_policy.bags", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m atk_policy.bags", description="List bags, or recover bags a killed writer left unreadable.")
     sub = parser.add_subparsers(dest="command", required=True)
     ins = sub.add_parser("inspect", help="print the storage, files and topics of each bag")
     ins.add_argument("bags", nargs="+", help="bag folders, .mcap or .db3 files")

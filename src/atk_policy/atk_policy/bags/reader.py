@@ -87,7 +87,9 @@ def open_reader(path: Path) -> Reader:
         reader = Reader(path)
         reader.open()
     except (FileNotFoundError, ReaderError) as exc:
-        raise BagError(f"{path}: not a readable rosbag2 bag: {exc}") from exc
+        hint = (f"; if its writer was stopped before closing it, {REINDEX_HINT} {path}"
+                if path.is_dir() and any(path.glob("*.mcap")) else "")
+        raise BagError(f"{path}: not a readable rosbag2 bag: {exc}{hint}") from exc
     except KeyError as exc:
         # rosbags' sqlite3 storage knows only the ros2msg and ros2idl encodings
         # of message_definitions; rosbag2 writes "" or "unknown" for a type
@@ -138,16 +140,19 @@ def _bag_files(reader: Reader, path: Path) -> tuple[str, ...]:
         return tuple(Path(s.path).name for s in reader.storage.storages)
 
 
-def _counted(reader: Reader) -> dict[int, int] | None:
-    """Messages per connection id counted in the storage files, when metadata.yaml
-    says the bag is empty (a reindexed or hand-made bag can say 0 and hold
-    messages); None when metadata.yaml gives counts."""
+def _counted(reader: Reader) -> tuple[dict[int, int], int, int] | None:
+    """(messages per connection id, first and last log time) counted in the storage
+    files, when metadata.yaml says the bag is empty (a rebuilt or hand-made
+    metadata.yaml can say 0 while the files hold messages); None when
+    metadata.yaml gives counts."""
     if reader.message_count:
         return None
     counts: dict[int, int] = {}
-    for conn, _, _ in raw_messages(reader, None):
+    first, last = 2**63 - 1, -1
+    for conn, ts, _ in raw_messages(reader, None):
         counts[conn.id] = counts.get(conn.id, 0) + 1
-    return counts
+        first, last = min(first, ts), max(last, ts)
+    return counts, first, last
 
 
 def inspect_bag(path: str | os.PathLike) -> BagInfo:
@@ -165,14 +170,16 @@ def inspect_bag(path: str | os.PathLike) -> BagInfo:
             "sqlite3" if any(f.endswith((".db3", ".db3.zstd")) for f in files) else "unknown")
         counted = _counted(reader)
         topics = tuple(TopicInfo(c.topic, normalize_msgtype(c.msgtype),
-                                 int(c.msgcount) if counted is None else counted.get(c.id, 0))
+                                 int(c.msgcount) if counted is None else counted[0].get(c.id, 0))
                        for c in reader.connections)
         if counted is None:
             start, duration, total = (int(reader.start_time) if reader.message_count else 0,
                                       int(reader.duration), int(reader.message_count))
+        elif counted[0]:
+            counts, first, last = counted
+            start, duration, total = first, last - first + 1, sum(counts.values())
         else:
-            times = [ts for _, ts, _ in raw_messages(reader, None)] if counted else []
-            start, duration, total = (min(times), max(times) - min(times) + 1, len(times)) if times else (0, 0, 0)
+            start, duration, total = 0, 0, 0
         return BagInfo(p, storage, files, topics, start, duration, total, reader.ros_distro)
     finally:
         reader.close()

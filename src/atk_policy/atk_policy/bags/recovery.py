@@ -11,9 +11,10 @@ damaged one, and writes them again as a complete bag in the same folder:
 ``<name>.mcap.partial``. A label (``episode.yaml``, success unknown) is
 written when the folder has none, saying that the bag was recovered.
 
-sqlite3 bags written by rosbags commit only when closed, so a killed
-sqlite3 recording holds nothing to recover; the recorder writes MCAP by
-default for this reason.
+An sqlite3 bag keeps what was committed before the writer stopped (the
+recorder node commits every MiB of messages); the storage file is read
+from a copy, so SQLite rolls an interrupted transaction back there, and
+written again the same way.
 
 Command line: ``python -m atk_policy.bags reindex BAG...``.
 """
@@ -21,8 +22,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import struct
 import sys
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -206,6 +209,52 @@ class _McapScan:
             yield cid, log_time, buf.rest()
 
 
+class _SqliteScan:
+    """Topics and messages of a sqlite3 storage file whose writer never closed it.
+
+    Read from a copy (with its rollback journal, if any), so that SQLite
+    rolls an interrupted transaction back to the last commit there and the
+    original file stays as it was.
+    """
+
+    def __init__(self, path: Path, workdir: Path) -> None:
+        self.path = path
+        self.copy = workdir / path.name
+        shutil.copyfile(path, self.copy)
+        for extra in ("-journal", "-wal"):
+            side = path.with_name(path.name + extra)
+            if side.exists():
+                shutil.copyfile(side, self.copy.with_name(self.copy.name + extra))
+        self.topics: dict[int, tuple[str, str, str, str, str]] = {}
+        self.definitions: dict[str, tuple[str, str]] = {}
+        self.stopped_because = "the bag was not closed (no metadata.yaml)"
+
+    def messages(self) -> Iterator[tuple[int, int, bytes]]:
+        try:
+            con = sqlite3.connect(self.copy)
+        except sqlite3.Error as exc:
+            raise BagError(f"{self.path}: not an sqlite3 file ({exc})") from exc
+        try:
+            cols = [r[1] for r in con.execute("PRAGMA table_info(topics)")]
+            if not cols:
+                raise BagError(f"{self.path}: no topics table: nothing was committed before the writer stopped")
+            hashes = "type_description_hash" if "type_description_hash" in cols else "''"
+            for tid, name, typ, fmt, qos, digest in con.execute(
+                    f"SELECT id, name, type, serialization_format, offered_qos_profiles, {hashes} FROM topics"):
+                self.topics[int(tid)] = (name, typ, fmt, qos or "", digest or "")
+            with suppress(sqlite3.Error):  # bags before rosbag2 version 8 have no definitions
+                for typ, enc, text in con.execute(
+                        "SELECT topic_type, encoding, encoded_message_definition FROM message_definitions"):
+                    self.definitions[typ] = (enc, text)
+            for tid, ts, data in con.execute("SELECT topic_id, timestamp, data FROM messages ORDER BY id"):
+                if int(tid) in self.topics:
+                    yield int(tid), int(ts), bytes(data)
+        except sqlite3.DatabaseError as exc:
+            raise BagError(f"{self.path}: damaged sqlite3 file ({exc})") from exc
+        finally:
+            con.close()
+
+
 def needs_reindex(bag: str | os.PathLike) -> str | None:
     """Why ``bag`` (a folder) cannot be read as it is, or None when it can."""
     p = Path(bag)
@@ -232,13 +281,12 @@ def reindex_bag(bag: str | os.PathLike, *, force: bool = False) -> RecoveryRepor
     why = needs_reindex(p)
     if why is None and not force:
         return RecoveryReport(p, False, stopped_because="readable as it is; nothing to do")
-    files = sorted(f for f in p.glob("*.mcap"))
+    files = sorted(p.glob("*.mcap"))
+    storage = "mcap"
     if not files:
-        dbs = sorted(f.name for f in p.glob("*.db3"))
-        if dbs:
-            raise BagError(f"{p}: {', '.join(dbs)} cannot be recovered: sqlite3 bags written by rosbags commit "
-                           f"only when closed, so a killed recording holds no messages")
-        raise BagError(f"{p}: no .mcap file to recover from")
+        files, storage = sorted(p.glob("*.db3")), "sqlite3"
+    if not files:
+        raise BagError(f"{p}: no .mcap or .db3 file to recover from")
     for f in files:
         if f.with_name(f.name + ".partial").exists():
             raise BagError(f"{p}: {f.name}.partial exists from an earlier recovery; move it away first")
@@ -250,26 +298,28 @@ def reindex_bag(bag: str | os.PathLike, *, force: bool = False) -> RecoveryRepor
     out_dir = tmp / p.name
     report = RecoveryReport(p, True)
     try:
-        writer = Writer(out_dir, version=BAG_VERSION, storage_plugin=StoragePlugin.MCAP)
-        scans = [_McapScan(f) for f in files]
+        plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
+        writer = Writer(out_dir, version=BAG_VERSION, storage_plugin=plugin)
+        scans: list[Any] = [_McapScan(f) if storage == "mcap" else _SqliteScan(f, tmp) for f in files]
         conns: dict[tuple[int, int], object] = {}
         by_topic: dict[tuple[str, str], object] = {}
         opened = False
         for i, scan in enumerate(scans):
             for cid, log_time, data in scan.messages():
                 if not opened:
-                    if "zstd" in scan.compressions:
+                    if "zstd" in getattr(scan, "compressions", ()):
                         enable_compression(writer, "mcap")
                     writer.open()
                     opened = True
                 key = (i, cid)
                 if key not in conns:
-                    conns[key] = _connection(writer, store, scan, cid, by_topic)
+                    conns[key] = (_connection(writer, store, scan, cid, by_topic) if storage == "mcap"
+                                  else _sqlite_connection(writer, store, scan, cid, by_topic))
                 writer.write(conns[key], log_time, data)  # type: ignore[arg-type]
-                topic = scan.channels[cid].topic
+                topic = scan.channels[cid].topic if storage == "mcap" else scan.topics[cid][0]
                 report.messages[topic] = report.messages.get(topic, 0) + 1
             report.source_bytes += scan.path.stat().st_size
-            report.used_bytes += scan.used_bytes
+            report.used_bytes += getattr(scan, "used_bytes", scan.path.stat().st_size)
         report.stopped_because = "; ".join(sorted({s.stopped_because for s in scans}))
         if not opened or not report.messages:
             raise BagError(f"{p}: no complete message found to recover ({report.stopped_because})")
@@ -281,8 +331,10 @@ def reindex_bag(bag: str | os.PathLike, *, force: bool = False) -> RecoveryRepor
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     for f in files:
-        f.rename(f.with_name(f.name + ".partial"))
-        report.kept.append(f.name + ".partial")
+        for side in (f, *(f.with_name(f.name + x) for x in ("-journal", "-wal", "-shm"))):
+            if side.exists():
+                side.rename(side.with_name(side.name + ".partial"))
+                report.kept.append(side.name + ".partial")
     new_files = [f for f in out_dir.iterdir() if f.name != "metadata.yaml"]
     for f in new_files:
         f.rename(p / f.name.replace(out_dir.name, p.name, 1))
@@ -317,6 +369,33 @@ def _connection(writer: Writer, store: Any, scan: _McapScan, cid: int, by_topic:
             rihs01 = UNKNOWN_HASH
     conn = writer.add_connection(ch.topic, schema.name, msgdef=schema.data, rihs01=rihs01,
                                  serialization_format=ch.encoding or "cdr", offered_qos_profiles=qos)
+    by_topic[key] = conn
+    return conn
+
+
+def _sqlite_connection(writer: Writer, store: Any, scan: _SqliteScan, tid: int, by_topic: dict) -> Any:
+    """The writer's connection for topic ``tid`` of an sqlite3 scan."""
+    name, msgtype, fmt, qos_text, digest = scan.topics[tid]
+    key = (name, msgtype)
+    if key in by_topic:
+        return by_topic[key]
+    enc, text = scan.definitions.get(msgtype, ("", ""))
+    if not text and msgtype in store.types:
+        text, _ = store.generate_msgdef(msgtype, ros_version=2)
+    rihs01 = digest
+    if not rihs01:
+        kind = MessageDefinitionFormat.IDL if enc in ("ros2idl", "omgidl") else MessageDefinitionFormat.MSG
+        stand_in = SimpleNamespace(topic=name, msgtype=msgtype, msgdef=MessageDefinition(kind, text))
+        try:
+            rihs01 = store.hash_rihs01(register_from_bag(store, stand_in))
+        except Exception:  # a type this machine cannot hash; the bag reads the same without it
+            rihs01 = UNKNOWN_HASH
+    try:
+        qos = parse_qos(qos_text) if qos_text else []
+    except Exception:  # QoS text of another rosbag2 version: the bag reads the same without it
+        qos = []
+    conn = writer.add_connection(name, msgtype, msgdef=text, rihs01=rihs01, serialization_format=fmt or "cdr",
+                                 offered_qos_profiles=qos)
     by_topic[key] = conn
     return conn
 
