@@ -12,7 +12,8 @@ from atk_policy import cli
 @pytest.mark.parametrize("changes, flags", [
     ({}, []),
     ({"top_n": 4, "steps": 50, "methods": ("ATK", "RGB"), "candidates": 16, "chunk": 1, "action_mode": "delta",
-      "keypoint_noise_px": 1.5, "propagation_workers": 1, "rgb_steps": 30}, ["--top-n", "4"]),
+      "keypoint_noise_px": 1.5, "propagation_workers": 1, "rgb_steps": 30, "robot_occlusion": False},
+     ["--top-n", "4"]),
 ])
 def test_the_demo_trains_as_atk_train_would(tmp_path, changes, flags):
     cfg = DemoConfig(out=tmp_path, **changes)
@@ -24,9 +25,12 @@ def test_the_demo_trains_as_atk_train_would(tmp_path, changes, flags):
             "--track-cache", str(tmp_path / "cache" / "tracks"), "--baselines", ",".join(names),
             "--rgb-steps", str(cfg.rgb_steps), "--action-mode", cfg.action_mode, "--chunk", str(cfg.chunk),
             "--keypoint-noise", str(cfg.keypoint_noise_px), "--workers", str(cfg.propagation_workers)] + flags
+    if cfg.robot_occlusion:
+        argv += ["--camera-extrinsics", str(tmp_path / "camera_extrinsics.yaml")]
     args = cli.build_parser().parse_args(argv)
     want_source, want_config, want_baselines = cli.config_from_args(args)
     assert config == want_config
     assert baselines == want_baselines
     assert source == want_source
     assert track_cache == Path(args.track_cache)
+    assert (tmp_path / "camera_extrinsics.yaml").is_file() == cfg.robot_occlusion

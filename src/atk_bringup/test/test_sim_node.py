@@ -4,6 +4,7 @@ the expert mode."""
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest

@@ -409,7 +409,7 @@ def test_keypoints_under_the_robot_are_reported_not_visible(tmp_path: Path) -> N
     save_extrinsics(tmp_path / "camera.yaml", cam)
     ns = f"/rbt{os.getpid()}"
     log = tmp_path / "tracker.log"
-    proc = start_tracker(ns, log, f"model_dir:={_model_dir(tmp_path)}",
+    proc = start_node(TRACKER_NODE, ns, log, f"model_dir:={_model_dir(tmp_path)}",
                          f"extrinsics_file:={tmp_path / 'camera.yaml'}")
     h = Harness(ns)
     try:
@@ -435,7 +435,7 @@ def test_keypoints_under_the_robot_are_reported_not_visible(tmp_path: Path) -> N
         assert sum(kp.visible for kp in last.keypoints) >= 2, "points away from the robot are still tracked"
     finally:
         h.close()
-        stop(proc)
+        stop_node(proc)
     text = log.read_text()
     assert text.count("robot-aware occlusion on") == 1, text[-3000:]
 
