@@ -37,18 +37,25 @@ def quick_run(tmp_path_factory) -> tuple[Path, str]:
 def test_prints_the_table(quick_run):
     out, stdout = quick_run
     assert "| method | RP | RB | +RO | +Light |" in stdout
-    for method in ("ATK", "FullSet", "RandomSelect", "RGB"):
+    # keypoint methods name their h_C; the oracle rows are the same ATK models
+    # evaluated with the simulator's true keypoints
+    methods = ("ATK (CPU h_C)", "FullSet (CPU h_C)", "RandomSelect (CPU h_C)", "RGB", "ATK (oracle h_C)")
+    for method in methods:
         assert f"| {method} |" in stdout
     assert "| ATK (ROS graph) |" in stdout   # the same model through the ROS graph, on the RP scenes
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert {(r["method"], r["condition"]) for r in rows} == {
-        (m, c) for m in ("ATK", "ATK (ROS graph)", "FullSet", "RandomSelect", "RGB") for c in CONDITIONS}
+        (m, c) for m in methods + ("ATK (ROS graph)",) for c in CONDITIONS}
+    in_process = [r for r in rows if r["method"] != "ATK (ROS graph)"]
     assert all(0.0 <= float(r["mean"]) <= 1.0 for r in rows if r["method"] != "ATK (ROS graph)"
                or r["condition"] == "RP")
+    assert all(r["episodes"] == "1" for r in in_process)   # --quick: 1 episode per cell, 1 seed
     episodes = [json.loads(line) for line in open(out / "eval" / "episodes.jsonl")]
-    assert len(episodes) == 4 * len(CONDITIONS)   # --quick: 1 episode per cell, 1 seed
+    assert len(episodes) == len(methods) * len(CONDITIONS)
     assert all(e["steps"] > 0 for e in episodes)
-    assert (out / "results.md").read_text().count("| ATK |") == 1
+    oracle = [e for e in episodes if e["h_c"] == "oracle"]
+    assert len(oracle) == len(CONDITIONS) and not any("tracker error" in e["error"] for e in oracle)
+    assert (out / "results.md").read_text().count("| ATK (CPU h_C) |") == 1
     assert (out / "selected_keypoints.png").stat().st_size > 0
     assert (out / "conditions.png").stat().st_size > 0
 
@@ -64,6 +71,7 @@ def test_demonstrations_are_bags_like_real_recordings(quick_run):
         topics = {t.name.lstrip("/"): t.msgtype for t in info.topics}
         assert topics == REAL_RECORDING_TOPICS, f"{bag.name}: {topics}"
         assert (bag / "metadata.yaml").is_file() and (bag / "episode.yaml").is_file()
+        assert (bag / "ground_truth.npz").is_file()   # the simulator's truth, for the oracle h_C
 
 
 @pytest.mark.slow

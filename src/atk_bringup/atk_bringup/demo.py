@@ -42,6 +42,17 @@ if TYPE_CHECKING:
     from atk_policy.pipeline import BaselineConfig, DataSource
 
 METHODS = ("ATK", "FullSet", "RandomSelect", "RGB")
+#: h_C choices of atk-demo. "oracle" is PRIVILEGED and SIMULATION-ONLY: the
+#: simulator's true keypoints (atk_bringup.sim.ground_truth), the paper's
+#: simulator protocol; "cpu" is what the robot runs (deployment).
+H_C_CHOICES = ("cpu", "oracle")
+H_C_LABEL = {"cpu": "CPU h_C", "oracle": "oracle h_C"}
+
+
+def row_name(method: str, h_c: str) -> str:
+    """Table row of a method evaluated with h_C ``h_c``: keypoint methods say
+    which h_C gave their keypoints ("ATK (oracle h_C)"); RGB uses none."""
+    return method if method == "RGB" else f"{method} ({H_C_LABEL[h_c]})"
 
 
 @dataclass
@@ -89,6 +100,12 @@ class DemoConfig:
     chunk: int = 4
     #: Std (px) of the noise on training keypoints (atk-train --keypoint-noise).
     keypoint_noise_px: float = 0.0
+    #: h_C of training (propagation) and evaluation: "cpu" (deployment) or
+    #: "oracle" (privileged simulator ground truth: the paper's simulator protocol).
+    h_c: str = "cpu"
+    #: With h_c "cpu": also evaluate the same ATK models with the oracle h_C
+    #: ("ATK (oracle h_C)" rows; no retraining, episodes without the CPU tracker).
+    oracle_rows: bool = True
     #: Robot-aware occlusion in propagation and evaluation (the simulator's
     #: camera pose as the extrinsics): points the arm covers are predicted from
     #: the joint states instead of tracked (atk_perception.robot_occlusion).
@@ -113,6 +130,8 @@ class DemoConfig:
             raise ValueError(f"--keypoint-noise must be >= 0 px, got {self.keypoint_noise_px!r}")
         if not (self.stall_s >= 0):
             raise ValueError(f"--stall-s must be >= 0 seconds, got {self.stall_s!r}")
+        if self.h_c not in H_C_CHOICES:
+            raise ValueError(f"--h-c must be one of {H_C_CHOICES}, got {self.h_c!r}")
         if not self.train_seeds:
             raise ValueError("--seeds must name at least one training seed")
         if self.demos < 4:
@@ -187,7 +206,7 @@ def collect_dagger(cfg: DemoConfig, env, model_dir: Path, round_idx: int) -> lis
 
     from .demonstrations import record_relabelled_episode
 
-    agent = keypoint_agent(model_dir, _camera(cfg, env))
+    agent = keypoint_agent(model_dir, cfg.h_c, env, cfg.out / "bags", cfg.task, camera=_camera(cfg, env))
     bag_dir = cfg.out / "bags"
     paths = []
     for i in tqdm(range(cfg.dagger_episodes), desc=f"DAgger round {round_idx}", unit="ep"):
@@ -214,8 +233,10 @@ def training_inputs(cfg: DemoConfig, seed: int) -> tuple[DataSource, ATKConfig, 
     source = DataSource(inputs=(str(cfg.out / "bags"),), canonical_episode="demo_000")
     config = ATKConfig(
         candidates=CandidateConfig(num_candidates=cfg.candidates),
-        propagation=PropagationConfig(workers=cfg.propagation_workers, camera_extrinsics=(
-            str(write_sim_extrinsics(cfg.out / "camera_extrinsics.yaml")) if cfg.robot_occlusion else "")),
+        # the oracle h_C knows occlusion already: no robot-aware wrapper around it
+        propagation=PropagationConfig(backend=cfg.h_c, workers=cfg.propagation_workers, camera_extrinsics=(
+            str(write_sim_extrinsics(cfg.out / "camera_extrinsics.yaml"))
+            if cfg.robot_occlusion and cfg.h_c != "oracle" else "")),
         model=ModelConfig(action_mode=cfg.action_mode, chunk=cfg.chunk),
         train=TrainConfig(steps=cfg.steps, seed=seed, keypoint_noise_px=cfg.keypoint_noise_px,
                           warmup_steps=min(TrainConfig().warmup_steps, cfg.steps)),
@@ -230,7 +251,8 @@ def train_seed(cfg: DemoConfig, seed: int, tag: str = "") -> Path:
     """ATK + baselines (what `atk-train` runs) on every bag so far, for one training seed."""
     from atk_policy.pipeline import train
 
-    out = cfg.out / "models" / f"seed{seed}{tag}"
+    # oracle-trained models live apart: the same --out may hold both protocols
+    out = cfg.out / "models" / f"seed{seed}{tag}{'_oracle' if cfg.h_c == 'oracle' else ''}"
     marker = out / "atk_demo_train.json"  # written last: the run finished
     if (out / "model.json").is_file() and marker.is_file():
         _say(f"model {out} exists, not retrained")
@@ -270,11 +292,29 @@ def sim_camera(width: int, height: int):
     return CameraModel(sim_model.camera_intrinsics(width, height), sim_model.base_t_camera())
 
 
-def keypoint_agent(model_dir: Path, camera=None):
+def oracle_correspondence(env, bags: Path | None, task: str):
+    """The PRIVILEGED, SIMULATION-ONLY oracle h_C on the live simulator ``env``.
+    The model's template (the canonical frame) is found among the recorded
+    frames under ``bags`` or, for bags without ground truth, as the first
+    frame of the canonical demonstration (seed 0 under RP, demo_000)."""
+    from atk_perception.backends import make_correspondence
+
+    from .sim.ground_truth import SimGroundTruthSource
+
+    source = SimGroundTruthSource(folders=[bags] if bags else (), live_env=env)
+    source.add_reset_frame(task, 0, ("RP",), env.config.width, env.config.height)
+    return make_correspondence("oracle", ground_truth=source)
+
+
+def keypoint_agent(model_dir: Path, h_c: str = "cpu", env=None, bags: Path | None = None, task: str = "sushi",
+                   camera=None):
     """The deployed pipeline in-process: the tracker node's session and the
     policy node's gate, with their default parameters (config/tracker.yaml,
     config/policy.yaml). camera: a robot_occlusion.CameraModel for
-    robot-aware occlusion (as the tracker node with an extrinsics file), or None."""
+    robot-aware occlusion (as the tracker node with an extrinsics file), or None.
+    h_c "oracle" swaps the tracker's h_C for the simulator's ground truth
+    (PRIVILEGED, SIMULATION-ONLY; needs the live ``env``; ``camera`` is not
+    used: the truth knows what the arm covers)."""
     from atk_perception.backends import make_correspondence
     from atk_perception.keypoint_template import load_model_template
     from atk_perception.robot_occlusion import RobotAwareTracker
@@ -282,10 +322,15 @@ def keypoint_agent(model_dir: Path, camera=None):
 
     from .evaluation import KeypointAgent
 
-    h_c = make_correspondence("cpu")
-    if camera is not None:
-        h_c = RobotAwareTracker(h_c, camera)
-    return KeypointAgent(load_policy(model_dir), h_c, load_model_template(model_dir))
+    if h_c == "oracle":
+        if env is None:
+            raise ValueError("the oracle h_C needs the live simulator (env)")
+        hc = oracle_correspondence(env, bags, task)
+    else:
+        hc = make_correspondence(h_c)
+        if camera is not None:
+            hc = RobotAwareTracker(hc, camera)
+    return KeypointAgent(load_policy(model_dir), hc, load_model_template(model_dir))
 
 
 def rgb_agent(model_dir: Path):
@@ -301,8 +346,9 @@ def method_dirs(model_dir: Path) -> dict[str, Path]:
             "RandomSelect": model_dir / "baselines" / "random", "RGB": model_dir / "baselines" / "rgb"}
 
 
-def make_agent(method: str, path: Path, camera=None):
-    return rgb_agent(path) if method == "RGB" else keypoint_agent(path, camera)
+def make_agent(method: str, path: Path, h_c: str = "cpu", env=None, bags: Path | None = None,
+               task: str = "sushi", camera=None):
+    return rgb_agent(path) if method == "RGB" else keypoint_agent(path, h_c, env, bags, task, camera)
 
 
 # --------------------------------------------------------------------------- 3a. ROS graph
@@ -349,9 +395,13 @@ def ros_graph_episodes(cfg: DemoConfig, models: dict[int, Path]) -> list[dict]:
 
 
 def ros_graph_cell(results: list[dict], models: dict[int, Path]) -> CellStats:
-    """Success rate per training seed of the graph episodes."""
-    return CellStats([float(np.mean([r["success"] for r in results if r["train_seed"] == ts]))
-                      for ts in models if any(r["train_seed"] == ts for r in results)])
+    """Success per training seed of the graph episodes (with the pooled count)."""
+    cell = CellStats()
+    for ts in models:
+        hits = [r["success"] for r in results if r["train_seed"] == ts]
+        if hits:
+            cell.add(hits)
+    return cell
 
 
 # --------------------------------------------------------------------------- 3b. batch evaluation
@@ -372,16 +422,25 @@ def _worker_init(width: int, height: int) -> None:
 
 
 def _worker_episode(job: tuple) -> dict:
-    method, train_seed, cond, seed, path, task, stall_s, robot_aware = job
-    agents = _WORKER["agents"]
-    if (method, train_seed) not in agents:
-        c = _WORKER["env"].config
-        agents[(method, train_seed)] = make_agent(method, Path(path),
-                                                  sim_camera(c.width, c.height) if robot_aware else None)
-    res = run_episode(_WORKER["env"], agents[(method, train_seed)], task, seed, CONDITIONS[cond],
-                      stall_steps=stall_steps(stall_s, _WORKER["env"].config.control_hz))
-    return {"method": method, "train_seed": train_seed, "condition": cond, "seed": seed,
+    method, h_c, train_seed, cond, seed, path, task, stall_s, bags, robot_aware = job
+    agents, env = _WORKER["agents"], _WORKER["env"]
+    if (method, h_c, train_seed) not in agents:
+        c = env.config
+        agents[(method, h_c, train_seed)] = make_agent(method, Path(path), h_c, env, Path(bags), task,
+                                                       sim_camera(c.width, c.height) if robot_aware else None)
+    res = run_episode(env, agents[(method, h_c, train_seed)], task, seed, CONDITIONS[cond],
+                      stall_steps=stall_steps(stall_s, env.config.control_hz))
+    return {"method": method, "h_c": h_c, "train_seed": train_seed, "condition": cond, "seed": seed,
             "success": res.success, "steps": res.steps, "error": res.error}
+
+
+def evaluation_rows(cfg: DemoConfig) -> list[tuple[str, str]]:
+    """(method, h_C) pairs to evaluate: every method with ``cfg.h_c``, plus ATK
+    with the oracle h_C when ``cfg.oracle_rows`` (same models, no retraining)."""
+    rows = [(m, cfg.h_c) for m in cfg.methods]
+    if cfg.h_c != "oracle" and cfg.oracle_rows:
+        rows.append(("ATK", "oracle"))
+    return rows
 
 
 def evaluate(cfg: DemoConfig, models: dict[int, Path]) -> dict[str, dict[str, CellStats]]:
@@ -395,23 +454,29 @@ def evaluate(cfg: DemoConfig, models: dict[int, Path]) -> dict[str, dict[str, Ce
     results_path = cfg.out / "eval" / "episodes.jsonl"
     results_path.parent.mkdir(parents=True, exist_ok=True)
     done: dict[tuple, bool] = {}
+
+    def key(r: dict) -> tuple:   # runs before h_C was recorded used the CPU one
+        return r["method"], r.get("h_c", "cpu"), r["train_seed"], r["condition"], r["seed"]
+
     if results_path.is_file():  # resume
         for line in results_path.read_text().splitlines():
             r = json.loads(line)
-            done[(r["method"], r["train_seed"], r["condition"], r["seed"])] = r["success"]
+            done[key(r)] = r["success"]
     eval_seeds = evaluation_scenes(cfg)  # the same scenes for every method
-    jobs = [(m, ts, c, seed, str(method_dirs(d)[m]), cfg.task, cfg.stall_s, cfg.robot_occlusion)
-            for m in cfg.methods for ts, d in models.items() for c in CONDITIONS for seed in eval_seeds
-            if (m, ts, c, seed) not in done]
-    total = len(cfg.methods) * len(models) * len(CONDITIONS) * len(eval_seeds)
+    rows = evaluation_rows(cfg)
+    jobs = [(m, h, ts, c, seed, str(method_dirs(d)[m]), cfg.task, cfg.stall_s, str(cfg.out / "bags"),
+             cfg.robot_occlusion)
+            for m, h in rows for ts, d in models.items() for c in CONDITIONS for seed in eval_seeds
+            if (m, h, ts, c, seed) not in done]
+    total = len(rows) * len(models) * len(CONDITIONS) * len(eval_seeds)
     bar = tqdm(total=total, desc="evaluation", unit="ep", initial=total - len(jobs))
     with open(results_path, "a") as log:
         def record(r: dict) -> None:
-            done[(r["method"], r["train_seed"], r["condition"], r["seed"])] = r["success"]
+            done[key(r)] = r["success"]
             log.write(json.dumps(r) + "\n")
             log.flush()
             bar.update(1)
-            bar.set_postfix_str(f"{r['method']} s{r['train_seed']} {r['condition']}")
+            bar.set_postfix_str(f"{row_name(r['method'], r['h_c'])} s{r['train_seed']} {r['condition']}")
 
         if cfg.eval_workers > 1 and len(jobs) > 1:
             # spawn: no forked EGL context or torch thread pool
@@ -423,11 +488,12 @@ def evaluate(cfg: DemoConfig, models: dict[int, Path]) -> dict[str, dict[str, Ce
             for job in jobs:
                 record(_worker_episode(job))
     bar.close()
-    table: dict[str, dict[str, CellStats]] = {m: {c: CellStats() for c in CONDITIONS} for m in cfg.methods}
-    for m in cfg.methods:
+    table: dict[str, dict[str, CellStats]] = {row_name(m, h): {c: CellStats() for c in CONDITIONS}
+                                              for m, h in rows}
+    for m, h in rows:
         for ts in models:
             for c in CONDITIONS:
-                table[m][c].rates.append(float(np.mean([done[(m, ts, c, seed)] for seed in eval_seeds])))
+                table[row_name(m, h)][c].add([done[(m, h, ts, c, seed)] for seed in eval_seeds])
     return table
 
 
@@ -438,7 +504,7 @@ def condition_grid(cfg: DemoConfig, env, model_dir: Path, path: Path) -> None:
     transferred by h_C drawn on it (green: confident, red: not)."""
     import cv2
 
-    agent = keypoint_agent(model_dir, _camera(cfg, env))
+    agent = keypoint_agent(model_dir, cfg.h_c, env, cfg.out / "bags", cfg.task, camera=_camera(cfg, env))
     tiles = []
     for cond, perturbations in CONDITIONS.items():
         obs = env.reset(task=cfg.task, seed=10_000, perturbations=perturbations)
@@ -453,16 +519,16 @@ def condition_grid(cfg: DemoConfig, env, model_dir: Path, path: Path) -> None:
 
 
 def inprocess_cell(cfg: DemoConfig, models: dict[int, Path], method: str, condition: str,
-                   scenes: Sequence[int]) -> CellStats:
+                   scenes: Sequence[int], h_c: str = "cpu") -> CellStats:
     """In-process success of ``method`` per training seed on ``scenes`` only (from eval/episodes.jsonl)."""
     rows = [json.loads(line) for line in (cfg.out / "eval" / "episodes.jsonl").read_text().splitlines()]
-    rates = []
+    cell = CellStats()
     for ts in models:
         hits = [r["success"] for r in rows if r["method"] == method and r["condition"] == condition
-                and r["train_seed"] == ts and r["seed"] in scenes]
+                and r["train_seed"] == ts and r["seed"] in scenes and r.get("h_c", "cpu") == h_c]
         if hits:
-            rates.append(float(np.mean(hits)))
-    return CellStats(rates)
+            cell.add(hits)
+    return cell
 
 
 def write_report(cfg: DemoConfig, table: dict[str, dict[str, CellStats]], extra: dict,
@@ -474,7 +540,12 @@ def write_report(cfg: DemoConfig, table: dict[str, dict[str, CellStats]], extra:
         f"# ATK robustness table ({cfg.task}, simulation)\n\n"
         f"Success rate over {cfg.eval_episodes} evaluation episodes per cell, mean ± std over "
         f"training seeds {list(cfg.train_seeds)}. Conditions are cumulative: RB = RP + background, "
-        f"+RO adds distractors, +Light changes the lighting.\n\n{md}\n\n{more}"
+        f"+RO adds distractors, +Light changes the lighting. In brackets: successes / episodes pooled "
+        f"over seeds, with the 95% Wilson interval.\n\n"
+        f"Rows \"(CPU h_C)\": keypoints from the CPU tracker, as deployed on the robot. Rows \"(oracle h_C)\": "
+        f"keypoints from the simulator's ground truth (PRIVILEGED, SIMULATION-ONLY; the paper's simulator "
+        f"protocol): with --h-c cpu the same ATK models evaluated with true keypoints, with --h-c oracle "
+        f"trained (propagation) and evaluated with them.\n\n{md}\n\n{more}"
         f"Run settings: `{json.dumps(extra.get('config', {}))}`\n")
     (cfg.out / "results.csv").write_text(table_csv(table, conds))
     return md
@@ -527,6 +598,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: 5)")
     p.add_argument("--methods", default=",".join(METHODS),
                    help=f"methods to train and evaluate (default: {','.join(METHODS)})")
+    p.add_argument("--h-c", dest="h_c", choices=H_C_CHOICES, default="cpu",
+                   help="h_C for training propagation and evaluation: 'cpu' (the tracker the robot runs; "
+                        "default) or 'oracle' (PRIVILEGED, SIMULATION-ONLY true keypoints from the simulator: "
+                        "the paper's simulator protocol; no ROS-graph episode)")
+    p.add_argument("--no-oracle-rows", dest="oracle_rows", action="store_false",
+                   help="with --h-c cpu, skip the 'ATK (oracle h_C)' rows (the same ATK models evaluated "
+                        "with the privileged simulator keypoints; cheap: no tracker runs)")
     p.add_argument("--full", action="store_true",
                    help="paper-sized run: 100 demos, 3 training seeds, 20 evaluation episodes per cell")
     p.add_argument("--quick", action="store_true",
@@ -563,8 +641,8 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
                       methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
                       rgb_steps=rgb_steps, top_n=top_n, eval_workers=args.eval_workers, noise_rad=args.noise,
                       propagation_workers=args.workers,
-                      stall_s=args.stall_s, keypoint_noise_px=args.keypoint_noise,
-                      robot_occlusion=not args.no_robot_occlusion)
+                      stall_s=args.stall_s, keypoint_noise_px=args.keypoint_noise, h_c=args.h_c,
+                      oracle_rows=args.oracle_rows, robot_occlusion=not args.no_robot_occlusion)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -598,13 +676,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     shutil.copyfile(first / "candidates.png", cfg.out / "selected_keypoints.png")
 
     ros_results: list[dict] = []
-    if cfg.ros_episodes:
+    if cfg.ros_episodes and cfg.h_c == "oracle":
+        _say("no ROS-graph episodes with --h-c oracle: the oracle is simulation-only and in-process")
+    elif cfg.ros_episodes:
         t = _stage(3, f"deployment through the ROS graph (sim + tracker + policy nodes over DDS): ATK on "
                       f"{cfg.ros_episodes} RP scenes x {len(models)} seeds")
         ros_results = ros_graph_episodes(cfg, models)
         timings["ros"] = time.perf_counter() - t
 
-    t = _stage(4, f"evaluation: {len(cfg.methods)} methods x {len(CONDITIONS)} conditions x "
+    t = _stage(4, f"evaluation: {len(evaluation_rows(cfg))} rows x {len(CONDITIONS)} conditions x "
                   f"{cfg.eval_episodes} episodes x {len(models)} seeds")
     table = evaluate(cfg, models)
     condition_grid(cfg, env, first, cfg.out / "conditions.png")
@@ -613,9 +693,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     _stage(5, "results")
     notes = []
     if ros_results:
-        table = {m: cells for m, cells in table.items() if m == "ATK"} | {
+        atk = row_name("ATK", cfg.h_c)
+        table = {m: cells for m, cells in table.items() if m == atk} | {
             ROS_ROW: {"RP": ros_graph_cell(ros_results, models)}} | {
-            m: cells for m, cells in table.items() if m != "ATK"}
+            m: cells for m, cells in table.items() if m != atk}
         scenes = evaluation_scenes(cfg)[:cfg.ros_episodes]
         same = inprocess_cell(cfg, models, "ATK", "RP", scenes)
         notes.append(f"{ROS_ROW}: the same ATK models deployed through the ROS graph (sim, tracker and policy "
@@ -625,7 +706,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     timings["total"] = time.perf_counter() - t_all
     (cfg.out / "summary.json").write_text(json.dumps(
         {"timings_s": timings, "ros_episodes": ros_results,
-         "table": {m: {c: {"mean": cell.mean, "std": cell.std, "rates": cell.rates}
+         "table": {m: {c: {"mean": cell.mean, "std": cell.std, "rates": cell.rates,
+                           "successes": cell.successes, "episodes": cell.episodes,
+                           "wilson95": list(cell.interval)}
                        for c, cell in cells.items()} for m, cells in table.items()}}, indent=1))
     print(md)
     print(f"\nselected keypoints: {cfg.out / 'selected_keypoints.png'}")

@@ -274,12 +274,35 @@ def run_episode(env, agent: Agent, task: str, seed: int, perturbations: Sequence
     return EpisodeResult(task, seed, tuple(perturbations), bool(env.success()), steps)
 
 
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval of a success rate (successes of n episodes);
+    (nan, nan) for n = 0. Unlike mean +- std it stays inside [0, 1] and is
+    honest about 0/10 and 10/10."""
+    if n <= 0:
+        return math.nan, math.nan
+    p = successes / n
+    den = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 @dataclass
 class CellStats:
     """Success over evaluation episodes for one method x condition, with the
-    spread across training seeds (the paper's mean +- std over seeds)."""
+    spread across training seeds (the paper's mean +- std over seeds) and,
+    when the episode counts are given, the pooled successes / episodes with
+    their 95% Wilson interval."""
 
     rates: list[float] = field(default_factory=list)  # one success rate per training seed
+    successes: int = 0   # pooled over training seeds
+    episodes: int = 0
+
+    def add(self, outcomes: Sequence[bool]) -> None:
+        """One training seed's episodes."""
+        self.rates.append(float(np.mean(outcomes)) if len(outcomes) else math.nan)
+        self.successes += int(sum(bool(o) for o in outcomes))
+        self.episodes += len(outcomes)
 
     @property
     def mean(self) -> float:
@@ -289,8 +312,18 @@ class CellStats:
     def std(self) -> float:
         return float(np.std(self.rates)) if self.rates else math.nan
 
+    @property
+    def interval(self) -> tuple[float, float]:
+        return wilson_interval(self.successes, self.episodes)
+
     def fmt(self) -> str:
-        return f"{self.mean:.2f}±{self.std:.2f}" if self.rates else "n/a"
+        if not self.rates:
+            return "n/a"
+        text = f"{self.mean:.2f}±{self.std:.2f}"
+        if self.episodes:
+            lo, hi = self.interval
+            text += f" ({self.successes}/{self.episodes}; {lo:.2f}-{hi:.2f})"
+        return text
 
 
 def success_rate(results: Iterable[EpisodeResult]) -> float:
@@ -299,7 +332,8 @@ def success_rate(results: Iterable[EpisodeResult]) -> float:
 
 
 def format_table(table: dict[str, dict[str, CellStats]], conditions: Sequence[str]) -> str:
-    """Markdown table: methods x conditions, mean±std over training seeds."""
+    """Markdown table: methods x conditions, mean±std over training seeds, and
+    (where counted) successes/episodes pooled over seeds with the 95% Wilson interval."""
     header = "| method | " + " | ".join(conditions) + " |"
     sep = "|---|" + "---|" * len(conditions)
     rows = [f"| {m} | " + " | ".join(table[m][c].fmt() if c in table[m] else "n/a" for c in conditions) + " |"
@@ -308,10 +342,12 @@ def format_table(table: dict[str, dict[str, CellStats]], conditions: Sequence[st
 
 
 def table_csv(table: dict[str, dict[str, CellStats]], conditions: Sequence[str]) -> str:
-    lines = ["method,condition,mean,std,n_seeds,rates"]
+    lines = ["method,condition,mean,std,n_seeds,rates,successes,episodes,wilson95_lo,wilson95_hi"]
     for m, cells in table.items():
         for c in conditions:
             cell = cells.get(c, CellStats())
+            lo, hi = cell.interval
             lines.append(f"{m},{c},{cell.mean:.4f},{cell.std:.4f},{len(cell.rates)},"
-                         + " ".join(f"{r:.4f}" for r in cell.rates))
+                         + " ".join(f"{r:.4f}" for r in cell.rates)
+                         + f",{cell.successes},{cell.episodes},{lo:.4f},{hi:.4f}")
     return "\n".join(lines) + "\n"

@@ -11,6 +11,7 @@ from atk_policy import cli
 
 @pytest.mark.parametrize("changes, flags", [
     ({}, []),
+    ({"h_c": "oracle"}, []),
     ({"top_n": 4, "steps": 50, "methods": ("ATK", "RGB"), "candidates": 16, "chunk": 1, "action_mode": "delta",
       "keypoint_noise_px": 1.5, "propagation_workers": 1, "rgb_steps": 30, "robot_occlusion": False},
      ["--top-n", "4"]),
@@ -24,8 +25,9 @@ def test_the_demo_trains_as_atk_train_would(tmp_path, changes, flags):
             "--candidates", str(cfg.candidates), "--steps", str(cfg.steps), "--seed", "3",
             "--track-cache", str(tmp_path / "cache" / "tracks"), "--baselines", ",".join(names),
             "--rgb-steps", str(cfg.rgb_steps), "--action-mode", cfg.action_mode, "--chunk", str(cfg.chunk),
-            "--keypoint-noise", str(cfg.keypoint_noise_px), "--workers", str(cfg.propagation_workers)] + flags
-    if cfg.robot_occlusion:
+            "--keypoint-noise", str(cfg.keypoint_noise_px), "--workers", str(cfg.propagation_workers),
+            "--backend", cfg.h_c] + flags
+    if cfg.robot_occlusion and cfg.h_c != "oracle":
         argv += ["--camera-extrinsics", str(tmp_path / "camera_extrinsics.yaml")]
     args = cli.build_parser().parse_args(argv)
     want_source, want_config, want_baselines = cli.config_from_args(args)
@@ -33,4 +35,4 @@ def test_the_demo_trains_as_atk_train_would(tmp_path, changes, flags):
     assert baselines == want_baselines
     assert source == want_source
     assert track_cache == Path(args.track_cache)
-    assert (tmp_path / "camera_extrinsics.yaml").is_file() == cfg.robot_occlusion
+    assert (tmp_path / "camera_extrinsics.yaml").is_file() == (cfg.robot_occlusion and cfg.h_c != "oracle")

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from atk_bringup.evaluation import CONDITIONS, CellStats, KeypointAgent, format_table, run_episode, table_csv
+from atk_bringup.evaluation import (CONDITIONS, CellStats, KeypointAgent, format_table, run_episode, table_csv,
+                                    wilson_interval)
 from atk_bringup.sim.env import SimConfig, SimEnv
 from atk_perception.backends import make_correspondence
 from atk_perception.keypoint_template import KeypointTemplate
@@ -104,6 +105,19 @@ def test_table_formats_mean_and_spread():
     assert "| ATK | 0.70±0.10 | 0.70±0.10 | 0.70±0.10 | 0.70±0.10 |" in md
     assert "| RGB | 0.50±0.00 | n/a | n/a | n/a |" in md
     assert "ATK,RP,0.7000,0.1000,2,0.8000 0.6000" in table_csv(table, list(CONDITIONS))
+
+
+def test_cells_count_episodes_with_a_wilson_interval():
+    cell = CellStats()
+    cell.add([True] * 3 + [False] * 7)
+    cell.add([True] * 5 + [False] * 5)
+    assert cell.successes == 8 and cell.episodes == 20
+    lo, hi = cell.interval
+    assert (round(lo, 3), round(hi, 3)) == (0.219, 0.613)   # Wilson 95% for 8/20
+    assert wilson_interval(0, 10)[0] == 0.0 and 0.27 < wilson_interval(0, 10)[1] < 0.28
+    md = format_table({"ATK": {"RP": cell}}, ["RP"])
+    assert "| ATK | 0.40±0.10 (8/20; 0.22-0.61) |" in md
+    assert ",8,20,0.2188,0.6134" in table_csv({"ATK": {"RP": cell}}, ["RP"])
 
 
 def test_an_h_c_error_skips_the_frame_instead_of_ending_the_evaluation(env, monkeypatch):

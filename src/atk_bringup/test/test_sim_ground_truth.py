@@ -21,7 +21,7 @@ from atk_bringup.sim.tasks import make_task
 W, H = 640, 480
 # A point on the salmon's top face, in the nigiri's body frame (rice centre).
 MARKER_LOCAL = np.array([0.012, -0.006, 0.011 + 0.008])
-MARKER_R = 0.003
+MARKER_R = 0.006
 
 
 def _marker_scene():
@@ -88,7 +88,7 @@ def test_projection_matches_a_rendered_marker_within_half_a_pixel():
                 errors.append(np.linalg.norm(view.points[0] - c))
     errors = np.asarray(errors)
     assert errors.max() < 0.5, f"projection vs rendered marker: max {errors.max():.3f} px"
-    assert np.median(errors) < 0.25
+    assert np.median(errors) < 0.15   # measured: max 0.26, median 0.09 px
     assert max(anchor_errors) < 0.001, f"anchor off by {max(anchor_errors) * 1000:.2f} mm"
 
 
@@ -251,3 +251,45 @@ def test_propagation_with_the_oracle_gives_the_true_tracks(recorded):
     np.testing.assert_array_equal(te.confidence, (vis & inside).astype(np.float32))
     # the expert's arm comes down into the view: some points get covered, and move on
     assert (~vis[-1]).any() or (np.abs(truth[-1] - truth[0]) > 1).any()
+
+
+def test_in_process_evaluation_with_the_oracle_follows_the_true_keypoints():
+    """KeypointAgent (tracker session + policy gate, as evaluated) with the oracle
+    h_C on the live simulator: the template is the canonical frame (seed 0 under
+    RP), the keypoints on the nigiri, reported where the nigiri truly is."""
+    import torch
+
+    from atk_bringup.demo import oracle_correspondence
+    from atk_bringup.evaluation import KeypointAgent, run_episode
+    from atk_perception.keypoint_template import KeypointTemplate
+    from atk_policy.config import ModelConfig
+    from atk_policy.model import KeypointPolicy, Normalisation
+
+    env = SimEnv(SimConfig(width=320, height=240, render_depth=False))
+    try:
+        canon = env.reset(task="sushi", seed=0, perturbations=("RP",))
+        seg = env.render_segmentation()
+        ys, xs = np.nonzero(seg == env.model.body("sushi").id)
+        pick = np.random.default_rng(0).choice(len(xs), 6, replace=False)
+        points = np.column_stack([xs[pick], ys[pick]]).astype(np.float32)
+        truth = SceneGroundTruth.from_env(env)
+        anchors = truth.anchor(points)
+        ids = tuple(range(len(points)))
+        template = KeypointTemplate(canon.rgb, points, ids, tuple(f"kp{i}" for i in ids))
+        torch.manual_seed(0)
+        rng = np.random.default_rng(0)
+        norm = Normalisation.from_data(rng.normal(size=(32, 7)).astype(np.float32),
+                                       rng.normal(scale=0.01, size=(32, 7)).astype(np.float32))
+        policy = KeypointPolicy(len(points), (320, 240), ModelConfig(hidden=(16,)), norm,
+                                keypoint_ids=list(ids), canonical_xy=points)
+        # timing "ideal": every frame tracked (the graph timing may drop frames on a loaded machine)
+        agent = KeypointAgent(policy, oracle_correspondence(env, None, "sushi"), template, timing="ideal")
+        reported = []
+        run_episode(env, agent, "sushi", 3, ("RP", "RB"), max_steps=5,
+                    on_step=lambda t, obs, a: reported.append((agent.points.copy(), truth.observe(anchors))))
+    finally:
+        env.close()
+    assert len(reported) == 5 and agent.holds == 0, agent.last_reason
+    for pts, view in reported:
+        np.testing.assert_allclose(pts, view.points, atol=1e-3)
+    assert np.abs(reported[0][0] - points).max() > 5   # another scene: the nigiri lies elsewhere

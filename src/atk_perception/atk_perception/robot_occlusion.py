@@ -65,6 +65,8 @@ class RobotOcclusionConfig:
     """The silhouette is grown by this before testing keypoints: the model's solids are approximate and LK's window reaches beyond its point."""
     gripper_closed: float = 0.25
     """A gripper reading (0 open .. 1 closed) at or above this holds what is between its fingers."""
+    gripper_empty: float = 0.95
+    """A reading at or above this while closed means the fingers closed on nothing: nothing is carried (the 2F-85 stops at the object's width; the simulated nigiri at 0.62)."""
     grasp_half_extent_m: tuple[float, float, float] = (0.07, 0.04, 0.05)
     """A point counts as between or beside the fingers when its 3D position, in the tool frame relative to the pinch point, lies within these half extents (x: finger travel direction, y: pad width, z: along the tool)."""
     object_radius_m: float = 0.1
@@ -91,6 +93,7 @@ class RobotOcclusionConfig:
 
         need(np.isfinite(self.margin_px) and self.margin_px >= 0, "margin_px", "must be >= 0 pixels")
         need(0 < self.gripper_closed <= 1, "gripper_closed", "must be in (0, 1]")
+        need(self.gripper_closed < self.gripper_empty <= 1, "gripper_empty", "must be in (gripper_closed, 1]")
         need(len(self.grasp_half_extent_m) == 3 and all(v > 0 for v in self.grasp_half_extent_m),
              "grasp_half_extent_m", "must be three positive lengths (m)")
         need(self.object_radius_m > 0, "object_radius_m", "must be > 0 m")
@@ -315,7 +318,8 @@ class RobotAwareTracker(Correspondence):
             carried = between | (np.isin(self._objects, grasped_objects) & near)
             self._carried = carried
             self._tool_points = np.where(carried[:, None], p_tool, np.nan)
-        elif not closed and self._closed:
+        elif (not closed and self._closed) or (closed and q[6] >= cfg.gripper_empty and self._carried.any()):
+            # opened (released), or closed on nothing: what was attached stays where it is now
             self._carried = np.zeros(self._n, bool)
             self._tool_points[:] = np.nan
         self._closed = closed

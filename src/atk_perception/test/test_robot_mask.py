@@ -90,3 +90,32 @@ def test_extrinsics_file_round_trip_and_refusal(tmp_path):
         rm.load_extrinsics(tmp_path / "other.yaml")
     with pytest.raises(rm.RobotMaskError, match="cannot read"):
         rm.load_extrinsics(tmp_path / "missing.yaml")
+
+
+def test_occlusion_config_refuses_bad_values_naming_the_field():
+    from atk_perception.robot_occlusion import RobotOcclusionConfig
+
+    for kwargs, field in (({"margin_px": -1.0}, "margin_px"), ({"gripper_empty": 0.2}, "gripper_empty"),
+                          ({"carried_confidence": 1.5}, "carried_confidence"),
+                          ({"grasp_half_extent_m": (0.1, 0.0, 0.1)}, "grasp_half_extent_m")):
+        with pytest.raises(ValueError, match=field):
+            RobotOcclusionConfig(**kwargs)
+
+
+def test_robot_inputs_say_once_why_the_robot_model_is_off_and_when_it_turns_on():
+    from atk_perception.cpu_tracker import CpuTracker
+    from atk_perception.robot_occlusion import RobotAwareTracker, RobotInputs
+
+    trk = RobotAwareTracker(CpuTracker())
+    assert "no extrinsics_file" in RobotInputs(None).apply(trk, 0.0)
+    inputs = RobotInputs(CAM, max_joint_age_s=0.25)
+    assert "camera_info" in inputs.apply(trk, 0.0)
+    assert inputs.apply(trk, 0.1) == ""                     # said once
+    inputs.set_intrinsics(K)
+    assert "joint_states" in inputs.apply(trk, 0.2)
+    inputs.set_joint_state(Q, stamp_s=1.0)
+    assert "1.00 s from the frame" in inputs.apply(trk, 2.0) and not trk.active
+    note = inputs.apply(trk, 1.1)
+    assert note.startswith("robot-aware occlusion on") and trk.active
+    np.testing.assert_allclose(trk.camera.base_t_camera, CAM)
+    assert inputs.apply(trk, 1.15) == ""

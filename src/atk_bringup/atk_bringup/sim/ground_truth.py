@@ -376,11 +376,30 @@ class SimGroundTruthSource:
         for sidecar in sorted(folder.glob(f"*/{SIDECAR}")):
             self._index_episode(sidecar)
 
-    def _index_episode(self, sidecar: Path) -> None:
-        rec = RecordedEpisode.load(sidecar)
+    def _index_episode(self, sidecar: Path, rec: "RecordedEpisode | None" = None) -> None:
+        rec = rec or RecordedEpisode.load(sidecar)
         self._episodes[sidecar] = rec
         for t, key in enumerate(rec.digest):
             self._index.setdefault(str(key), (sidecar, t))
+
+    def add_reset_frame(self, task: str, seed: int, perturbations, width: int, height: int) -> str:
+        """Make the first frame of ``env.reset(task, seed, perturbations)`` a known
+        frame (rendered once here): the canonical frame of bags recorded before
+        sidecars existed is such a frame (demo_000: seed 0 under RP). Returns its digest."""
+        from .env import SimConfig, SimEnv
+
+        perturbations = tuple(perturbations)
+        with SimEnv(SimConfig(width=int(width), height=int(height), render_depth=False)) as env:
+            obs = env.reset(task=task, seed=int(seed), perturbations=perturbations)
+            d, m = env.data, env.model
+            info = {"task": task, "seed": int(seed), "perturbations": list(perturbations), "width": int(width),
+                    "height": int(height), "nq": int(m.nq), "nbody": int(m.nbody)}
+            key = frame_digest(obs.rgb)
+            rec = RecordedEpisode(Path(f"<reset {task} seed {seed} {'+'.join(perturbations)}>"), info,
+                                  d.qpos[None].copy(), d.mocap_pos[None].copy(), d.mocap_quat[None].copy(),
+                                  np.asarray([key]))
+        self._index_episode(rec.path, rec)
+        return key
 
     def bind_episode(self, meta: dict) -> None:
         """Propagation hook: the episode's bag folder's siblings become known frames."""
