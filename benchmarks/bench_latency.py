@@ -202,7 +202,10 @@ def main(argv: list[str] | None = None) -> int:
         # steady-state tracking.
         tracker = command("tracker", str(model), "max_frame_gap_s:=30.0",
                           *([f'reanchor_mode:="{args.reanchor_mode}"'] if args.reanchor_mode else []))
-        policy = command("policy", str(model), f'trigger:="{args.trigger}"', *gate)
+        # control_rate_hz 100: trigger=keypoints then acts on every frame (at
+        # the default 10 Hz it skips frames less than 75 ms after the last one).
+        rate = ["control_rate_hz:=100.0"] if args.trigger == "keypoints" else []
+        policy = command("policy", str(model), f'trigger:="{args.trigger}"', *rate, *gate)
         more = GraphRunner([tracker, policy], out=sys.stderr)
         more.start()
         try:

@@ -36,6 +36,8 @@ from typing import Any, Callable, Sequence
 #: How long a RuntimeError from spinning waits for a shutdown in progress
 #: before it counts as a real error.
 SHUTDOWN_GRACE_S = 1.0
+#: How long the teardown waits for callbacks still running in the executor.
+EXECUTOR_SHUTDOWN_TIMEOUT_S = 2.0
 
 
 def user_args(argv: Sequence[str]) -> list[str]:
@@ -116,6 +118,7 @@ def run_node(name: str, argv: Sequence[str] | None, make_node: Callable[[], Any]
     sigint, previous_sigint = _install_sigint_handler()   # before rclpy.init, which chains to it
     rclpy.init(args=argv)
     node = None
+    executor = None
     try:
         try:
             node = make_node()
@@ -138,6 +141,13 @@ def run_node(name: str, argv: Sequence[str] | None, make_node: Callable[[], Any]
             raise
     finally:
         sigint.stopping = True
+        if executor is not None:
+            # An interrupted spin leaves the executor's wait generator holding
+            # the node's handles "in use", and destroy_node() then waits for
+            # them forever (seen: policy and tracker nodes still alive 5 s
+            # after Ctrl-C under ros2 launch, until SIGKILL). Shutting the
+            # executor down drops that generator.
+            executor.shutdown(timeout_sec=EXECUTOR_SHUTDOWN_TIMEOUT_S)
         if node is not None:
             try:
                 if on_exit is not None:
