@@ -10,13 +10,13 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from atk_bringup import runner
 from atk_bringup.graph import (GRAPHS, GraphError, ResolvedProcess, all_param_files, config_path,
                                find_node_executable, latest_demo_model, node_command, prepare_values, resolve,
                                source_config_dir)
+from atk_fixtures.models import save_untrained_policy
 
 SECOND_SIGINT_AFTER_S = 0.05  # launch's SIGINT after the terminal's (test_policy_node_stops_cleanly_on_two_sigints)
 START_TIMEOUT_S = 30.0  # a node's first output line (torch import + model load on a loaded 2-core machine)
@@ -203,23 +203,8 @@ class _Lines(io.TextIOBase):
             return next(line for line in self.lines if text in line)
 
 
-def _model(tmp_path: Path) -> Path:
-    import torch
-
-    from atk_policy.artifact import save_policy
-    from atk_policy.config import ModelConfig
-    from atk_policy.model import KeypointPolicy, Normalisation
-
-    torch.manual_seed(0)
-    rng = np.random.default_rng(0)
-    norm = Normalisation.from_data(rng.normal(size=(16, 7)).astype(np.float32),
-                                   rng.normal(size=(16, 7)).astype(np.float32))
-    return save_policy(tmp_path / "model", KeypointPolicy(3, (64, 48), ModelConfig(hidden=(8,)), norm),
-                       np.zeros((48, 64, 3), np.uint8))
-
-
 def test_runner_starts_the_policy_node_and_stops_it_cleanly(tmp_path):
-    model = _model(tmp_path)
+    model = save_untrained_policy(tmp_path / "model", (64, 48), num_keypoints=3)
     spec = next(n for n in GRAPHS["deploy"].nodes if n.name == "policy")
     cmd = node_command(spec, {"model": str(model), "use_sim_time": "false", "log_level": "info"},
                        find_node_executable(spec.package, spec.executable))
