@@ -45,4 +45,8 @@ export RMW_IMPLEMENTATION="${RMW_IMPLEMENTATION:-rmw_fastrtps_cpp}"
 # best-effort images over 512 KB are lost (see config/fastdds_shm.xml).
 export FASTDDS_DEFAULT_PROFILES_FILE="${FASTDDS_DEFAULT_PROFILES_FILE:-$_atk_root/src/atk_bringup/config/fastdds_shm.xml}"
 export ATK_ROOT="$_atk_root"
+# Test fixtures shared by the tests and the benchmarks (atk_fixtures; pytest.ini
+# names the same folder). Not part of any installed package.
+case ":${PYTHONPATH:-}:" in *":$_atk_root/tests/fixtures:"*) ;; *)
+  export PYTHONPATH="$_atk_root/tests/fixtures${PYTHONPATH:+:$PYTHONPATH}" ;; esac
 unset _atk_root _d _p

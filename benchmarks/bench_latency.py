@@ -55,23 +55,17 @@ DRAIN_TIMEOUT_S = 2.0          # after measuring: wait for targets of the last f
 def make_model(frame_rgb: np.ndarray, n: int, model_dir: Path) -> Path:
     """N Shi-Tomasi corners of ``frame_rgb`` (H, W, 3) as the model's keypoints; untrained policy head."""
     import cv2
-    import torch
 
-    from atk_policy.artifact import save_policy
+    from atk_fixtures.models import save_untrained_policy
     from atk_policy.config import ModelConfig
-    from atk_policy.model import KeypointPolicy, Normalisation
 
     h, w = frame_rgb.shape[:2]
     gray = cv2.cvtColor(frame_rgb, cv2.COLOR_RGB2GRAY)
     corners = cv2.goodFeaturesToTrack(gray, maxCorners=n, qualityLevel=0.01, minDistance=20, blockSize=7)
     if corners is None or len(corners) < n:
         raise SystemExit(f"the first frame has only {0 if corners is None else len(corners)} corners; need {n}")
-    torch.manual_seed(0)
-    rng = np.random.default_rng(0)
-    norm = Normalisation.from_data(rng.normal(size=(32, 7)).astype(np.float32),
-                                   rng.normal(size=(32, 7)).astype(np.float32))
-    policy = KeypointPolicy(n, (w, h), ModelConfig(), norm, canonical_xy=corners.reshape(n, 2))
-    return save_policy(model_dir, policy, frame_rgb)
+    return save_untrained_policy(model_dir, (w, h), canonical_xy=corners.reshape(n, 2), hidden=ModelConfig().hidden,
+                                 template=frame_rgb, samples=32)
 
 
 def percentile_ms(values: list[float], q: float) -> float:
@@ -208,7 +202,10 @@ def main(argv: list[str] | None = None) -> int:
         # steady-state tracking.
         tracker = command("tracker", str(model), "max_frame_gap_s:=30.0",
                           *([f'reanchor_mode:="{args.reanchor_mode}"'] if args.reanchor_mode else []))
-        policy = command("policy", str(model), f'trigger:="{args.trigger}"', *gate)
+        # control_rate_hz 100: trigger=keypoints then acts on every frame (at
+        # the default 10 Hz it skips frames less than 75 ms after the last one).
+        rate = ["control_rate_hz:=100.0"] if args.trigger == "keypoints" else []
+        policy = command("policy", str(model), f'trigger:="{args.trigger}"', *rate, *gate)
         more = GraphRunner([tracker, policy], out=sys.stderr)
         more.start()
         try:

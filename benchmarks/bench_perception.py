@@ -29,7 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from atk_perception.cpu_tracker import REANCHOR_MODES, CpuTracker, CpuTrackerConfig
-from atk_perception.synthetic import (PERTURBATIONS, make_sequence, moved_object_scene,
+from atk_fixtures.images import (PERTURBATIONS, make_sequence, moved_object_scene,
                                      moved_object_sequence)
 
 

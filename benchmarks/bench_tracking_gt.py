@@ -227,7 +227,7 @@ def plot_episode(rows: list[dict], path: Path, title: str) -> None:
         if t == t_max or phase_at.get(t) != phase_at.get(start):
             ph = phase_at.get(start, "")
             ax.axvspan(start - 0.5, t - 0.5, color=colours.get(ph, "white"), lw=0)
-            ax.text((start + t) / 2, 1.0, ph, transform=ax.get_xaxis_transform(), ha="center", va="bottom",
+            ax.text((start + t) / 2, 0.98, ph, transform=ax.get_xaxis_transform(), ha="center", va="top",
                     fontsize=8)
             start = t
     for k in range(n_kp):
@@ -238,8 +238,9 @@ def plot_episode(rows: list[dict], path: Path, title: str) -> None:
     ax.set_xlabel("control step (10 Hz)")
     ax.set_ylabel("error vs ground truth (px)")
     ax.set_yscale("symlog", linthresh=1.0)
+    ax.set_ylim(bottom=0)
     ax.set_title(title + "  (x: truly hidden; dashed: 8 px)", fontsize=9)
-    ax.legend(fontsize=7, ncol=min(n_kp, 8), loc="upper left")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -3,7 +3,7 @@
     python benchmarks/bench_train.py [--quick] [--device cpu|cuda] [--threads 1]
 
 1. Training on 50 episodes x 150 steps x 64 candidates (the planted
-   synthetic dataset of atk_policy.synthetic, default ATKConfig: MLP 256x256,
+   synthetic dataset of atk_fixtures.episodes (tests/fixtures), default ATKConfig: MLP 256x256,
    batch 512, 3000 steps, lr 1e-3, mask lr 1e-2, alpha 3e-3): seconds of
    mask training, seconds to convergence (first evaluation from which the
    kept set no longer changes and the validation error stays within 10% of
@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def bench_training(device: str, threads: int, steps: int) -> None:
     from atk_policy.config import ATKConfig, TrainConfig
-    from atk_policy.synthetic import planted_dataset
+    from atk_fixtures.episodes import planted_dataset
     from atk_policy.train import TrackSet, fit, make_policy, select_ids, split_episodes, train_on_keypoints
     from atk_policy.model import Normalisation
 

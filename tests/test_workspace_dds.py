@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image
 
+from atk_fixtures.ros import wait_until
 from atk_msgs.msg import Keypoint, KeypointArray
 from atk_msgs.srv import ResetTracker
 
@@ -36,14 +36,6 @@ def ros_node():
     rclpy.shutdown(context=context)
 
 
-def spin_until(executor, predicate, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
-        executor.spin_once(timeout_sec=0.05)
-
-
 def test_keypoint_arrays_and_service_across_processes(ros_node):
     node, executor = ros_node
     peer = subprocess.Popen([sys.executable, str(PEERS / "keypoint_peer.py"), "--duration", "30"])
@@ -51,8 +43,8 @@ def test_keypoint_arrays_and_service_across_processes(ros_node):
         received: list[KeypointArray] = []
         node.create_subscription(KeypointArray, "keypoints", received.append, qos_profile_sensor_data)
         client = node.create_client(ResetTracker, "tracker/reset")
-        spin_until(executor, lambda: len(received) >= 10, DISCOVERY_TIMEOUT_S + MESSAGES_TIMEOUT_S,
-                   "10 KeypointArray messages from the peer process")
+        wait_until(lambda: len(received) >= 10, DISCOVERY_TIMEOUT_S + MESSAGES_TIMEOUT_S,
+                   "10 KeypointArray messages from the peer process", executor=executor)
         for msg in received:
             seq = msg.frames_dropped
             assert msg.header.stamp.sec == 1000 + (seq * 33) // 1000
@@ -71,7 +63,7 @@ def test_keypoint_arrays_and_service_across_processes(ros_node):
         assert client.wait_for_service(timeout_sec=DISCOVERY_TIMEOUT_S), "tracker/reset service not available"
         request = ResetTracker.Request(keypoints=[Keypoint(id=0, x=12.5, y=3.0), Keypoint(id=1)])
         future = client.call_async(request)
-        spin_until(executor, future.done, MESSAGES_TIMEOUT_S, "the tracker/reset response")
+        wait_until(future.done, MESSAGES_TIMEOUT_S, "the tracker/reset response", executor=executor)
         response = future.result()
         assert response.success
         assert response.message == "reset with 2 keypoints; first x=12.5"

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from atk_bringup import driver_node
+from atk_fixtures.ros import wait_until
 from atk_perception import kinematics as kin
 
 WAIT_S = 10.0  # generous: the CI machine is shared
@@ -127,14 +128,6 @@ def ros_graph():
         sys.setswitchinterval(switch)
 
 
-def _wait_for(predicate, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.01)  # polling a condition with a deadline, not synchronising on time
-
-
 def test_node_enable_publishes_and_follows(ros_graph):
     from rclpy.qos import QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy, qos_profile_sensor_data
     from sensor_msgs.msg import JointState
@@ -164,7 +157,7 @@ def test_node_enable_publishes_and_follows(ros_graph):
     assert list(js.name) == [*kin.JOINT_NAMES, "gripper"]
     np.testing.assert_allclose(js.position[:6], kin.HOME_Q)
 
-    _wait_for(lambda: pub_target.get_subscription_count() > 0, WAIT_S, "driver subscribed to joint_target")
+    wait_until(lambda: pub_target.get_subscription_count() > 0, WAIT_S, "driver subscribed to joint_target")
     target = kin.HOME_Q + np.array([0.05, -0.05, 0.05, 0.0, 0.05, 0.1])
 
     def send(q):
@@ -176,44 +169,44 @@ def test_node_enable_publishes_and_follows(ros_graph):
 
     # Disarmed: the target is ignored, the stand-in never sees servoJ.
     send(target)
-    _wait_for(lambda: node.servo_loop.status().refused_targets >= 1, WAIT_S, "refusal while disarmed")
+    wait_until(lambda: node.servo_loop.status().refused_targets >= 1, WAIT_S, "refusal while disarmed")
     assert robot.servoj_calls == []
 
     fut = enable.call_async(SetBool.Request(data=True))
-    _wait_for(fut.done, WAIT_S, "enable response")
+    wait_until(fut.done, WAIT_S, "enable response")
     assert fut.result().success, fut.result().message
 
     def reached():
         send(target)  # keeps the watchdog fed, as a policy would
         return np.max(np.abs(np.array(latest["js"].position[:6]) - target)) < 1e-3
 
-    _wait_for(reached, WAIT_S, "joint_states to reach the target")
+    wait_until(reached, WAIT_S, "joint_states to reach the target")
 
     # NaN target: refused, the arm stays.
     refused = node.servo_loop.status().refused_targets
     send(np.full(6, np.nan))
-    _wait_for(lambda: node.servo_loop.status().refused_targets > refused, WAIT_S, "NaN refusal")
+    wait_until(lambda: node.servo_loop.status().refused_targets > refused, WAIT_S, "NaN refusal")
     np.testing.assert_allclose(robot.q, target, atol=1e-3)
 
-    _wait_for(lambda: pub_grip.get_subscription_count() > 0, WAIT_S, "driver subscribed to gripper_command")
+    wait_until(lambda: pub_grip.get_subscription_count() > 0, WAIT_S, "driver subscribed to gripper_command")
     cmd = GripperCommand(position=1.0, speed=0.0, force=0.0)
     pub_grip.publish(cmd)
     assert gripper.moved.wait(WAIT_S), "gripper command not carried out"
-    _wait_for(lambda: latest["js"].position[6] == pytest.approx(1.0), WAIT_S, "gripper joint state at 1")
+    wait_until(lambda: latest["js"].position[6] == pytest.approx(1.0), WAIT_S, "gripper joint state at 1")
 
     # Stop sending: the watchdog stops the arm and diagnostics say so.
     assert robot.stop_event.wait(WAIT_S), "watchdog did not stop the arm"
-    _wait_for(lambda: any(s.level == s.WARN and "watchdog" in s.message
+    wait_until(lambda: any(s.level == s.WARN and "watchdog" in s.message
                           for d in diags for s in d.status), WAIT_S, "watchdog diagnostics")
 
     # Teach mode over the service: freedrive on, then off leaves it disarmed.
     teach = client.create_client(SetBool, "ur_driver/teach_mode")
     assert teach.wait_for_service(timeout_sec=WAIT_S), "ur_driver/teach_mode not available"
     fut = teach.call_async(SetBool.Request(data=True))
-    _wait_for(fut.done, WAIT_S, "teach_mode response")
+    wait_until(fut.done, WAIT_S, "teach_mode response")
     assert fut.result().success and robot.teach
     fut = teach.call_async(SetBool.Request(data=False))
-    _wait_for(fut.done, WAIT_S, "teach_mode off response")
+    wait_until(fut.done, WAIT_S, "teach_mode off response")
     assert fut.result().success and not robot.teach
     assert node.servo_loop.state.value == "disarmed"
 
@@ -224,7 +217,7 @@ def _target_publisher(client):
 
     qos = QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=1, reliability=QoSReliabilityPolicy.RELIABLE)
     pub = client.create_publisher(JointState, "joint_target", qos)
-    _wait_for(lambda: pub.get_subscription_count() > 0, WAIT_S, "driver subscribed to joint_target")
+    wait_until(lambda: pub.get_subscription_count() > 0, WAIT_S, "driver subscribed to joint_target")
 
     def send(q, names=None, age_s=0.0):
         from rclpy.duration import Duration
@@ -244,7 +237,7 @@ def _call(client, name: str, data: bool):
     cli = client.create_client(SetBool, name)
     assert cli.wait_for_service(timeout_sec=WAIT_S), f"{name} not available"
     fut = cli.call_async(SetBool.Request(data=data))
-    _wait_for(fut.done, WAIT_S, f"{name} response")
+    wait_until(fut.done, WAIT_S, f"{name} response")
     return fut.result()
 
 
@@ -271,12 +264,12 @@ def test_node_stacked_targets_cannot_run_ahead_of_the_arm(ros_graph):
         target = start.copy()
         target[0] += 0.29 * i
         send(target)
-        _wait_for(lambda: len(verdicts) == i, WAIT_S, f"target {i} handled")
+        wait_until(lambda: len(verdicts) == i, WAIT_S, f"target {i} handled")
     assert verdicts[0].accepted
     assert sum(v.accepted for v in verdicts) < 10, [v.reason for v in verdicts]
     here = np.array(robot.getActualQ())
     send(here)  # "stay here"
-    _wait_for(lambda: len(verdicts) == 11, WAIT_S, "'stay here' handled")
+    wait_until(lambda: len(verdicts) == 11, WAIT_S, "'stay here' handled")
     assert verdicts[-1].accepted, verdicts[-1].reason
 
     def settled_here():
@@ -284,7 +277,7 @@ def test_node_stacked_targets_cannot_run_ahead_of_the_arm(ros_graph):
         return (np.max(np.abs(np.array(robot.getActualQ()) - here)) < 1e-3
                 and np.max(np.abs(robot.getActualQd())) < 1e-3)
 
-    _wait_for(settled_here, WAIT_S, "the arm to settle at the 'stay here' target")
+    wait_until(settled_here, WAIT_S, "the arm to settle at the 'stay here' target")
     assert all(v.accepted for v in verdicts[10:]), [v.reason for v in verdicts[10:]]
     furthest = max(call[1][0] for call in list(robot.servoj_calls)) - start[0]
     assert furthest < 2 * 0.3, f"arm was commanded {furthest:.3f} rad ahead"
@@ -306,16 +299,16 @@ def test_node_nan_joint_reading_reported_once(ros_graph):
     client.create_subscription(JointState, "joint_states", lambda m: js_count.__setitem__(0, js_count[0] + 1),
                                qos_profile_sensor_data)
     robot.joint_fault = True
-    _wait_for(lambda: node.servo_loop.state.value == "disconnected", WAIT_S, "DISCONNECTED after NaN joints")
+    wait_until(lambda: node.servo_loop.state.value == "disconnected", WAIT_S, "DISCONNECTED after NaN joints")
     cycles = node.servo_loop.status().cycles
-    _wait_for(lambda: node.servo_loop.status().cycles > cycles + 200, WAIT_S, "200 more control periods")
+    wait_until(lambda: node.servo_loop.status().cycles > cycles + 200, WAIT_S, "200 more control periods")
     seen = js_count[0]
     # joint_states is published just before the node drains the loop's events
     # into the log: three more messages mean every event so far was logged.
-    _wait_for(lambda: js_count[0] >= seen + 3, WAIT_S, "three more joint_states")
+    wait_until(lambda: js_count[0] >= seen + 3, WAIT_S, "three more joint_states")
     res = _call(client, "ur_driver/enable", False)  # logs a marker line after them
     assert res.success and "already stopped" in res.message
-    _wait_for(lambda: any("already stopped" in m for m in logs), WAIT_S, "the marker log line on /rosout")
+    wait_until(lambda: any("already stopped" in m for m in logs), WAIT_S, "the marker log line on /rosout")
     errors = [m for m in logs if "invalid joint position" in m]
     assert len(errors) == 1, f"{len(errors)} log lines about the NaN reading"
     assert len(robot.servo_stops) == 1
@@ -327,7 +320,7 @@ def test_node_refuses_joint_named_twice(ros_graph):
     refused = node.servo_loop.status().refused_targets
     names = [*kin.JOINT_NAMES, kin.JOINT_NAMES[0]]
     send([*kin.HOME_Q, kin.HOME_Q[0] + 0.2], names=names)
-    _wait_for(lambda: node.servo_loop.status().refused_targets > refused, WAIT_S, "refusal of a duplicate name")
+    wait_until(lambda: node.servo_loop.status().refused_targets > refused, WAIT_S, "refusal of a duplicate name")
     assert "more than once" in node.servo_loop.status().last_message
     assert node.servo_loop.status().accepted_targets == 0
 
@@ -344,7 +337,7 @@ def test_node_refuses_target_far_outside_limits(ros_graph):
     q = near.copy()
     q[5] = 1e6
     send(q)
-    _wait_for(lambda: node.servo_loop.status().refused_targets > refused, WAIT_S, "refusal of a 1e6 rad target")
+    wait_until(lambda: node.servo_loop.status().refused_targets > refused, WAIT_S, "refusal of a 1e6 rad target")
     st = node.servo_loop.status()
     assert st.clamped_targets == 0 and st.accepted_targets == 0 and "wrist_3_joint" in st.last_message
     np.testing.assert_allclose(st.q_command, near, atol=1e-9)
@@ -355,12 +348,12 @@ def test_node_refuses_stale_target(ros_graph):
     node, client, robot, send = _enabled(ros_graph)
     refused = node.servo_loop.status().refused_targets
     send(kin.HOME_Q + 0.05, age_s=60.0)
-    _wait_for(lambda: node.servo_loop.status().refused_targets > refused, WAIT_S, "refusal of a stale target")
+    wait_until(lambda: node.servo_loop.status().refused_targets > refused, WAIT_S, "refusal of a stale target")
     st = node.servo_loop.status()
     assert "old" in st.last_message and "max_target_age" in st.last_message
     assert st.accepted_targets == 0
     send(kin.HOME_Q + 0.05)  # a fresh one is used
-    _wait_for(lambda: node.servo_loop.status().accepted_targets == 1, WAIT_S, "fresh target accepted")
+    wait_until(lambda: node.servo_loop.status().accepted_targets == 1, WAIT_S, "fresh target accepted")
 
 
 def test_node_enable_reconnects_after_connection_loss(ros_graph):
@@ -368,7 +361,7 @@ def test_node_enable_reconnects_after_connection_loss(ros_graph):
     the node restarted. Now ~/enable reconnects (and says why when it cannot)."""
     node, client, robot, _ = _enabled(ros_graph)
     robot.drop_connection(reachable=False)
-    _wait_for(lambda: node.servo_loop.state.value == "disconnected", WAIT_S, "DISCONNECTED")
+    wait_until(lambda: node.servo_loop.state.value == "disconnected", WAIT_S, "DISCONNECTED")
     res = _call(client, "ur_driver/enable", True)
     assert not res.success and "reconnecting" in res.message and "Connection refused" in res.message
     robot.reachable = True

@@ -13,12 +13,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from atk_fixtures.ros import wait_until
 from atk_policy.bags import BagError, load_episodes
 
 DISCOVERY_TIMEOUT_S = 30.0  # the recorder process to start and match our publishers on a loaded machine
@@ -34,18 +34,6 @@ def _header(stamp_ns: int, frame_id: str = ""):
     from std_msgs.msg import Header
 
     return Header(stamp=Time(sec=stamp_ns // 10**9, nanosec=stamp_ns % 10**9), frame_id=frame_id)
-
-
-def _wait(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
-    """Poll a condition another process makes true (file size, graph state) until ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"the recorder exited ({proc.returncode}) while waiting for {what}:\n"
-                                 f"{proc.communicate()[0]}")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)  # polling interval of a condition in another process, not a synchronisation sleep
 
 
 _KILLED_WRITER = """
@@ -109,8 +97,8 @@ def test_a_recorder_killed_mid_episode_leaves_a_bag_that_reindex_recovers(tmp_pa
                 "target": node.create_publisher(JointState, "joint_target", q),
                 "grip": node.create_publisher(GripperCommand, "gripper_command", q)}
         for name, pub in pubs.items():
-            _wait(lambda: pub.get_subscription_count() >= 1, DISCOVERY_TIMEOUT_S,
-                  f"the recorder to subscribe to {name}", proc)
+            wait_until(lambda: pub.get_subscription_count() >= 1, DISCOVERY_TIMEOUT_S,
+                       f"the recorder to subscribe to {name}", proc=proc)
         start = node.create_client(Trigger, "/recorder/start_episode")
         assert start.wait_for_service(timeout_sec=DISCOVERY_TIMEOUT_S), "start_episode not offered"
         future = start.call_async(Trigger.Request())
@@ -143,8 +131,8 @@ def test_a_recorder_killed_mid_episode_leaves_a_bag_that_reindex_recovers(tmp_pa
             pubs["grip"].publish(GripperCommand(header=_header(int(stamps[k])), position=0.0, speed=1.0,
                                                 force=0.5))
         mcap = bag / f"{bag.name}.mcap"
-        _wait(lambda: mcap.is_file() and mcap.stat().st_size >= FLUSHED_BYTES, FLUSH_TIMEOUT_S,
-              f"{FLUSHED_BYTES} bytes of the episode in {mcap}", proc)
+        wait_until(lambda: mcap.is_file() and mcap.stat().st_size >= FLUSHED_BYTES, FLUSH_TIMEOUT_S,
+                   f"{FLUSHED_BYTES} bytes of the episode in {mcap}", proc=proc)
         os.kill(proc.pid, signal.SIGKILL)
         proc.communicate(timeout=EXIT_TIMEOUT_S)
         assert proc.returncode == -signal.SIGKILL

@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 
+from atk_fixtures.ros import wait_until
 from atk_perception import kinematics as kin
 from atk_bringup import sim_node
 
@@ -56,14 +57,6 @@ def test_parameter_file_is_complete_and_valid():
     for name, value in values.items():
         assert by_name[name].check(value) == value, name  # raises ParameterError when refused
         assert type(value) is type(by_name[name].default), name
-
-
-def _wait_for(predicate, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.01)  # polling a condition with a deadline, not synchronising on time
 
 
 @pytest.fixture
@@ -147,30 +140,30 @@ def test_node_publishes_resets_and_follows_targets(graph):
     reset = client.create_client(ResetEpisode, "sim/reset_episode")
     assert reset.wait_for_service(timeout_sec=WAIT_S), "sim/reset_episode not available"
     fut = reset.call_async(ResetEpisode.Request(task="sushi", seed=3, perturbations=["RP", "RB"]))
-    _wait_for(fut.done, WAIT_S, "reset response")
+    wait_until(fut.done, WAIT_S, "reset response")
     assert fut.result().success, fut.result().message
-    _wait_for(lambda: latest["episode"].task == "sushi" and latest["episode"].seed == 3, WAIT_S,
+    wait_until(lambda: latest["episode"].task == "sushi" and latest["episode"].seed == 3, WAIT_S,
               "sim/episode of the new episode")
     assert list(latest["episode"].perturbations) == ["RP", "RB"]
     fut = reset.call_async(ResetEpisode.Request(task="cook", seed=0))
-    _wait_for(fut.done, WAIT_S, "reset response to a bad task")
+    wait_until(fut.done, WAIT_S, "reset response to a bad task")
     assert not fut.result().success and "sushi" in fut.result().message
 
     # a joint target moves the arm there; a gripper command closes it
     qos = QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=1, reliability=QoSReliabilityPolicy.RELIABLE)
     pub = client.create_publisher(JointState, "joint_target", qos)
     pub_grip = client.create_publisher(GripperCommand, "gripper_command", qos)
-    _wait_for(lambda: pub.get_subscription_count() > 0 and pub_grip.get_subscription_count() > 0, WAIT_S,
+    wait_until(lambda: pub.get_subscription_count() > 0 and pub_grip.get_subscription_count() > 0, WAIT_S,
               "sim subscribed to joint_target and gripper_command")
     target = kin.HOME_Q + np.array([0.2, -0.1, 0.1, 0.0, 0.1, 0.3])
     pub.publish(JointState(name=list(kin.JOINT_NAMES), position=[float(v) for v in target]))
     pub_grip.publish(GripperCommand(position=1.0, speed=0.5, force=0.5))
-    _wait_for(lambda: np.max(np.abs(np.array(latest["js"].position[:6]) - target)) < 0.01, WAIT_S,
+    wait_until(lambda: np.max(np.abs(np.array(latest["js"].position[:6]) - target)) < 0.01, WAIT_S,
               "joint_states to reach the target")
-    _wait_for(lambda: latest["js"].position[6] > 0.9, WAIT_S, "gripper closed")
+    wait_until(lambda: latest["js"].position[6] > 0.9, WAIT_S, "gripper closed")
     # /clock advances with the simulation
     t0 = latest["clock"].clock.sec + latest["clock"].clock.nanosec * 1e-9
-    _wait_for(lambda: latest["clock"].clock.sec + latest["clock"].clock.nanosec * 1e-9 > t0 + 0.25, WAIT_S,
+    wait_until(lambda: latest["clock"].clock.sec + latest["clock"].clock.nanosec * 1e-9 > t0 + 0.25, WAIT_S,
               "/clock to advance")
 
 
@@ -186,7 +179,7 @@ def test_expert_mode_succeeds_and_publishes_actions(graph):
     qos = QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=1, reliability=QoSReliabilityPolicy.RELIABLE)
     client.create_subscription(JointState, "joint_target", targets.append, qos)
     assert events["episode"].wait(WAIT_S), "no sim/episode"
-    _wait_for(lambda: "episode" in latest and latest["episode"].done, WAIT_S * 3, "the expert episode to end")
+    wait_until(lambda: "episode" in latest and latest["episode"].done, WAIT_S * 3, "the expert episode to end")
     assert latest["episode"].success, latest["episode"].message
     assert targets and list(targets[-1].name) == list(kin.JOINT_NAMES)
 

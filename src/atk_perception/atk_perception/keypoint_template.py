@@ -12,13 +12,12 @@ model artifact folder::
                         "template_image": "template.png", ...}
       template.png
 
-(other fields of model.json, e.g. the policy's config, are ignored here), or
-from a plain list of points plus a template image path.
+(read by :mod:`atk_perception.model_json`; other fields of model.json, e.g.
+the policy's config, are ignored here), or from a plain list of points plus a
+template image path.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +26,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-#: model.json format versions this loader understands.
-SUPPORTED_FORMAT_VERSIONS = (1,)
+from .model_json import MODEL_JSON, ModelJsonError, parse_keypoints, read_model_json, read_template_image
 
 
 class TemplateError(ValueError):
@@ -133,51 +131,24 @@ def read_rgb(path: str | Path) -> np.ndarray:
 
 
 def load_model_template(model_dir: str | Path) -> KeypointTemplate:
-    """Load the template of a model artifact folder (see module doc)."""
+    """Load the template of a model artifact folder (see module doc).
+
+    model.json is read by :mod:`atk_perception.model_json` (format version,
+    keypoints, template file and its sha256); support points outside the
+    image are dropped.
+    """
     model_dir = Path(model_dir).expanduser()
-    meta_path = model_dir / "model.json"
-    if not meta_path.is_file():
-        raise TemplateError(f"model_dir {model_dir} has no model.json (is it a trained "
-                            "model folder?)")
     try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise TemplateError(f"{meta_path} is not valid JSON ({exc})") from exc
-    if not isinstance(meta, dict):
-        raise TemplateError(f"{meta_path}: expected a JSON object at the top level")
-    version = meta.get("format_version")
-    if version not in SUPPORTED_FORMAT_VERSIONS:
-        raise TemplateError(f"{meta_path}: format_version {version!r} is not supported "
-                            f"(this tracker reads {SUPPORTED_FORMAT_VERSIONS})")
-    try:
-        kp = meta["keypoints"]
-        ids = [int(i) for i in kp["ids"]]
-        xy = np.asarray(kp["canonical_xy"], dtype=np.float32)
-        names = kp.get("names") or default_names(ids)
-        support = np.asarray(kp.get("support_xy") or np.zeros((0, 2)), dtype=np.float32).reshape(-1, 2)
-        image_name = meta["template_image"]
-        size = meta["image_size"]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise TemplateError(f"{meta_path}: missing or malformed field ({exc!r}); expected "
-                            "keypoints.ids, keypoints.canonical_xy, template_image, "
-                            "image_size") from exc
-    image = read_rgb(model_dir / str(image_name))
-    expected_sha = meta.get("template_sha256")
-    if expected_sha:
-        actual = hashlib.sha256((model_dir / str(image_name)).read_bytes()).hexdigest()
-        if actual != expected_sha:
-            raise TemplateError(f"{model_dir / str(image_name)} does not match model.json's "
-                                "template_sha256: the template was replaced after training; "
-                                "re-export the model")
-    if (not isinstance(size, (list, tuple)) or len(size) != 2
-            or [int(s) for s in size] != [image.shape[1], image.shape[0]]):
-        raise TemplateError(f"{meta_path}: image_size {size!r} does not match "
-                            f"{image_name} ({image.shape[1]}x{image.shape[0]})")
+        doc = read_model_json(model_dir)
+        kp = parse_keypoints(doc, str(model_dir / MODEL_JSON))
+        image = read_template_image(model_dir, doc)
+    except ModelJsonError as exc:
+        raise TemplateError(str(exc)) from exc
     h, w = image.shape[:2]
+    support = kp.support_xy
     support = support[(support[:, 0] >= 0) & (support[:, 0] <= w - 1)
                       & (support[:, 1] >= 0) & (support[:, 1] <= h - 1)]
-    return KeypointTemplate(image, xy.reshape(-1, 2) if xy.size else xy,
-                            tuple(ids), tuple(str(n) for n in names), str(model_dir),
+    return KeypointTemplate(image, kp.canonical_xy, kp.ids, kp.names or default_names(kp.ids), str(model_dir),
                             support if len(support) else None)
 
 

@@ -12,12 +12,23 @@ then fails inside rclpy with a RuntimeError ("Unable to convert call argument
 '0' to Python object", seen in a CI run). When the context is no longer ok
 that is the clean shutdown it looks like; any other RuntimeError propagates.
 
+Another: under ``ros2 launch`` a node gets Ctrl-C twice, once from the
+terminal (launch's children share its process group) and once from launch
+itself. The second SIGINT raised KeyboardInterrupt in the middle of the
+teardown (a worker's join, ``destroy_node``): the tracker aborted (-6), the
+simulator crashed on exit (-11) and every node printed a traceback on a
+clean Ctrl-C. Only the first SIGINT interrupts; later ones, and any once
+the teardown has started, are ignored (launch escalates to SIGTERM, then
+SIGKILL, if a teardown hangs).
+
 rclpy is imported inside :func:`run_node` only, so that importing a node
 module (for ``--help`` or its ROS-free helpers) needs no ROS environment.
 """
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 import time
 from typing import Any, Callable, Sequence
 
@@ -25,6 +36,8 @@ from typing import Any, Callable, Sequence
 #: How long a RuntimeError from spinning waits for a shutdown in progress
 #: before it counts as a real error.
 SHUTDOWN_GRACE_S = 1.0
+#: How long the teardown waits for callbacks still running in the executor.
+EXECUTOR_SHUTDOWN_TIMEOUT_S = 2.0
 
 
 def user_args(argv: Sequence[str]) -> list[str]:
@@ -37,6 +50,46 @@ def wants_help(argv: Sequence[str]) -> bool:
     """``-h`` / ``--help`` among the user's arguments (not the ROS ones)."""
     args = user_args(argv)
     return "-h" in args or "--help" in args
+
+
+class _FirstSigintOnly:
+    """Python's SIGINT handler (rclpy's own handler shuts the context down, then chains to it).
+
+    The first Ctrl-C raises KeyboardInterrupt, as Python's default handler
+    does. Later ones, and any once the teardown has begun, are ignored: the
+    shutdown they ask for is already under way, and a KeyboardInterrupt in
+    the middle of a worker's join or ``destroy_node`` is what crashed the
+    nodes.
+    """
+
+    def __init__(self) -> None:
+        self.stopping = False
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if not self.stopping:
+            self.stopping = True
+            raise KeyboardInterrupt
+
+
+def _install_sigint_handler() -> tuple[_FirstSigintOnly, Any]:
+    """Install the handler; returns it and the handler it replaced (None off the main thread)."""
+    handler = _FirstSigintOnly()
+    # signal.signal works in the main thread only (tests call run_node from others).
+    if threading.current_thread() is not threading.main_thread():
+        return handler, None
+    return handler, signal.signal(signal.SIGINT, handler)
+
+
+def _after_teardown(previous: Any, process_exits: bool) -> None:
+    """SIGINT handling once rclpy is shut down (its own handler uninstalled).
+
+    A process about to exit ignores SIGINT outright: the interpreter resets
+    Python-level handlers while it finalizes, and a late second Ctrl-C then
+    killed a cleanly stopped node with -2. An in-process caller (a test)
+    gets its previous handler back."""
+    if previous is None:
+        return
+    signal.signal(signal.SIGINT, signal.SIG_IGN if process_exits else previous)
 
 
 def run_node(name: str, argv: Sequence[str] | None, make_node: Callable[[], Any], *,
@@ -53,6 +106,7 @@ def run_node(name: str, argv: Sequence[str] | None, make_node: Callable[[], Any]
     with that many threads. on_exit(node): releases what the node owns
     (threads, devices) before the node is destroyed.
     """
+    process_exits = argv is None  # called as the process's main: it exits when this returns
     argv = list(sys.argv if argv is None else argv)
     if print_help is not None and wants_help(argv):
         print_help()
@@ -61,8 +115,10 @@ def run_node(name: str, argv: Sequence[str] | None, make_node: Callable[[], Any]
     from rclpy.executors import (ExternalShutdownException, MultiThreadedExecutor,  # noqa: PLC0415
                                  SingleThreadedExecutor)
 
+    sigint, previous_sigint = _install_sigint_handler()   # before rclpy.init, which chains to it
     rclpy.init(args=argv)
     node = None
+    executor = None
     try:
         try:
             node = make_node()
@@ -84,6 +140,14 @@ def run_node(name: str, argv: Sequence[str] | None, make_node: Callable[[], Any]
         if rclpy.ok():
             raise
     finally:
+        sigint.stopping = True
+        if executor is not None:
+            # An interrupted spin leaves the executor's wait generator holding
+            # the node's handles "in use", and destroy_node() then waits for
+            # them forever (seen: policy and tracker nodes still alive 5 s
+            # after Ctrl-C under ros2 launch, until SIGKILL). Shutting the
+            # executor down drops that generator.
+            executor.shutdown(timeout_sec=EXECUTOR_SHUTDOWN_TIMEOUT_S)
         if node is not None:
             try:
                 if on_exit is not None:
@@ -91,4 +155,5 @@ def run_node(name: str, argv: Sequence[str] | None, make_node: Callable[[], Any]
             finally:
                 node.destroy_node()
         rclpy.try_shutdown()
+        _after_teardown(previous_sigint, process_exits)
     return 0

@@ -35,7 +35,7 @@ from atk_perception.backends import make_correspondence
 from atk_perception.correspondence import CorrespondenceError
 from atk_perception.cotracker_backend import (CheckpointError, CheckpointInfo, CoTrackerBackend, CoTrackerConfig,
                                               check_checkpoint, inspect_checkpoint)
-from atk_perception.synthetic import procedural_texture
+from atk_fixtures.images import procedural_texture
 
 STEP = 8                  # the released CoTracker3 online model: window_len 16, step = window_len // 2
 WINDOW = 2 * STEP

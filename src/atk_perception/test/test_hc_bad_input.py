@@ -7,7 +7,7 @@ import pytest
 from atk_perception.backends import BACKENDS, make_correspondence
 from atk_perception.correspondence import CorrespondenceError
 from atk_perception.cpu_tracker import CpuTracker, CpuTrackerConfig
-from atk_perception.synthetic import procedural_texture
+from atk_fixtures.images import procedural_texture
 
 IMG = procedural_texture(120, 160, seed=1)
 PTS = np.array([[40.0, 30.0], [100.0, 80.0]], np.float32)

@@ -6,7 +6,7 @@ import pytest
 
 from atk_perception.correspondence import Correspondence
 from atk_perception.cpu_tracker import CpuTracker, CpuTrackerConfig
-from atk_perception.synthetic import make_sequence, moved_object_scene, moved_object_sequence
+from atk_fixtures.images import make_sequence, moved_object_scene, moved_object_sequence
 
 N_FRAMES = 100
 

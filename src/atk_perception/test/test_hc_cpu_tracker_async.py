@@ -14,7 +14,7 @@ import pytest
 
 from atk_perception.correspondence import CorrespondenceError
 from atk_perception.cpu_tracker import CpuTracker, CpuTrackerConfig
-from atk_perception.synthetic import make_sequence
+from atk_fixtures.images import make_sequence
 
 N_FRAMES = 100
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from atk_perception.cpu_tracker import CpuTracker
-from atk_perception.synthetic import make_sequence, textured_points
+from atk_fixtures.images import make_sequence, textured_points
 
 DATA = Path(__file__).resolve().parents[3] / "tests" / "data" / "images"
 

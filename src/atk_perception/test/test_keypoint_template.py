@@ -48,9 +48,10 @@ def test_model_artifact_is_loaded(tmp_path: Path) -> None:
 @pytest.mark.parametrize("changes, match", [
     (dict(format_version=7), "format_version 7 is not supported"),
     (dict(image_size=[640, 480]), "image_size \\[640, 480\\] does not match"),
-    (dict(canonical_xy=[[10, 20], [600, 10], [1, 1]]), "keypoint id 17 .* outside the 584x388"),
-    (dict(ids=[1, 1, 2]), "ids: must be distinct"),
-    (dict(names=["a"]), "ids/names: need 3"),
+    (dict(canonical_xy=[[10, 20], [600, 10], [1, 1]]), "keypoint id 17\\) lies outside the 584x388"),
+    (dict(ids=[1, 1, 2]), "keypoints.ids must be distinct"),
+    (dict(names=["a"]), "names \\(1\\) and canonical_xy \\(3\\)"),
+    (dict(template_image="../template.png"), "must be a file name inside the folder"),
     (dict(template_image="missing.png"), "missing.png does not exist"),
     (dict(template_sha256="0" * 64), "does not match model.json's template_sha256"),
 ])

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -15,6 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
+from atk_fixtures.ros import start_node, stop_node, wait_until
 from atk_perception.camera_node import ERROR, OK, WARN, CaptureLoop
 from atk_perception.camera_sources import (
     CameraError, CameraIntrinsics, CameraSource, EndOfStream, Frame, RetryPolicy)
@@ -23,6 +23,7 @@ DATA = Path(__file__).resolve().parents[3] / "tests" / "data" / "images"
 TREE = DATA / "tree.avi"
 STARTUP_TIMEOUT_S = 20.0
 MSG_TIMEOUT_S = 10.0
+CAMERA_NODE = "atk_perception.camera_node"
 
 
 # ---------------------------------------------------------------- capture loop
@@ -127,11 +128,7 @@ class Listener:
                                       QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
 
     def wait_for(self, predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not predicate():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
-            self.executor.spin_once(timeout_sec=0.05)
+        wait_until(predicate, timeout_s, what, executor=self.executor)
 
     def diag_messages(self) -> list[tuple[int, str]]:
         return [(s.level[0] if isinstance(s.level, bytes) else int(s.level), s.message)
@@ -140,25 +137,6 @@ class Listener:
     def close(self) -> None:
         self.node.destroy_node()
         rclpy.shutdown(context=self.ctx)
-
-
-def start_camera(ns: str, log: Path, *params: str) -> subprocess.Popen:
-    args = [sys.executable, "-m", "atk_perception.camera_node", "--ros-args", "-r", f"__ns:={ns}"]
-    for p in params:
-        args += ["-p", p]
-    return subprocess.Popen(args, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
-
-
-def stop(proc: subprocess.Popen) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            return proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            return proc.wait(timeout=5)
-    return proc.returncode
 
 
 def test_video_backend_publishes_tree_frames(tmp_path: Path) -> None:
@@ -172,11 +150,11 @@ def test_video_backend_publishes_tree_frames(tmp_path: Path) -> None:
     ns = f"/cam{os.getpid()}"
     # Three nodes at once (startup dominates): the replay, a recording that
     # ends, and a missing file.
-    procs = [start_camera(ns, tmp_path / "a.log", "backend:=video", f"video_path:={TREE}",
+    procs = [start_node(CAMERA_NODE, ns, tmp_path / "a.log", "backend:=video", f"video_path:={TREE}",
                           "fps:=30", "loop:=true"),
-             start_camera(ns + "/end", tmp_path / "b.log", "backend:=video",
+             start_node(CAMERA_NODE, ns + "/end", tmp_path / "b.log", "backend:=video",
                           f"video_path:={TREE}", "fps:=120", "loop:=false"),
-             start_camera(ns + "/missing", tmp_path / "c.log", "backend:=video",
+             start_node(CAMERA_NODE, ns + "/missing", tmp_path / "c.log", "backend:=video",
                           "video_path:=/nonexistent/recording.avi", "retry_initial_s:=0.1",
                           "retry_max_s:=0.2")]
     listeners = [Listener(ns), Listener(ns + "/end"), Listener(ns + "/missing")]
@@ -213,7 +191,7 @@ def test_video_backend_publishes_tree_frames(tmp_path: Path) -> None:
     finally:
         for lst in listeners:
             lst.close()
-        codes = [stop(p) for p in procs]
+        codes = [stop_node(p) for p in procs]
     assert all(rc in (0, -signal.SIGINT) for rc in codes), codes
 
 
@@ -224,7 +202,7 @@ def test_camera_help_and_bad_parameters(tmp_path: Path) -> None:
     for name in ("backend", "resolution", "fps", "depth_mode", "exposure_us"):
         assert f"  {name} (default" in out.stdout
     log = tmp_path / "bad.log"
-    proc = start_camera(f"/badcam{os.getpid()}", log, "backend:=kinect", "fps:=25")
+    proc = start_node(CAMERA_NODE, f"/badcam{os.getpid()}", log, "backend:=kinect", "fps:=25")
     rc = proc.wait(timeout=30)
     assert rc == 2 and "fps: the Azure Kinect runs at 5, 15 or 30, got 25" in log.read_text()
 
@@ -238,7 +216,7 @@ def test_damaged_recordings_are_reported_over_dds(tmp_path: Path, bad_recordings
     cases = {"damaged": ("damaged", "2 damaged frame(s) could not be decoded"),
              "truncated": ("truncated", "is truncated or damaged, only the readable part is replayed"),
              "mixed": ("mixed", "whose size differs from the first image's 64x48")}
-    procs = [start_camera(f"{ns}/{name}", tmp_path / f"{name}.log", "backend:=video",
+    procs = [start_node(CAMERA_NODE, f"{ns}/{name}", tmp_path / f"{name}.log", "backend:=video",
                           f"video_path:={bad_recordings[key]}", "fps:=120", "loop:=true")
              for name, (key, _) in cases.items()]
     listeners = {name: Listener(f"{ns}/{name}") for name in cases}
@@ -254,5 +232,5 @@ def test_damaged_recordings_are_reported_over_dds(tmp_path: Path, bad_recordings
     finally:
         for lst in listeners.values():
             lst.close()
-        codes = [stop(p) for p in procs]
+        codes = [stop_node(p) for p in procs]
     assert all(rc in (0, -signal.SIGINT) for rc in codes), codes

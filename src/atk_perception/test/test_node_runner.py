@@ -68,3 +68,17 @@ def test_ctrl_c_while_the_node_is_being_built_is_a_clean_exit():
 
     assert run_node("policy", ["policy"], interrupted, on_exit=exits.append) == 0
     assert exits == []   # no node was built, so none to release
+
+
+def test_only_the_first_sigint_interrupts():
+    """Under `ros2 launch` a node gets Ctrl-C twice (the terminal's process group and launch): the
+    second KeyboardInterrupt used to land in the teardown (a join, destroy_node) and crash the node."""
+    from atk_perception.node_runner import _FirstSigintOnly
+
+    handler = _FirstSigintOnly()
+    with pytest.raises(KeyboardInterrupt):
+        handler(2, None)
+    assert handler(2, None) is None and handler(2, None) is None  # ignored from now on
+    stopping = _FirstSigintOnly()
+    stopping.stopping = True  # the teardown has begun (run_node's finally)
+    assert stopping(2, None) is None

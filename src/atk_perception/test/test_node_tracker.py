@@ -12,13 +12,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
 import cv2
 import numpy as np
 import pytest
+
+from atk_fixtures.ros import start_node, stop_node, wait_until
 
 rclpy = pytest.importorskip("rclpy")
 from atk_msgs.msg import Keypoint, KeypointArray  # noqa: E402
@@ -33,6 +34,7 @@ TOL_PX = 2.0
 STARTUP_TIMEOUT_S = 20.0
 REPLY_TIMEOUT_S = 5.0
 N_KP = 8
+TRACKER_NODE = "atk_perception.tracker_node"
 
 
 # ---------------------------------------------------------------- test data
@@ -94,11 +96,7 @@ class Harness:
         self.stamp_ns = 1_000 * 10**9
 
     def wait_for(self, predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not predicate():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
-            self.executor.spin_once(timeout_sec=0.05)
+        wait_until(predicate, timeout_s, what, executor=self.executor)
 
     def next_stamp(self, dt_s: float = 0.05):
         self.stamp_ns += int(dt_s * 1e9)
@@ -143,33 +141,13 @@ class Harness:
         rclpy.shutdown(context=self.ctx)
 
 
-def start_tracker(ns: str, log: Path, *params: str) -> subprocess.Popen:
-    args = [sys.executable, "-m", "atk_perception.tracker_node", "--ros-args",
-            "-r", f"__ns:={ns}"]
-    for p in params:
-        args += ["-p", p]
-    return subprocess.Popen(args, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
-
-
-def stop(proc: subprocess.Popen) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            return proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            return proc.wait(timeout=5)
-    return proc.returncode
-
-
 @pytest.fixture(scope="module")
 def tracker(tmp_path_factory):
     """One tracker node for the module (startup costs seconds) and its harness."""
     folder = tmp_path_factory.mktemp("model")
     ns = f"/trk{os.getpid()}"
     log = folder / "tracker.log"
-    proc = start_tracker(ns, log, f"model_dir:={_model_dir(folder)}", "frame_timeout_s:=0.6",
+    proc = start_node(TRACKER_NODE, ns, log, f"model_dir:={_model_dir(folder)}", "frame_timeout_s:=0.6",
                          "max_frame_gap_s:=0.5", "lost_after_frames:=2",
                          "retransfer_every_n_frames:=1")
     h = Harness(ns)
@@ -182,7 +160,7 @@ def tracker(tmp_path_factory):
         yield h
     finally:
         h.close()
-        rc = stop(proc)
+        rc = stop_node(proc)
         print(log.read_text()[-3000:])
         assert rc in (0, -signal.SIGINT), f"tracker exit code {rc}"
 
@@ -239,7 +217,7 @@ def test_real_video_lock_step(tmp_path: Path) -> None:
     ns = f"/tree{os.getpid()}"
     log = tmp_path / "tracker.log"
     flat = ", ".join(f"{v:.1f}" for v in start.ravel())
-    proc = start_tracker(ns, log, f"template_image:={tmp_path / 'tree0.png'}",
+    proc = start_node(TRACKER_NODE, ns, log, f"template_image:={tmp_path / 'tree0.png'}",
                          f"points:=[{flat}]", "min_confident_fraction:=0.0")
     h = Harness(ns)
     try:
@@ -252,7 +230,7 @@ def test_real_video_lock_step(tmp_path: Path) -> None:
             replies.append(h.send_and_wait(h.frame_msg(rgb, sent[-1])))
     finally:
         h.close()
-        stop(proc)
+        stop_node(proc)
     assert "transferred from the template" in replies[0].message
     stamps = [r.header.stamp.sec * 10**9 + r.header.stamp.nanosec for r in replies]
     assert stamps == sent
@@ -431,7 +409,7 @@ def test_keypoints_under_the_robot_are_reported_not_visible(tmp_path: Path) -> N
     save_extrinsics(tmp_path / "camera.yaml", cam)
     ns = f"/rbt{os.getpid()}"
     log = tmp_path / "tracker.log"
-    proc = start_tracker(ns, log, f"model_dir:={_model_dir(tmp_path)}",
+    proc = start_node(TRACKER_NODE, ns, log, f"model_dir:={_model_dir(tmp_path)}",
                          f"extrinsics_file:={tmp_path / 'camera.yaml'}")
     h = Harness(ns)
     try:
@@ -457,7 +435,7 @@ def test_keypoints_under_the_robot_are_reported_not_visible(tmp_path: Path) -> N
         assert sum(kp.visible for kp in last.keypoints) >= 2, "points away from the robot are still tracked"
     finally:
         h.close()
-        stop(proc)
+        stop_node(proc)
     text = log.read_text()
     assert text.count("robot-aware occlusion on") == 1, text[-3000:]
 
@@ -476,10 +454,10 @@ def test_keypoints_under_the_robot_are_reported_not_visible(tmp_path: Path) -> N
 def test_startup_errors_are_clear(tmp_path: Path, params: list[str], match: str) -> None:
     params = [p.replace("%s", str(DATA / "rubberwhale1.png")) for p in params]
     log = tmp_path / "log.txt"
-    proc = start_tracker(f"/bad{os.getpid()}", log, *params)
+    proc = start_node(TRACKER_NODE, f"/bad{os.getpid()}", log, *params)
     try:
         rc = proc.wait(timeout=30)
     finally:
-        stop(proc)
+        stop_node(proc)
     text = log.read_text()
     assert rc != 0 and match in text, text[-2000:]

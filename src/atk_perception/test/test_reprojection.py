@@ -10,7 +10,7 @@ import pytest
 from atk_perception.reprojection import (CameraIntrinsics, ReprojectionError, detect_markers,
                                          estimate_marker_pose, invert_transform, lift_points,
                                          project_points, reproject_to_training_view)
-from atk_perception.synthetic import procedural_texture
+from atk_fixtures.images import procedural_texture
 
 DATA = Path(__file__).resolve().parents[3] / "tests" / "data" / "images"
 MARKER_ID = 23

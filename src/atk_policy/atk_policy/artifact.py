@@ -50,25 +50,19 @@ API::
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from atk_perception import kinematics as kin
+from atk_perception import model_json as mj
+from atk_perception.model_json import FORMAT_VERSION, MODEL_JSON, sha256_file, write_model_json
 
-FORMAT_VERSION = 1
 KIND = "atk-keypoint-policy"
 WEIGHTS_FILE = "policy.safetensors"
-MODEL_JSON = "model.json"
 TEMPLATE_FILE = "template.png"
-
-# model.json is a few hundred kB even with a selection report; a file far
-# larger is not ours, and json.loads of it could exhaust memory.
-MAX_MODEL_JSON_BYTES = 64 << 20
 # The safetensors header lists one entry per tensor (a few dozen).
 MAX_SAFETENSORS_HEADER_BYTES = 16 << 20
 # Every statistic is in robot units: rad (joints, joint changes, yaw), m
@@ -96,14 +90,6 @@ class ArtifactError(ValueError):
     """A model folder that cannot be loaded; the message says what differs."""
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def write_png_rgb(path: Path, image: np.ndarray) -> None:
     import cv2
 
@@ -112,32 +98,6 @@ def write_png_rgb(path: Path, image: np.ndarray) -> None:
         raise ArtifactError(f"template image must be (H, W, 3) uint8 RGB, got {img.shape} {img.dtype}")
     if not cv2.imwrite(str(path), np.ascontiguousarray(img[:, :, ::-1])):
         raise ArtifactError(f"could not write {path}")
-
-
-def read_png_rgb(path: Path) -> np.ndarray:
-    import cv2
-
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ArtifactError(f"{path} is missing or not an image")
-    return np.ascontiguousarray(bgr[:, :, ::-1])
-
-
-def content_sha256(doc: dict) -> str:
-    """sha256 of model.json's content without its own ``content_sha256`` field.
-
-    Any edit of the JSON after saving (a moved keypoint, a changed
-    statistic) changes this digest, so a tampered file is refused.
-    """
-    body = {k: v for k, v in doc.items() if k != "content_sha256"}
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def write_model_json(model_dir: Path, doc: dict) -> None:
-    doc = dict(doc)
-    doc["content_sha256"] = content_sha256(doc)
-    (model_dir / MODEL_JSON).write_text(json.dumps(doc, indent=1))
 
 
 def _utc_now() -> str:
@@ -202,76 +162,32 @@ def save_policy(model_dir: str | Path, policy: Any, template_image: np.ndarray, 
 
 
 def _need(doc: dict, key: str, typ: type | tuple, where: str = "model.json") -> Any:
-    if key not in doc:
-        raise ArtifactError(f"{where}: missing field {key!r}")
-    v = doc[key]
-    if not isinstance(v, typ):
-        raise ArtifactError(f"{where}: field {key!r} has type {type(v).__name__}, expected {typ}")
-    return v
+    try:
+        return mj.need(doc, key, typ, where)
+    except mj.ModelJsonError as exc:
+        raise ArtifactError(str(exc)) from exc
 
 
 def read_model_json(model_dir: str | Path, kind: str = KIND) -> dict:
-    """Read and validate model.json (keypoints, image size, files); no torch needed."""
+    """Read and validate model.json (keypoints, image size, files); no torch needed.
+
+    The document itself (format, kind, content hash, keypoints, template) is
+    checked by :mod:`atk_perception.model_json`, as the tracker reads it;
+    the weights file and the statistics here.
+    """
     d = Path(model_dir)
-    if not d.is_dir():
-        raise ArtifactError(f"model folder {d} does not exist")
     p = d / MODEL_JSON
-    if not p.is_file():
-        raise ArtifactError(f"{d} is not a model folder: no {MODEL_JSON}")
-    size = p.stat().st_size
-    if size > MAX_MODEL_JSON_BYTES:
-        raise ArtifactError(f"{p} is {size} bytes, more than the {MAX_MODEL_JSON_BYTES} a model.json can be")
     try:
-        doc = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"{p} is not valid JSON: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise ArtifactError(f"{p} must hold a JSON object")
-    version = doc.get("format_version")
-    if version != FORMAT_VERSION:
-        raise ArtifactError(f"{p}: format_version is {version!r}, this code reads {FORMAT_VERSION}; "
-                            f"retrain or convert the model")
-    if doc.get("kind") != kind:
-        raise ArtifactError(f"{p}: kind is {doc.get('kind')!r}, expected {kind!r}")
-    want = doc.get("content_sha256")
-    got = content_sha256(doc)
-    if want != got:
-        raise ArtifactError(f"{p} was edited after it was saved (content_sha256 {str(want)[:12]}... in the "
-                            f"file, content hashes to {got[:12]}...); retrain or re-save the model instead "
-                            f"of editing it")
-    size = _need(doc, "image_size", list)
-    if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
-        raise ArtifactError(f"{p}: image_size must be [W, H] positive integers, got {size}")
-    w, h = size
-    if kind == KIND:
-        kps = _need(doc, "keypoints", dict)
-        ids = _need(kps, "ids", list, "model.json keypoints")
-        names = _need(kps, "names", list, "model.json keypoints")
-        xy = _need(kps, "canonical_xy", list, "model.json keypoints")
-        if not (len(ids) == len(names) == len(xy)) or not ids:
-            raise ArtifactError(f"{p}: keypoints.ids ({len(ids)}), names ({len(names)}) and canonical_xy "
-                                f"({len(xy)}) must have the same non-zero length")
-        if not all(isinstance(i, int) for i in ids) or len(set(ids)) != len(ids):
-            raise ArtifactError(f"{p}: keypoints.ids must be distinct integers, got {ids}")
-        if not all(isinstance(n, str) and n for n in names):
-            raise ArtifactError(f"{p}: keypoints.names must be non-empty strings, got {names}")
-        for k, pt in enumerate(xy):
-            if (not isinstance(pt, list) or len(pt) != 2
-                    or not all(isinstance(c, (int, float)) and math.isfinite(c) for c in pt)):
-                raise ArtifactError(f"{p}: keypoints.canonical_xy[{k}] must be [x, y] finite, got {pt}")
-            if not (0 <= pt[0] <= w and 0 <= pt[1] <= h):
-                raise ArtifactError(f"{p}: keypoints.canonical_xy[{k}] = {pt} lies outside the {w}x{h} image")
-    tmpl = _need(doc, "template_image", str)
-    if Path(tmpl).name != tmpl:
-        raise ArtifactError(f"{p}: template_image must be a file name inside the folder, got {tmpl!r}")
-    tp = d / tmpl
-    if not tp.is_file():
-        raise ArtifactError(f"{d}: template image {tmpl} is missing")
-    want = _need(doc, "template_sha256", str)
-    got = sha256_file(tp)
-    if got != want:
-        raise ArtifactError(f"{tp}: sha256 {got[:12]}... differs from model.json's {want[:12]}... "
-                            f"(template replaced or edited)")
+        doc = mj.read_model_json(d, kind=kind, verify=True)
+        if kind == KIND:
+            kps = mj.parse_keypoints(doc, str(p))
+            if kps.names is None:
+                raise mj.ModelJsonError(f"{p} keypoints: missing field 'names'")
+        else:
+            mj.image_size(doc, str(p))
+        mj.template_path(d, doc, require_sha=True)
+    except mj.ModelJsonError as exc:
+        raise ArtifactError(str(exc)) from exc
     weights = _need(doc, "weights", dict)
     wf = _need(weights, "file", str, "model.json weights")
     if Path(wf).name != wf:
@@ -355,11 +271,10 @@ def check_statistics(norm: dict, where: Path | str = "model.json") -> None:
 def load_template(model_dir: str | Path) -> np.ndarray:
     """The canonical image, (H, W, 3) uint8 RGB, checked against model.json."""
     doc = read_model_json(model_dir)
-    img = read_png_rgb(Path(model_dir) / doc["template_image"])
-    w, h = doc["image_size"]
-    if img.shape[:2] != (h, w):
-        raise ArtifactError(f"template is {img.shape[1]}x{img.shape[0]}, model.json image_size is {w}x{h}")
-    return img
+    try:
+        return mj.read_template_image(model_dir, doc, require_sha=True)
+    except mj.ModelJsonError as exc:
+        raise ArtifactError(str(exc)) from exc
 
 
 def load_state(model_dir: Path, doc: dict) -> dict:

@@ -9,9 +9,13 @@ so what is evaluated is what is deployed:
 2. if it may: after a hold, the policy is reset first (no action chunk or
    other context is carried over a hold); then ``select_action``;
 3. the action check (:func:`check_action`): shape (7,), finite, and no joint
-   target further than ``max_joint_step_rad`` from the *measured* joints (the
-   driver's ``max_target_step``, checked here before anything is published:
-   bad input once made the policy command targets 16,000 rad away);
+   target further than ``max_joint_step_rad`` from the last target this step
+   produced, or from the measured joints for the first one after a reset or
+   a hold: the driver's ``max_target_step`` rule, checked here before
+   anything is published (bad input once made the policy command targets
+   16,000 rad away). Not from the measured joints alone: the later actions of
+   a chunk run ahead of an arm that lags or is blocked (0.307 rad on one
+   evaluation scene), and refusing them held that arm for good;
 4. hold semantics: a gate hold, an inference error or a refused action
    yields no action (:attr:`StepOutcome.action` is None). The caller then
    commands nothing new, and the robot keeps its last target: the node
@@ -42,9 +46,9 @@ def check_action(action: Any, measured: Optional[np.ndarray] = None,
 
     action: the policy's output, expected (7,) = 6 joint targets (rad) +
         gripper (0..1; clipped when published, so not checked here).
-    measured: (>= 6,) the measured joint positions (rad) the action was
-        computed from; with ``max_joint_step_rad`` the largest joint step
-        |action[:6] - measured[:6]| must not exceed it (None: not checked).
+    measured: (>= 6,) the reference joint positions (rad): the last target,
+        or the measured joints; with ``max_joint_step_rad`` the largest joint
+        step |action[:6] - measured[:6]| must not exceed it (None: not checked).
     """
     a = np.asarray(action, dtype=np.float64).reshape(-1)
     if a.shape != (7,):
@@ -55,8 +59,9 @@ def check_action(action: Any, measured: Optional[np.ndarray] = None,
         step = np.abs(a[:6] - np.asarray(measured, dtype=np.float64).reshape(-1)[:6])
         worst = int(np.argmax(step))
         if not step[worst] <= max_joint_step_rad:
-            return None, (f"action refused: joint {worst} target is {step[worst]:.3f} rad from the measured "
-                          f"position (max_joint_step_rad {max_joint_step_rad:.3f}); bad input or a broken model")
+            return None, (f"action refused: joint {worst} target is {step[worst]:.3f} rad from the last target "
+                          f"or measured position (max_joint_step_rad {max_joint_step_rad:.3f}); bad input or a "
+                          "broken model")
     return a, ""
 
 
@@ -98,6 +103,7 @@ class DeployStep:
         # True: the policy may carry its context (action chunk) on: it was
         # reset, or has acted, since the last hold.
         self._fresh = False
+        self._last_target: Optional[np.ndarray] = None   # (6,) the last action's joints; None after a hold
 
     @property
     def config(self) -> GateConfig:
@@ -113,6 +119,7 @@ class DeployStep:
         if self.policy is not None:
             self.policy.reset()
         self._fresh = True
+        self._last_target = None
 
     def evaluate(self, now_s: float, keypoints: Optional[KeypointInput], joint_state_stamp_s: Optional[float],
                  fault: Optional[str] = None) -> GateDecision:
@@ -122,6 +129,7 @@ class DeployStep:
                                fault)
         if not d.running:
             self._fresh = False
+            self._last_target = None
         return d
 
     def step(self, now_s: float, keypoints: Optional[KeypointInput], proprio: Optional[np.ndarray],
@@ -146,11 +154,14 @@ class DeployStep:
         except Exception as exc:  # noqa: BLE001 - an inference error holds the arm and is reported, never raised
             raw, why = None, f"inference failed: {type(exc).__name__}: {exc}"
         else:
-            raw, why = check_action(raw, proprio, self.max_joint_step_rad)
+            reference = proprio if self._last_target is None else self._last_target
+            raw, why = check_action(raw, reference, self.max_joint_step_rad)
         if raw is None:
             self._fresh = False
+            self._last_target = None
             return StepOutcome(GateDecision(GateState.FAULT, why, decision.input_age_s,
                                             decision.low_confidence_count, decision.low_confidence_ids), None, why)
+        self._last_target = raw[:6].copy()
         return StepOutcome(decision, raw)
 
 

@@ -170,7 +170,7 @@ def _define_node() -> type:
 
             self._keypoints: Optional[KeypointInput] = None
             self._kp_stamp = None
-            self._pending: Optional[KeypointInput] = None   # trigger=keypoints: not yet acted on
+            self._pending = None   # trigger=keypoints: (KeypointInput, header stamp) not yet acted on
             self._acted_stamp: Optional[float] = None        # source stamp of the last array acted on
             self._joint_states = JointStateBuffer()
             self._js_fault: Optional[str] = None
@@ -243,7 +243,7 @@ def _define_node() -> type:
             if (self._acted_stamp is not None and kp.stamp_s >= self._acted_stamp
                     and kp.stamp_s - self._acted_stamp < MIN_PERIOD_FRACTION * period):
                 return  # within the control period of the last action (a faster camera)
-            self._pending = kp
+            self._pending = (kp, msg.header.stamp)
             self._try_pending()
 
         def _on_joint_state(self, msg: JointState) -> None:
@@ -271,7 +271,7 @@ def _define_node() -> type:
             """trigger=keypoints: act on the pending array once the joint state
             of its frame is here (the simulator publishes both with one stamp,
             but they travel on two topics)."""
-            kp = self._pending
+            kp, stamp = self._pending
             newest = self._joint_states.newest_stamp
             if newest is not None and newest < kp.stamp_s - JOINT_STATE_SYNC_S:
                 # Not here yet; acted on when it arrives. A frame whose joint
@@ -279,7 +279,7 @@ def _define_node() -> type:
                 # status reports the joint state as stale.
                 return
             self._pending = None
-            self._control_step(kp, self._kp_stamp if kp is self._keypoints else None)
+            self._control_step(kp, stamp)
 
         def _timer_step(self) -> None:
             self._control_step(self._keypoints, self._kp_stamp)
@@ -292,18 +292,12 @@ def _define_node() -> type:
             decision = outcome.decision
             if outcome.acted:
                 self._acted_stamp = kp.stamp_s
-                self._publish_action(outcome.action, stamp if stamp is not None else self._stamp_msg(kp.stamp_s))
+                self._publish_action(outcome.action, stamp)
             elif outcome.error:
                 self._step_fault = outcome.error
                 self.get_logger().error(outcome.error, throttle_duration_sec=2.0)
             self._log_transition(decision)
             self._decision = decision
-
-        @staticmethod
-        def _stamp_msg(t: float):
-            from builtin_interfaces.msg import Time  # noqa: PLC0415
-            sec, nsec = divmod(int(round(t * 1e9)), 1_000_000_000)
-            return Time(sec=sec, nanosec=nsec)
 
         def _publish_action(self, action: np.ndarray, stamp) -> None:
             """stamp: builtin_interfaces/Time of the keypoints' source image, copied exactly."""

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from atk_policy.artifact import ArtifactError, content_sha256, load_policy, load_template, read_model_json, save_policy
+from atk_perception.model_json import content_sha256
+from atk_policy.artifact import ArtifactError, load_policy, load_template, read_model_json, save_policy
 from atk_policy.config import ATKConfig, ModelConfig
 from atk_policy.model import KeypointPolicy, Normalisation
 
@@ -45,6 +46,18 @@ def test_round_trip_gives_identical_actions(saved):
     assert doc["action"]["names"][-1] == "gripper_command" and len(doc["observation"]["proprio"]["names"]) == 7
 
 
+def test_the_tracker_reads_the_keypoints_the_policy_loads(saved):
+    """One model.json reader (atk_perception.model_json) behind both: same ids, names, pixels and image."""
+    from atk_perception.keypoint_template import load_model_template
+
+    d, pol, template = saved
+    tpl = load_model_template(d)
+    back = load_policy(d)
+    assert list(tpl.ids) == back.keypoint_ids and list(tpl.names) == back.keypoint_names
+    np.testing.assert_array_equal(tpl.points, back.canonical_xy)
+    np.testing.assert_array_equal(tpl.image, template)
+
+
 def _edit(d: Path, fn, rehash: bool = False) -> None:
     doc = json.loads((d / "model.json").read_text())
     fn(doc)
@@ -61,7 +74,7 @@ def test_tampered_json_is_refused(saved):
 
 
 @pytest.mark.parametrize("edit, words", [
-    (lambda doc: doc.__setitem__("format_version", 99), ["format_version is 99", "reads 1"]),
+    (lambda doc: doc.__setitem__("format_version", 99), ["format_version 99 is not supported", "reads 1"]),
     (lambda doc: doc.__setitem__("kind", "something-else"), ["kind is 'something-else'"]),
     (lambda doc: doc["keypoints"]["ids"].pop(), ["keypoints.ids (2)", "canonical_xy (3)"]),
     (lambda doc: doc["keypoints"]["canonical_xy"].__setitem__(1, [640.0, 1.0]), ["canonical_xy[1]", "outside"]),

@@ -10,7 +10,7 @@ import pytest
 
 from atk_policy.cli import build_parser, main
 from atk_policy.dataset import save_episode_cache
-from atk_policy.synthetic import rendered_episodes
+from atk_fixtures.episodes import rendered_episodes
 
 ROOT = Path(__file__).resolve().parents[3]
 PHOTO = ROOT / "tests" / "data" / "images" / "rubberwhale1.png"

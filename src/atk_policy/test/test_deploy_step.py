@@ -69,6 +69,23 @@ def test_far_action_is_refused_not_published():
     assert "action refused" in out.error and "max_joint_step_rad 0.300" in out.error
 
 
+def test_step_limit_is_from_the_last_target_as_the_driver_checks():
+    """Targets that each move 0.2 rad on from the last one are accepted though
+    the arm lags behind (a chunk runs ahead of it), as the driver accepts them;
+    after a hold the limit is from the measured joints again."""
+    class Ahead(StubPolicy):
+        def select_action(self, keypoints, proprio):
+            self.calls.append(1)
+            return HOME + 0.2 * len(self.calls)   # the arm stays at HOME
+
+    step = DeployStep(Ahead(), GateConfig(), max_joint_step_rad=0.3)
+    assert step.step(10.0, _kp(10.0), HOME, 10.0).acted            # 0.2 from the arm
+    assert step.step(10.1, _kp(10.1), HOME, 10.1).acted            # 0.4 from the arm, 0.2 from the last target
+    assert not step.step(10.2, _kp(10.2, state=TrackerState.LOST), HOME, 10.2).acted
+    out = step.step(10.3, _kp(10.3), HOME, 10.3)                    # 0.6 from the arm, the last target forgotten
+    assert not out.acted and "0.600 rad" in out.error
+
+
 def test_hold_publishes_nothing_and_resets_the_policy_before_acting_again():
     policy = StubPolicy()
     step = DeployStep(policy, GateConfig())

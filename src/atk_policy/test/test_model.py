@@ -7,7 +7,7 @@ import torch
 
 from atk_policy.config import ModelConfig, TrainConfig
 from atk_policy.model import KeypointPolicy, Normalisation, PolicyInputError, sample_concrete_mask
-from atk_policy.synthetic import planted_dataset
+from atk_fixtures.episodes import planted_dataset
 from atk_policy.train import TrackSet, fit, lr_multiplier, make_policy, select_ids, TrainingError
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from atk_policy.baselines import random_select_ids
 from atk_policy.config import ATKConfig, ModelConfig, TrainConfig
-from atk_policy.synthetic import planted_dataset
+from atk_fixtures.episodes import planted_dataset
 from atk_policy.train import TrackSet, run_atk, split_episodes, train_on_keypoints
 
 # One value for every seed. The policy learns the expert's step relative to

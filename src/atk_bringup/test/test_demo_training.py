@@ -1,0 +1,38 @@
+"""atk-demo trains through atk_policy.pipeline.train with the settings an operator's atk-train command gives."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from atk_bringup.demo import DemoConfig, training_inputs
+from atk_policy import cli
+
+
+@pytest.mark.parametrize("changes, flags", [
+    ({}, []),
+    ({"h_c": "oracle"}, []),
+    ({"top_n": 4, "steps": 50, "methods": ("ATK", "RGB"), "candidates": 16, "chunk": 1, "action_mode": "delta",
+      "keypoint_noise_px": 1.5, "propagation_workers": 1, "rgb_steps": 30, "robot_occlusion": False},
+     ["--top-n", "4"]),
+])
+def test_the_demo_trains_as_atk_train_would(tmp_path, changes, flags):
+    cfg = DemoConfig(out=tmp_path, **changes)
+    source, config, baselines, track_cache = training_inputs(cfg, seed=3)
+    names = [b for b, m in (("fullset", "FullSet"), ("random", "RandomSelect"), ("rgb", "RGB")) if m in cfg.methods]
+    # The command line atk-demo ran before it called the library (its argv, kept as the reference).
+    argv = [str(tmp_path / "bags"), "-o", str(tmp_path / "m"), "--canonical-episode", "demo_000",
+            "--candidates", str(cfg.candidates), "--steps", str(cfg.steps), "--seed", "3",
+            "--track-cache", str(tmp_path / "cache" / "tracks"), "--baselines", ",".join(names),
+            "--rgb-steps", str(cfg.rgb_steps), "--action-mode", cfg.action_mode, "--chunk", str(cfg.chunk),
+            "--keypoint-noise", str(cfg.keypoint_noise_px), "--workers", str(cfg.propagation_workers),
+            "--backend", cfg.h_c] + flags
+    if cfg.robot_occlusion and cfg.h_c != "oracle":
+        argv += ["--camera-extrinsics", str(tmp_path / "camera_extrinsics.yaml")]
+    args = cli.build_parser().parse_args(argv)
+    want_source, want_config, want_baselines = cli.config_from_args(args)
+    assert config == want_config
+    assert baselines == want_baselines
+    assert source == want_source
+    assert track_cache == Path(args.track_cache)
+    assert (tmp_path / "camera_extrinsics.yaml").is_file() == (cfg.robot_occlusion and cfg.h_c != "oracle")
