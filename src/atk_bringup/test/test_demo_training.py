@@ -13,7 +13,7 @@ from atk_policy import cli
     ({}, []),
     ({"h_c": "oracle"}, []),
     ({"top_n": 4, "steps": 50, "methods": ("ATK", "RGB"), "candidates": 16, "chunk": 1, "action_mode": "delta",
-      "keypoint_noise_px": 1.5, "propagation_workers": 1, "rgb_steps": 30, "robot_occlusion": False},
+      "keypoint_noise_px": 1.5, "propagation_workers": 1, "rgb_steps": 30, "robot_occlusion": True},
      ["--top-n", "4"]),
 ])
 def test_the_demo_trains_as_atk_train_would(tmp_path, changes, flags):
