@@ -1,8 +1,9 @@
 """Keypoint tracking against simulator ground truth, per task phase.
 
 For a trained ATK model (its template and selected keypoints), runs h_C
-(default: the CPU tracker with the tracker node's defaults, robot-aware
-occlusion on) inside the tracking session and policy input gate as
+(default: the CPU tracker with the tracker node's defaults; robot-aware
+occlusion with --robot-occlusion, off as in atk-demo) inside the tracking
+session and policy input gate as
 deployed (atk-demo's ``keypoint_agent``), at the model's resolution (the
 deployment one), along
 
@@ -65,9 +66,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--backend", default="cpu",
                    help="h_C backend: cpu (default, the tracker node's defaults), cotracker, or oracle "
                         "(PRIVILEGED, SIMULATION-ONLY ground truth: 0 px by construction, a self-check)")
-    p.add_argument("--no-robot-occlusion", action="store_true",
-                   help="track without robot-aware occlusion (default: on, as atk-demo deploys it, with the "
-                        "simulated camera's exact pose; not used by the oracle)")
+    p.add_argument("--robot-occlusion", action="store_true",
+                   help="robot-aware occlusion around h_C, with the simulated camera's exact pose (default: off, "
+                        "as atk-demo; not used by the oracle)")
     p.add_argument("--expert", type=int, default=20, help="expert episodes (default: 20)")
     p.add_argument("--closed-loop", type=int, default=20, help="closed-loop episodes of the model (default: 20)")
     p.add_argument("--perturbations", default="RP", help="comma-separated conditions (default: RP)")
@@ -269,7 +270,7 @@ def main(argv=None) -> int:
         print(f"bench_tracking_gt: {exc}\n(the template must be a simulated frame: give the model's --bags)",
               file=sys.stderr)
         return 2
-    camera = None if args.no_robot_occlusion or args.backend == "oracle" else sim_camera(w, h)
+    camera = sim_camera(w, h) if args.robot_occlusion and args.backend != "oracle" else None
     agent = keypoint_agent(args.model, args.backend, env, args.bags, args.task, camera=camera)
     gate_threshold = GateConfig().confidence_threshold
     print(f"model {args.model}: {len(template.points)} keypoints, {w}x{h}, h_C {args.backend!r}"
