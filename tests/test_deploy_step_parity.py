@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import threading
 import time
 
 import numpy as np
@@ -19,9 +18,9 @@ rclpy = pytest.importorskip("rclpy", reason="rclpy not importable: source env.sh
 from atk_msgs.msg import Keypoint, KeypointArray, PolicyStatus  # noqa: E402
 from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue  # noqa: E402
 from rcl_interfaces.srv import SetParameters  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import QoSProfile, QoSReliabilityPolicy, qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
+from atk_fixtures.ros import SpinningPeer  # noqa: E402
 
 from atk_bringup.evaluation import KeypointAgent  # noqa: E402
 from atk_perception.backends import make_correspondence  # noqa: E402
@@ -66,31 +65,18 @@ def model_dir(tmp_path_factory):
     return save_policy(tmp_path_factory.mktemp("model") / "atk_test", policy, np.zeros((48, 64, 3), np.uint8))
 
 
-class Rig:
+class Rig(SpinningPeer):
     def __init__(self) -> None:
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context)
-        self.node = rclpy.create_node("deploy_parity_test", context=self.context)
-        self.cond = threading.Condition()
+        super().__init__("deploy_parity_test")
         self.targets: list[JointState] = []
         self.statuses: list[PolicyStatus] = []
         self.kp_pub = self.node.create_publisher(KeypointArray, "keypoints", qos_profile_sensor_data)
         self.js_pub = self.node.create_publisher(JointState, "joint_states", qos_profile_sensor_data)
         reliable = QoSProfile(depth=50, reliability=QoSReliabilityPolicy.RELIABLE)
-        self.node.create_subscription(JointState, "joint_target", self._store(self.targets), reliable)
-        self.node.create_subscription(PolicyStatus, "policy/status", self._store(self.statuses), reliable)
+        self.node.create_subscription(JointState, "joint_target", self.store(self.targets), reliable)
+        self.node.create_subscription(PolicyStatus, "policy/status", self.store(self.statuses), reliable)
         self.params = self.node.create_client(SetParameters, "/policy/set_parameters")
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
-
-    def _store(self, into: list):
-        def cb(msg) -> None:
-            with self.cond:
-                into.append(msg)
-                self.cond.notify_all()
-        return cb
+        self.start()
 
     def wait_for(self, what: str, predicate, timeout_s: float) -> None:
         with self.cond:
@@ -124,12 +110,6 @@ class Rig:
         future = self.params.call_async(req)
         self.wait_for(f"set_parameters {name}", future.done, CASE_TIMEOUT_S)
         assert future.result().results[0].successful, future.result().results[0].reason
-
-    def close(self) -> None:
-        self.executor.shutdown()
-        self.node.destroy_node()
-        rclpy.try_shutdown(context=self.context)
-        self.thread.join(timeout=5)
 
 
 def _kp(stamp_s: float, state=TrackerState.TRACKING, positions=POINTS, conf=0.9, size=(64, 48)) -> KeypointInput:

@@ -282,7 +282,7 @@ def test_policy_node_stops_cleanly_on_two_sigints(tmp_path):
     import signal
     import subprocess
 
-    model = _model(tmp_path)
+    model = save_untrained_policy(tmp_path / "model", (64, 48), num_keypoints=3)
     spec = next(n for n in GRAPHS["deploy"].nodes if n.name == "policy")
     cmd = node_command(spec, {"model": str(model), "use_sim_time": "false", "log_level": "info"},
                        find_node_executable(spec.package, spec.executable))

@@ -91,8 +91,8 @@ def test_make_correspondence():
     assert isinstance(make_correspondence("cpu"), CpuTracker)
     tracker = make_correspondence("cpu", reanchor_period=3)
     assert tracker.cfg.reanchor_period == 3
-    with pytest.raises(ValueError, match="cpu.*cotracker"):
+    with pytest.raises(ValueError, match="cpu.*cotracker.*oracle"):
         make_correspondence("orb")
     with pytest.raises(ValueError, match="unknown option.*bogus"):
         make_correspondence("cpu", bogus=1)
-    assert BACKENDS == ("cpu", "cotracker")
+    assert BACKENDS == ("cpu", "cotracker", "oracle")

@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 import pytest
 
+from atk_fixtures.images import rubberwhale_scene
 from atk_fixtures.ros import start_node, stop_node, wait_until
 
 rclpy = pytest.importorskip("rclpy")
@@ -38,17 +39,9 @@ TRACKER_NODE = "atk_perception.tracker_node"
 
 
 # ---------------------------------------------------------------- test data
-def _scene() -> tuple[np.ndarray, np.ndarray]:
-    """A 320x240 crop of a real photograph (rubberwhale1) and 8 textured keypoints."""
-    img = cv2.cvtColor(cv2.imread(str(DATA / "rubberwhale1.png")), cv2.COLOR_BGR2RGB)
-    img = np.ascontiguousarray(img[60:300, 120:440])
-    g = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
-    pts = cv2.goodFeaturesToTrack(g, 100, 0.01, 25).reshape(-1, 2)
-    keep = (pts[:, 0] > 40) & (pts[:, 0] < 280) & (pts[:, 1] > 40) & (pts[:, 1] < 200)
-    return img, pts[keep][:N_KP].astype(np.float32)
 
 
-SCENE_IMG, SCENE_PTS = _scene()
+SCENE_IMG, SCENE_PTS = rubberwhale_scene(N_KP)
 
 
 def warp(t: float) -> tuple[np.ndarray, np.ndarray]:

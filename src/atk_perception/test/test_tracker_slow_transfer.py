@@ -28,8 +28,8 @@ from sensor_msgs.msg import Image  # noqa: E402
 from atk_perception import tracker_node  # noqa: E402
 from atk_perception.correspondence import Correspondence  # noqa: E402
 from atk_perception.image_conversion import array_to_imgmsg  # noqa: E402
+from atk_fixtures.images import rubberwhale_scene  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[3] / "tests" / "data" / "images"
 TRANSFER_S = 3.0
 FRAME_PERIOD_S = 0.1
 STARTUP_TIMEOUT_S = 20.0
@@ -64,13 +64,6 @@ class SlowTransfer(Correspondence):
         getattr(self.inner, "close", lambda: None)()
 
 
-def _scene() -> tuple[np.ndarray, np.ndarray]:
-    img = cv2.cvtColor(cv2.imread(str(DATA / "rubberwhale1.png")), cv2.COLOR_BGR2RGB)
-    img = np.ascontiguousarray(img[60:300, 120:440])
-    g = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
-    pts = cv2.goodFeaturesToTrack(g, 100, 0.01, 25).reshape(-1, 2)
-    keep = (pts[:, 0] > 40) & (pts[:, 0] < 280) & (pts[:, 1] > 40) & (pts[:, 1] < 200)
-    return img, pts[keep][:8].astype(np.float32)
 
 
 def _model_dir(folder: Path, img: np.ndarray, pts: np.ndarray) -> Path:
@@ -84,7 +77,7 @@ def _model_dir(folder: Path, img: np.ndarray, pts: np.ndarray) -> Path:
 
 
 def test_a_slow_transfer_neither_stops_frame_intake_nor_starts_another(tmp_path, monkeypatch):
-    img, pts = _scene()
+    img, pts = rubberwhale_scene(8)
     real_make_backend = tracker_node.make_backend
     stand_in: list[SlowTransfer] = []
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -19,9 +18,9 @@ import pytest
 rclpy = pytest.importorskip("rclpy", reason="rclpy not importable: source env.sh")
 
 from atk_msgs.msg import GripperCommand, Keypoint, KeypointArray, PolicyStatus  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import QoSProfile, QoSReliabilityPolicy, qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
+from atk_fixtures.ros import SpinningPeer  # noqa: E402
 
 from atk_policy.policy_node import GRIPPER_JOINT, UR_JOINTS  # noqa: E402
 
@@ -61,14 +60,11 @@ def policy_command(*params: str) -> list[str]:
     return cmd
 
 
-class Harness:
+class Harness(SpinningPeer):
     """Publishes keypoints (30 Hz) and joint states (50 Hz); records what the policy node publishes."""
 
     def __init__(self) -> None:
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context)
-        self.node = rclpy.create_node("policy_node_test", context=self.context)
-        self.cond = threading.Condition()
+        super().__init__("policy_node_test")
         self.targets: list[JointState] = []
         self.grippers: list[GripperCommand] = []
         self.statuses: list[PolicyStatus] = []
@@ -78,22 +74,12 @@ class Harness:
         self.kp_pub = self.node.create_publisher(KeypointArray, "keypoints", qos_profile_sensor_data)
         self.js_pub = self.node.create_publisher(JointState, "joint_states", qos_profile_sensor_data)
         reliable = QoSProfile(depth=50, reliability=QoSReliabilityPolicy.RELIABLE)
-        self.node.create_subscription(JointState, "joint_target", self._store(self.targets), reliable)
-        self.node.create_subscription(GripperCommand, "gripper_command", self._store(self.grippers), reliable)
-        self.node.create_subscription(PolicyStatus, "policy/status", self._store(self.statuses), reliable)
+        self.node.create_subscription(JointState, "joint_target", self.store(self.targets), reliable)
+        self.node.create_subscription(GripperCommand, "gripper_command", self.store(self.grippers), reliable)
+        self.node.create_subscription(PolicyStatus, "policy/status", self.store(self.statuses), reliable)
         self.node.create_timer(1 / 30, self._publish_keypoints)
         self.node.create_timer(1 / 50, self._publish_joint_state)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
-
-    def _store(self, into: list):
-        def cb(msg) -> None:
-            with self.cond:
-                into.append(msg)
-                self.cond.notify_all()
-        return cb
+        self.start()
 
     def _publish_keypoints(self) -> None:
         s = dict(self.scenario)
@@ -142,12 +128,6 @@ class Harness:
         self.wait_for(f"{n} more statuses", lambda: len(self.statuses) >= start + n, STATE_TIMEOUT_S)
         with self.cond:
             return self.statuses[start:start + n]
-
-    def close(self) -> None:
-        self.executor.shutdown()
-        self.node.destroy_node()
-        rclpy.try_shutdown(context=self.context)
-        self.thread.join(timeout=5)
 
 
 @pytest.fixture(scope="module")
