@@ -20,7 +20,7 @@ from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue  # noqa:
 from rcl_interfaces.srv import SetParameters  # noqa: E402
 from rclpy.qos import QoSProfile, QoSReliabilityPolicy, qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
-from atk_fixtures.ros import SpinningPeer  # noqa: E402
+from atk_fixtures.ros import SpinningPeer, policy_node_command  # noqa: E402
 
 from atk_bringup.evaluation import KeypointAgent  # noqa: E402
 from atk_perception.backends import make_correspondence  # noqa: E402
@@ -36,14 +36,6 @@ HOME = [0.0, -1.57, 1.57, -1.57, -1.57, 0.0, 0.0]
 POINTS = [[10.0, 12.0], [30.0, 20.0], [50.0, 40.0], [20.0, 30.0]]
 
 
-def _policy_command(*params: str) -> list[str]:
-    from atk_bringup.graph import config_path, find_node_executable
-
-    cmd = [find_node_executable("atk_policy", "policy_node"), "--ros-args", "-r", "__node:=policy",
-           "--params-file", str(config_path("policy.yaml"))]
-    for p in params:
-        cmd += ["-p", p]
-    return cmd
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +118,7 @@ def test_node_and_evaluation_take_the_same_step(model_dir):
     evaluation_step = agent.step   # what KeypointAgent.act calls for every frame
     evaluation_step.reset()
     rig = Rig()
-    proc = subprocess.Popen(_policy_command(f'model_dir:="{model_dir}"', "low_confidence_grace_s:=0.0",
+    proc = subprocess.Popen(policy_node_command(f'model_dir:="{model_dir}"', "low_confidence_grace_s:=0.0",
                                             "keypoint_timeout_s:=2.0", "joint_state_timeout_s:=2.0"),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=dict(os.environ, PYTHONUNBUFFERED="1"))

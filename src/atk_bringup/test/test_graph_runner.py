@@ -17,6 +17,7 @@ from atk_bringup.graph import (GRAPHS, GraphError, ResolvedProcess, all_param_fi
                                find_node_executable, latest_demo_model, node_command, prepare_values, resolve,
                                source_config_dir)
 from atk_fixtures.models import save_untrained_policy
+from atk_fixtures.ros import OutputWatcher
 
 SECOND_SIGINT_AFTER_S = 0.05  # launch's SIGINT after the terminal's (test_policy_node_stops_cleanly_on_two_sigints)
 START_TIMEOUT_S = 30.0  # a node's first output line (torch import + model load on a loaded 2-core machine)
@@ -288,19 +289,10 @@ def test_policy_node_stops_cleanly_on_two_sigints(tmp_path):
                        find_node_executable(spec.package, spec.executable))
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    lines: list[str] = []
-    loaded = threading.Event()
-
-    def pump() -> None:
-        for line in proc.stdout:
-            lines.append(line.rstrip())
-            if "loaded model" in line:
-                loaded.set()
-
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
+    watcher = OutputWatcher(proc, "loaded model")
+    loaded, reader = watcher.seen, watcher.thread
     try:
-        assert loaded.wait(START_TIMEOUT_S * 2), "\n".join(lines)
+        assert loaded.wait(START_TIMEOUT_S * 2), watcher.text
         os.killpg(proc.pid, signal.SIGINT)
         # The second SIGINT comes a moment later, as launch's own follows the terminal's: two signals
         # closer than the interpreter's next check collapse into one. The gap is the scenario under
@@ -315,5 +307,5 @@ def test_policy_node_stops_cleanly_on_two_sigints(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     reader.join(timeout=5.0)
-    out = "\n".join(lines)
+    out = watcher.text
     assert code == 0 and "Traceback" not in out, out

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from atk_fixtures.ros import wait_until
+from atk_fixtures.ros import OutputWatcher, wait_until
 from atk_perception import kinematics as kin
 from atk_bringup import sim_node
 
@@ -225,19 +225,10 @@ def test_clean_sigint_logs_no_error(sigints):
     proc = subprocess.Popen([exe, "--ros-args", "-p", "width:=640", "-p", "height:=480", "-p", "task:=sushi"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    lines: list[str] = []
-    started = threading.Event()
-
-    def pump() -> None:
-        for line in proc.stdout:
-            lines.append(line.rstrip())
-            if "simulating task" in line:
-                started.set()
-
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
+    watcher = OutputWatcher(proc, "simulating task")
+    started, reader = watcher.seen, watcher.thread
     try:
-        assert started.wait(60.0), "sim_node did not report 'simulating task' within 60 s:\n" + "\n".join(lines)
+        assert started.wait(60.0), "sim_node did not report 'simulating task' within 60 s:\n" + watcher.text
         # let it step (and publish) for a few control periods: the signal then
         # lands while the stepper is busy, as an operator's Ctrl-C does
         deadline = time.monotonic() + 0.5
@@ -251,6 +242,6 @@ def test_clean_sigint_logs_no_error(sigints):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     reader.join(timeout=5.0)
-    out = "\n".join(lines)
+    out = watcher.text
     assert code == 0, out
     assert "ERROR" not in out and "Traceback" not in out and "simulation step failed" not in out, out

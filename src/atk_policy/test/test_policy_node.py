@@ -20,7 +20,7 @@ rclpy = pytest.importorskip("rclpy", reason="rclpy not importable: source env.sh
 from atk_msgs.msg import GripperCommand, Keypoint, KeypointArray, PolicyStatus  # noqa: E402
 from rclpy.qos import QoSProfile, QoSReliabilityPolicy, qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
-from atk_fixtures.ros import SpinningPeer  # noqa: E402
+from atk_fixtures.ros import SpinningPeer, policy_node_command  # noqa: E402
 
 from atk_policy.policy_node import GRIPPER_JOINT, UR_JOINTS  # noqa: E402
 
@@ -50,14 +50,6 @@ def make_test_model(model_dir: Path) -> Path:
     return save_policy(model_dir, policy, np.zeros((IMAGE_SIZE[1], IMAGE_SIZE[0], 3), np.uint8))
 
 
-def policy_command(*params: str) -> list[str]:
-    from atk_bringup.graph import config_path, find_node_executable
-
-    cmd = [find_node_executable("atk_policy", "policy_node"), "--ros-args", "-r", "__node:=policy",
-           "--params-file", str(config_path("policy.yaml"))]
-    for p in params:
-        cmd += ["-p", p]
-    return cmd
 
 
 class Harness(SpinningPeer):
@@ -143,7 +135,7 @@ def harness():
 
 
 def _start(*params: str) -> subprocess.Popen:
-    return subprocess.Popen(policy_command(*params), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    return subprocess.Popen(policy_node_command(*params), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=dict(os.environ, PYTHONUNBUFFERED="1"))
 
 
@@ -269,14 +261,14 @@ def test_holding_rules_change_at_run_time_within_their_checks(harness):
 
 
 def test_bad_parameter_is_refused_with_its_value():
-    proc = subprocess.run(policy_command("control_rate_hz:=1000.0"), capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(policy_node_command("control_rate_hz:=1000.0"), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "control_rate_hz" in proc.stderr and "1000" in proc.stderr
 
 
 def test_help_answers_without_ros():
     env = {k: v for k, v in os.environ.items() if k not in ("ROS_DOMAIN_ID",)}
-    proc = subprocess.run([policy_command()[0], "--help"], capture_output=True, text=True, timeout=30, env=env)
+    proc = subprocess.run([policy_node_command()[0], "--help"], capture_output=True, text=True, timeout=30, env=env)
     assert proc.returncode == 0
     for name in ("model_dir", "trigger", "keypoint_timeout_s", "max_low_confidence"):
         assert name in proc.stdout
