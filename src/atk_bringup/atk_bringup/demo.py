@@ -414,10 +414,16 @@ def ros_graph_cell(results: list[dict], models: dict[int, Path]) -> CellStats:
 _WORKER: dict = {}
 
 
-def _worker_init(width: int, height: int) -> None:
+def _worker_init(width: int, height: int, parent_pid: int | None = None) -> None:
     """Evaluation worker: its own simulator (one EGL context per process) and
-    one torch thread (two workers share the machine's cores)."""
+    one torch thread (two workers share the machine's cores); with
+    ``parent_pid``, it ends when the atk-demo process that started it dies."""
     import torch
+
+    if parent_pid is not None:
+        from atk_policy.worker_process import exit_with_parent
+
+        exit_with_parent(parent_pid)
 
     torch.set_num_threads(1)
     from .sim.env import SimConfig, SimEnv
@@ -485,7 +491,8 @@ def evaluate(cfg: DemoConfig, models: dict[int, Path]) -> dict[str, dict[str, Ce
 
         if cfg.eval_workers > 1 and len(jobs) > 1:
             # spawn: no forked EGL context or torch thread pool
-            with mp.get_context("spawn").Pool(cfg.eval_workers, _worker_init, (cfg.width, cfg.height)) as pool:
+            with mp.get_context("spawn").Pool(cfg.eval_workers, _worker_init,
+                                               (cfg.width, cfg.height, os.getpid())) as pool:
                 for r in pool.imap_unordered(_worker_episode, jobs):
                     record(r)
         else:

@@ -40,6 +40,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .dataset import Episode
+from .worker_process import exit_with_parent
 
 TRACK_CACHE_VERSION = 1
 #: Tracks this far outside the image (pixels) are an error, not rounding.
@@ -331,7 +332,9 @@ def propagate_dataset(episodes: Sequence[Episode], template_image: np.ndarray, c
                                            make_correspondence(backend), min_confidence, progress=progress,
                                            base_t_camera=base_t_camera))
     else:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        # workers end with this process (a killed run must not leave them propagating)
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
+                                 initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
             futs = {pool.submit(_worker, (episodes[i], template_image, candidates, backend, min_confidence,
                                           base_t_camera)):
                     (i, key) for i, key in todo}
