@@ -20,7 +20,7 @@ from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue  # noqa:
 from rcl_interfaces.srv import SetParameters  # noqa: E402
 from rclpy.qos import QoSProfile, QoSReliabilityPolicy, qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
-from atk_fixtures.ros import SpinningPeer, policy_node_command  # noqa: E402
+from atk_fixtures.ros import PolicyProbe, policy_node_command  # noqa: E402
 
 from atk_bringup.evaluation import KeypointAgent  # noqa: E402
 from atk_perception.backends import make_correspondence  # noqa: E402
@@ -57,11 +57,10 @@ def model_dir(tmp_path_factory):
     return save_policy(tmp_path_factory.mktemp("model") / "atk_test", policy, np.zeros((48, 64, 3), np.uint8))
 
 
-class Rig(SpinningPeer):
+class Rig(PolicyProbe):
     def __init__(self) -> None:
         super().__init__("deploy_parity_test")
         self.targets: list[JointState] = []
-        self.statuses: list[PolicyStatus] = []
         self.kp_pub = self.node.create_publisher(KeypointArray, "keypoints", qos_profile_sensor_data)
         self.js_pub = self.node.create_publisher(JointState, "joint_states", qos_profile_sensor_data)
         reliable = QoSProfile(depth=50, reliability=QoSReliabilityPolicy.RELIABLE)
@@ -69,13 +68,6 @@ class Rig(SpinningPeer):
         self.node.create_subscription(PolicyStatus, "policy/status", self.store(self.statuses), reliable)
         self.params = self.node.create_client(SetParameters, "/policy/set_parameters")
         self.start()
-
-    def wait_for(self, what: str, predicate, timeout_s: float) -> None:
-        with self.cond:
-            if not self.cond.wait_for(predicate, timeout=timeout_s):
-                last = self.statuses[-1] if self.statuses else None
-                raise AssertionError(f"timed out after {timeout_s} s waiting for {what}; last status: "
-                                     f"{(last.state, last.reason) if last else None}")
 
     def now(self):
         return self.node.get_clock().now().to_msg()

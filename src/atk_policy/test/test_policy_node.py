@@ -20,7 +20,7 @@ rclpy = pytest.importorskip("rclpy", reason="rclpy not importable: source env.sh
 from atk_msgs.msg import GripperCommand, Keypoint, KeypointArray, PolicyStatus  # noqa: E402
 from rclpy.qos import QoSProfile, QoSReliabilityPolicy, qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
-from atk_fixtures.ros import SpinningPeer, policy_node_command  # noqa: E402
+from atk_fixtures.ros import PolicyProbe, policy_node_command  # noqa: E402
 
 from atk_policy.policy_node import GRIPPER_JOINT, UR_JOINTS  # noqa: E402
 
@@ -52,14 +52,13 @@ def make_test_model(model_dir: Path) -> Path:
 
 
 
-class Harness(SpinningPeer):
+class Harness(PolicyProbe):
     """Publishes keypoints (30 Hz) and joint states (50 Hz); records what the policy node publishes."""
 
     def __init__(self) -> None:
         super().__init__("policy_node_test")
         self.targets: list[JointState] = []
         self.grippers: list[GripperCommand] = []
-        self.statuses: list[PolicyStatus] = []
         self.good_stamps: set[tuple[int, int]] = set()
         # What the keypoint timer publishes; changed by the test.
         self.scenario = dict(publish=True, state=KeypointArray.STATE_TRACKING, conf=0.9, age_s=0.0, ids=IDS)
@@ -100,13 +99,6 @@ class Harness(SpinningPeer):
         msg.name = [*UR_JOINTS, GRIPPER_JOINT]
         msg.position = [0.0, -1.57, 1.57, -1.57, -1.57, 0.0, 0.0]
         self.js_pub.publish(msg)
-
-    def wait_for(self, what: str, predicate, timeout_s: float) -> None:
-        with self.cond:
-            if not self.cond.wait_for(predicate, timeout=timeout_s):
-                last = self.statuses[-1] if self.statuses else None
-                raise AssertionError(f"timed out after {timeout_s} s waiting for {what}; last status: "
-                                     f"{(last.state, last.reason) if last else None}")
 
     def wait_state(self, state: int, timeout_s: float = STATE_TIMEOUT_S) -> PolicyStatus:
         start = len(self.statuses)
