@@ -22,9 +22,9 @@ setup(
     license="Apache-2.0",
     entry_points={
         "console_scripts": [
-            "ur_driver_node = atk_bringup.driver_node:main",
-            "sim_node = atk_bringup.sim_node:main",
-            "recorder_node = atk_bringup.recorder_node:main",
+            "ur_driver_node = atk_bringup.driver_params:COMMAND.main",
+            "sim_node = atk_bringup.sim_params:COMMAND.main",
+            "recorder_node = atk_bringup.recorder_params:COMMAND.main",
             "atk-graph = atk_bringup.runner:main",
             "atk-sim-pictures = atk_bringup.sim.pictures:main",
             "atk-demo = atk_bringup.demo:main",

@@ -18,8 +18,8 @@ setup(
     license="Apache-2.0",
     entry_points={
         "console_scripts": [
-            "camera_node = atk_perception.camera_node:main",
-            "tracker_node = atk_perception.tracker_node:main",
+            "camera_node = atk_perception.camera_params:COMMAND.main",
+            "tracker_node = atk_perception.tracker_params:COMMAND.main",
         ],
     },
 )

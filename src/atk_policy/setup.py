@@ -19,7 +19,7 @@ setup(
     entry_points={
         "console_scripts": [
             "atk-train = atk_policy.cli:main",
-            "policy_node = atk_policy.policy_node:main",
+            "policy_node = atk_policy.policy_params:COMMAND.main",
         ],
     },
 )

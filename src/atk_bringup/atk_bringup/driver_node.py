@@ -19,7 +19,7 @@ protective/emergency stops and lost connections latched until ``~/enable``
 carried out whenever the gripper is active, also in teach mode.
 
 Library: atk_bringup.servo_loop, atk_bringup.safety, atk_perception.kinematics;
-hardware boundary: atk_bringup.ur_interface.
+hardware boundary: atk_bringup.ur_interface; parameters: atk_bringup.driver_params.
 """
 from __future__ import annotations
 
@@ -27,73 +27,29 @@ import sys
 from typing import Any, Optional, Sequence
 
 import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.node import Node
+from rclpy.qos import QoSDurabilityPolicy, QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy, \
+    qos_profile_sensor_data
+from rclpy.time import Time
+from sensor_msgs.msg import JointState
+from std_srvs.srv import SetBool
 
+from atk_bringup.driver_params import COMMAND, NODE_NAME, PARAMS
+from atk_bringup.safety import SafetyLimits, check_target_age
+from atk_bringup.servo_loop import DriverState, GripperConfig, GripperWorker, ServoConfig, ServoLoop
+from atk_bringup.ur_interface import (ROBOT_MODES, SAFETY_MODES, HardwareError, RobotiqSocketGripper, URBackend,
+                                      connect_ur)
+from atk_msgs.msg import GripperCommand
 from atk_perception import kinematics as kin
-from atk_perception.node_params import ParameterError, ParamSpec, format_help
+from atk_perception.node_params import ParameterError, declare, log_effective
 from atk_perception.node_runner import run_node, wants_help
 
 GRIPPER_JOINT = kin.GRIPPER_JOINT
 
 
-_CELL = kin.CELL_JOINT_LIMITS
-PARAMS: tuple[ParamSpec, ...] = (
-    ParamSpec("robot_ip", "192.168.56.101", "IP address of the UR controller (URSim's default shown).",
-              nonempty=True),
-    ParamSpec("control_rate_hz", 500.0, "servoJ streaming rate (Hz): 500 for e-Series, 125 for CB3.",
-              min=1.0, max=500.0),
-    ParamSpec("lookahead_time", 0.1, "servoJ lookahead time (s): larger is smoother but lags more.",
-              min=0.03, max=0.2),
-    ParamSpec("gain", 300.0, "servoJ proportional gain.", min=100.0, max=2000.0),
-    ParamSpec("joint_limits_lower", [float(v) for v in _CELL[:, 0]],
-              "Lower joint position limits (rad, 6 values, pan..wrist3); targets are clamped into them.",
-              min=-2 * np.pi, max=2 * np.pi, length=6),
-    ParamSpec("joint_limits_upper", [float(v) for v in _CELL[:, 1]],
-              "Upper joint position limits (rad, 6 values).", min=-2 * np.pi, max=2 * np.pi, length=6),
-    ParamSpec("max_velocity", [1.0] * 6, "Per-joint speed limit of the interpolator (rad/s, 6 values).",
-              min=0.01, max=np.pi, length=6),
-    ParamSpec("max_acceleration", [3.0] * 6, "Per-joint acceleration limit of the interpolator (rad/s^2, 6 "
-              "values).", min=0.01, max=40.0, length=6),
-    ParamSpec("max_target_step", 0.3, "Largest distance of any joint between a target and the commanded "
-              "position (rad); a larger jump is refused.", min=0.001, max=np.pi),
-    ParamSpec("max_target_age", 0.5, "Refuse a target whose header.stamp is older than this, or this far in "
-              "the future (s); 0 turns the check off (publishers without synchronised clocks).",
-              min=0.0, max=60.0),
-    ParamSpec("workspace_min", [-0.85, -0.85, 0.015], "TCP workspace box lower corner in the robot base frame "
-              "(m, x y z); targets moving the TCP outside are refused.", min=-2.0, max=2.0, length=3),
-    ParamSpec("workspace_max", [0.85, 0.85, 1.0], "TCP workspace box upper corner (m, x y z).",
-              min=-2.0, max=2.0, length=3),
-    ParamSpec("tcp_offset_z", kin.ROBOTIQ_2F85_TCP_Z, "tool0 -> TCP distance along tool0 z (m) used for the "
-              "workspace box (Robotiq 2F-85 pad centre by default; measure on the cell).", min=0.0, max=0.5),
-    ParamSpec("watchdog_timeout", 0.5, "Stop smoothly when no fresh target arrives for this long (s).",
-              min=0.01, max=10.0),
-    ParamSpec("stop_deceleration", 2.0, "Joint deceleration of every stop (rad/s^2).", min=0.1, max=40.0),
-    ParamSpec("rtde_watchdog_min_frequency", 10.0, "RTDE watchdog (Hz): the controller stops the arm when the "
-              "driver's loop runs slower than this (driver crashed or hung).", min=1.0, max=500.0),
-    ParamSpec("joint_state_rate_hz", 125.0, "Rate of joint_states (Hz).", min=1.0, max=500.0),
-    ParamSpec("diagnostics_rate_hz", 2.0, "Rate of diagnostics (Hz); state changes are published at once too.",
-              min=0.1, max=50.0),
-    ParamSpec("gripper_enabled", True, "Drive a Robotiq 2F gripper through its URCap socket."),
-    ParamSpec("gripper_port", 63352, "Robotiq URCap socket port on the controller.", min=1, max=65535),
-    ParamSpec("gripper_speed", 0.5, "Gripper speed cap (0..1]; a command's speed of 0 means this value.",
-              min=0.01, max=1.0),
-    ParamSpec("gripper_force", 0.3, "Gripper force cap (0..1]; a command's force of 0 means this value.",
-              min=0.01, max=1.0),
-    ParamSpec("gripper_raw_open", 3, "Raw gripper position read when fully open (0..255).", min=0, max=255),
-    ParamSpec("gripper_raw_closed", 230, "Raw gripper position read when fully closed (0..255).", min=0, max=255),
-)
-
-
-def print_help() -> None:
-    print(format_help("ur_driver_node", __doc__.strip(), PARAMS,
-                      "All parameters are read-only after start. Parameter file: --ros-args --params-file "
-                      "ur_driver.yaml (atk_bringup/config)."))
-
-
 def build_configs(params: dict[str, Any]):
     """Library configs from validated parameters; raises ParameterError naming the field."""
-    from atk_bringup.safety import SafetyLimits
-    from atk_bringup.servo_loop import GripperConfig, ServoConfig
-
     tcp = np.eye(4)
     tcp[2, 3] = float(params["tcp_offset_z"])
     try:
@@ -135,236 +91,211 @@ def target_from_joint_state(names: Sequence[str], positions: Sequence[float]) ->
     return np.array([positions[index[n]] for n in kin.JOINT_NAMES], dtype=np.float64), ""
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    from atk_bringup.ur_interface import HardwareError
+# Commands: reliable so a target is never silently lost, depth 1 because
+# only the newest target is worth executing (docs/interfaces.md).
+COMMAND_QOS = QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=1,
+                         reliability=QoSReliabilityPolicy.RELIABLE, durability=QoSDurabilityPolicy.VOLATILE)
+# Diagnostics: reliable with a short history so a monitor sees every transition.
+DIAG_QOS = QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=10,
+                      reliability=QoSReliabilityPolicy.RELIABLE, durability=QoSDurabilityPolicy.VOLATILE)
+#: diagnostics level of each driver state
+LEVELS = {DriverState.RUNNING: DiagnosticStatus.OK, DriverState.DISARMED: DiagnosticStatus.OK,
+          DriverState.TEACH: DiagnosticStatus.OK, DriverState.WATCHDOG_STOP: DiagnosticStatus.WARN,
+          DriverState.PROTECTIVE_STOP: DiagnosticStatus.ERROR,
+          DriverState.EMERGENCY_STOP: DiagnosticStatus.ERROR,
+          DriverState.DISCONNECTED: DiagnosticStatus.ERROR}
 
+
+class DriverNode(Node):
+    """backend: inject the hardware boundary (tests: ur_stand_in); None connects to robot_ip."""
+
+    def __init__(self, backend: Optional[URBackend] = None, **node_kwargs: Any) -> None:
+        super().__init__(NODE_NAME, **node_kwargs)
+        self._params: dict[str, Any] = declare(self, PARAMS)
+        limits, servo_cfg, gripper_cfg = build_configs(self._params)
+        rate = self._params["control_rate_hz"]
+        if rate not in (125.0, 500.0):
+            self.get_logger().warning(f"control_rate_hz={rate!r} is neither 500 (e-Series) nor 125 (CB3)")
+        log_effective(self, self._params)
+        self._ip = self._params["robot_ip"]
+        if backend is None:
+            receive, control = connect_ur(self._ip, rate)
+            gripper = None
+            if self._params["gripper_enabled"]:
+                gripper = RobotiqSocketGripper(self._ip, int(self._params["gripper_port"]))
+            backend = URBackend(receive, control, gripper)
+        self._backend = backend
+        self._loop = ServoLoop(backend.receive, backend.control, servo_cfg, limits)
+        self._loop.start()
+        self._gripper: Optional[GripperWorker] = None
+        self._gripper_fault = "" if self._params["gripper_enabled"] else "disabled by parameter"
+        self._gripper_cmd = 0.0
+        if self._params["gripper_enabled"] and backend.gripper is not None:
+            try:
+                worker = GripperWorker(backend.gripper, gripper_cfg)
+                worker.start()
+                self._gripper = worker
+            except Exception as exc:  # the arm stays usable; the fault is in diagnostics
+                self._gripper_fault = f"gripper activation failed: {exc}"
+                self.get_logger().error(self._gripper_fault)
+        elif self._params["gripper_enabled"]:
+            self._gripper_fault = "no gripper interface"
+        self._last_state = self._loop.state
+
+        self._pub_js = self.create_publisher(JointState, "joint_states", qos_profile_sensor_data)
+        self._pub_diag = self.create_publisher(DiagnosticArray, "diagnostics", DIAG_QOS)
+        self.create_subscription(JointState, "joint_target", self._on_target, COMMAND_QOS)
+        self.create_subscription(GripperCommand, "gripper_command", self._on_gripper, COMMAND_QOS)
+        self.create_service(SetBool, "~/enable", self._on_enable)
+        self.create_service(SetBool, "~/teach_mode", self._on_teach)
+        # The loop runs in its own thread; these timers only copy its
+        # snapshot into messages, so the executor never waits on hardware.
+        self.create_timer(1.0 / self._params["joint_state_rate_hz"], self._publish_joint_state)
+        self.create_timer(1.0 / self._params["diagnostics_rate_hz"], self._publish_diagnostics)
+        self.get_logger().info(f"connected to {self._ip}; DISARMED: call ~/enable to arm motion")
+
+    @property
+    def servo_loop(self) -> ServoLoop:
+        return self._loop
+
+    # --- inputs --------------------------------------------------------------
+    def _on_target(self, msg: JointState) -> None:
+        q, why = target_from_joint_state(list(msg.name), list(msg.position))
+        if q is None:
+            self._loop.reject(why)
+            self.get_logger().warning(f"joint_target refused: {why}", throttle_duration_sec=1.0)
+            return
+        age = (self.get_clock().now() - Time.from_msg(msg.header.stamp)).nanoseconds * 1e-9
+        why = check_target_age(age, self._loop.limits)
+        if why:
+            self._loop.reject(why)
+            self.get_logger().warning(f"joint_target refused: {why}", throttle_duration_sec=1.0)
+            return
+        verdict = self._loop.submit_target(q)
+        if not verdict.accepted or verdict.clamped:
+            self.get_logger().warning(verdict.reason, throttle_duration_sec=1.0)
+
+    def _on_gripper(self, msg: GripperCommand) -> None:
+        if self._gripper is None:
+            self.get_logger().warning(f"gripper_command ignored: {self._gripper_fault}",
+                                      throttle_duration_sec=2.0)
+            return
+        why = self._gripper.command(msg.position, msg.speed, msg.force)
+        if why:
+            self.get_logger().warning(why, throttle_duration_sec=1.0)
+        if np.isfinite(msg.position):
+            self._gripper_cmd = float(np.clip(msg.position, 0.0, 1.0))
+
+    def _on_enable(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
+        ok, message = self._loop.enable() if request.data else self._loop.disable()
+        response.success, response.message = ok, message
+        self._log_result(ok, f"~/enable {request.data}: {message}")
+        self._publish_diagnostics()
+        return response
+
+    def _on_teach(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
+        ok, message = self._loop.set_teach_mode(bool(request.data))
+        response.success, response.message = ok, message
+        self._log_result(ok, f"~/teach_mode {request.data}: {message}")
+        self._publish_diagnostics()
+        return response
+
+    def _log_result(self, ok: bool, text: str) -> None:
+        if ok:
+            self.get_logger().info(text)
+        else:
+            self.get_logger().error(text)
+
+    # --- outputs ---------------------------------------------------------------
+    def _gripper_position(self) -> float:
+        """Measured (0 open .. 1 closed); the last command while no reading exists."""
+        if self._gripper is not None and np.isfinite(self._gripper.position):
+            return self._gripper.position
+        return self._gripper_cmd
+
+    def _publish_joint_state(self) -> None:
+        st = self._loop.status()
+        msg = JointState()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.name = [*kin.JOINT_NAMES, GRIPPER_JOINT]
+        msg.position = [*(float(v) for v in st.q_measured), self._gripper_position()]
+        msg.velocity = [*(float(v) for v in st.qd_measured), 0.0]
+        self._pub_js.publish(msg)
+        self._drain_events()
+        if st.state != self._last_state:
+            self._last_state = st.state
+            self._publish_diagnostics()
+
+    def _drain_events(self) -> None:
+        log = self.get_logger()
+        # rclpy ties a severity to each call site, hence one call per level.
+        for ev in self._loop.pop_events():
+            if ev.level == "info":
+                log.info(ev.message)
+            elif ev.level == "warn":
+                log.warning(ev.message)
+            else:
+                log.error(ev.message)
+
+    def _publish_diagnostics(self) -> None:
+        st = self._loop.status()
+        arm = DiagnosticStatus(name="ur_driver: arm", hardware_id=str(self._ip))
+        arm.level = LEVELS[st.state]
+        if arm.level == DiagnosticStatus.OK and st.overruns:
+            arm.level = DiagnosticStatus.WARN
+        arm.message = f"{st.state.value}: {st.last_message}"
+        values = {
+            "state": st.state.value,
+            "robot_mode": ROBOT_MODES.get(st.robot_mode, str(st.robot_mode)),
+            "safety_mode": SAFETY_MODES.get(st.safety_mode, str(st.safety_mode)),
+            "safety_status_bits": hex(st.safety_status_bits),
+            "target_age_s": f"{st.target_age_s:.3f}",
+            "cycles": str(st.cycles),
+            "cycle_overruns": str(st.overruns),
+            "max_cycle_ms": f"{st.max_cycle_s * 1e3:.2f}",
+            "refused_targets": str(st.refused_targets),
+            "clamped_targets": str(st.clamped_targets),
+            "accepted_targets": str(st.accepted_targets),
+        }
+        arm.values = [KeyValue(key=k, value=v) for k, v in values.items()]
+        grip = DiagnosticStatus(name="ur_driver: gripper", hardware_id=str(self._ip))
+        error = self._gripper.error if self._gripper is not None else self._gripper_fault
+        if self._gripper is None and not self._params["gripper_enabled"]:
+            grip.level, grip.message = DiagnosticStatus.OK, "disabled by parameter"
+        elif error:
+            grip.level, grip.message = DiagnosticStatus.ERROR, error
+        else:
+            grip.level, grip.message = DiagnosticStatus.OK, "active"
+        grip.values = [KeyValue(key="position", value=f"{self._gripper_position():.3f}")]
+        msg = DiagnosticArray()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.status = [arm, grip]
+        self._pub_diag.publish(msg)
+
+    def destroy_node(self) -> None:
+        try:
+            self._loop.shutdown(timeout_s=2.0)
+        finally:
+            if self._gripper is not None:
+                self._gripper.shutdown()
+            for handle in (self._backend.control, self._backend.receive, self._backend.gripper):
+                if handle is not None:
+                    try:
+                        handle.disconnect()
+                    except Exception as exc:  # noqa: BLE001 - best effort on the way out
+                        self.get_logger().warning(f"disconnect failed: {exc}")
+            super().destroy_node()
+
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
     if not wants_help(list(sys.argv if argv is None else argv)):
         # The 500 Hz servo thread shares the GIL with the executor threads; with
         # Python's default 5 ms switch interval it was seen running ~10 of 250
         # cycles per second beside a busy executor. 0.5 ms lets it in on time.
         sys.setswitchinterval(0.0005)
-    return run_node("ur_driver", argv, lambda: _define_node()(), print_help=print_help,
+    return run_node(NODE_NAME, argv, DriverNode, print_help=COMMAND.print_help,
                     startup_errors=(ParameterError, HardwareError), threads=1)
-
-
-def _define_node() -> type:
-    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-    from rclpy.node import Node
-    from rclpy.qos import QoSDurabilityPolicy, QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy, \
-        qos_profile_sensor_data
-    from sensor_msgs.msg import JointState
-    from std_srvs.srv import SetBool
-    from rclpy.time import Time
-
-    from atk_bringup.safety import check_target_age
-    from atk_bringup.servo_loop import DriverState, GripperWorker, ServoLoop
-    from atk_bringup.ur_interface import RobotiqSocketGripper, URBackend, connect_ur
-    from atk_msgs.msg import GripperCommand
-    from atk_perception.node_params import declare, log_effective
-
-    # Commands: reliable so a target is never silently lost, depth 1 because
-    # only the newest target is worth executing (docs/interfaces.md).
-    command_qos = QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=1,
-                             reliability=QoSReliabilityPolicy.RELIABLE, durability=QoSDurabilityPolicy.VOLATILE)
-    # Diagnostics: reliable with a short history so a monitor sees every transition.
-    diag_qos = QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=10,
-                          reliability=QoSReliabilityPolicy.RELIABLE, durability=QoSDurabilityPolicy.VOLATILE)
-    levels = {DriverState.RUNNING: DiagnosticStatus.OK, DriverState.DISARMED: DiagnosticStatus.OK,
-              DriverState.TEACH: DiagnosticStatus.OK, DriverState.WATCHDOG_STOP: DiagnosticStatus.WARN,
-              DriverState.PROTECTIVE_STOP: DiagnosticStatus.ERROR,
-              DriverState.EMERGENCY_STOP: DiagnosticStatus.ERROR,
-              DriverState.DISCONNECTED: DiagnosticStatus.ERROR}
-
-    class _DriverNode(Node):
-        """backend: inject the hardware boundary (tests: ur_stand_in); None connects to robot_ip."""
-
-        def __init__(self, backend: Optional[URBackend] = None, **node_kwargs: Any) -> None:
-            super().__init__("ur_driver", **node_kwargs)
-            self._params: dict[str, Any] = declare(self, PARAMS)
-            limits, servo_cfg, gripper_cfg = build_configs(self._params)
-            rate = self._params["control_rate_hz"]
-            if rate not in (125.0, 500.0):
-                self.get_logger().warning(f"control_rate_hz={rate!r} is neither 500 (e-Series) nor 125 (CB3)")
-            log_effective(self, self._params)
-            self._ip = self._params["robot_ip"]
-            if backend is None:
-                receive, control = connect_ur(self._ip, rate)
-                gripper = None
-                if self._params["gripper_enabled"]:
-                    gripper = RobotiqSocketGripper(self._ip, int(self._params["gripper_port"]))
-                backend = URBackend(receive, control, gripper)
-            self._backend = backend
-            self._loop = ServoLoop(backend.receive, backend.control, servo_cfg, limits)
-            self._loop.start()
-            self._gripper: Optional[GripperWorker] = None
-            self._gripper_fault = "" if self._params["gripper_enabled"] else "disabled by parameter"
-            self._gripper_cmd = 0.0
-            if self._params["gripper_enabled"] and backend.gripper is not None:
-                try:
-                    worker = GripperWorker(backend.gripper, gripper_cfg)
-                    worker.start()
-                    self._gripper = worker
-                except Exception as exc:  # the arm stays usable; the fault is in diagnostics
-                    self._gripper_fault = f"gripper activation failed: {exc}"
-                    self.get_logger().error(self._gripper_fault)
-            elif self._params["gripper_enabled"]:
-                self._gripper_fault = "no gripper interface"
-            self._last_state = self._loop.state
-
-            self._pub_js = self.create_publisher(JointState, "joint_states", qos_profile_sensor_data)
-            self._pub_diag = self.create_publisher(DiagnosticArray, "diagnostics", diag_qos)
-            self.create_subscription(JointState, "joint_target", self._on_target, command_qos)
-            self.create_subscription(GripperCommand, "gripper_command", self._on_gripper, command_qos)
-            self.create_service(SetBool, "~/enable", self._on_enable)
-            self.create_service(SetBool, "~/teach_mode", self._on_teach)
-            # The loop runs in its own thread; these timers only copy its
-            # snapshot into messages, so the executor never waits on hardware.
-            self.create_timer(1.0 / self._params["joint_state_rate_hz"], self._publish_joint_state)
-            self.create_timer(1.0 / self._params["diagnostics_rate_hz"], self._publish_diagnostics)
-            self.get_logger().info(f"connected to {self._ip}; DISARMED: call ~/enable to arm motion")
-
-        @property
-        def servo_loop(self) -> ServoLoop:
-            return self._loop
-
-        # --- inputs --------------------------------------------------------------
-        def _on_target(self, msg: JointState) -> None:
-            q, why = target_from_joint_state(list(msg.name), list(msg.position))
-            if q is None:
-                self._loop.reject(why)
-                self.get_logger().warning(f"joint_target refused: {why}", throttle_duration_sec=1.0)
-                return
-            age = (self.get_clock().now() - Time.from_msg(msg.header.stamp)).nanoseconds * 1e-9
-            why = check_target_age(age, self._loop.limits)
-            if why:
-                self._loop.reject(why)
-                self.get_logger().warning(f"joint_target refused: {why}", throttle_duration_sec=1.0)
-                return
-            verdict = self._loop.submit_target(q)
-            if not verdict.accepted or verdict.clamped:
-                self.get_logger().warning(verdict.reason, throttle_duration_sec=1.0)
-
-        def _on_gripper(self, msg: GripperCommand) -> None:
-            if self._gripper is None:
-                self.get_logger().warning(f"gripper_command ignored: {self._gripper_fault}",
-                                          throttle_duration_sec=2.0)
-                return
-            why = self._gripper.command(msg.position, msg.speed, msg.force)
-            if why:
-                self.get_logger().warning(why, throttle_duration_sec=1.0)
-            if np.isfinite(msg.position):
-                self._gripper_cmd = float(np.clip(msg.position, 0.0, 1.0))
-
-        def _on_enable(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
-            ok, message = self._loop.enable() if request.data else self._loop.disable()
-            response.success, response.message = ok, message
-            self._log_result(ok, f"~/enable {request.data}: {message}")
-            self._publish_diagnostics()
-            return response
-
-        def _on_teach(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
-            ok, message = self._loop.set_teach_mode(bool(request.data))
-            response.success, response.message = ok, message
-            self._log_result(ok, f"~/teach_mode {request.data}: {message}")
-            self._publish_diagnostics()
-            return response
-
-        def _log_result(self, ok: bool, text: str) -> None:
-            if ok:
-                self.get_logger().info(text)
-            else:
-                self.get_logger().error(text)
-
-        # --- outputs ---------------------------------------------------------------
-        def _gripper_position(self) -> float:
-            """Measured (0 open .. 1 closed); the last command while no reading exists."""
-            if self._gripper is not None and np.isfinite(self._gripper.position):
-                return self._gripper.position
-            return self._gripper_cmd
-
-        def _publish_joint_state(self) -> None:
-            st = self._loop.status()
-            msg = JointState()
-            msg.header.stamp = self.get_clock().now().to_msg()
-            msg.name = [*kin.JOINT_NAMES, GRIPPER_JOINT]
-            msg.position = [*(float(v) for v in st.q_measured), self._gripper_position()]
-            msg.velocity = [*(float(v) for v in st.qd_measured), 0.0]
-            self._pub_js.publish(msg)
-            self._drain_events()
-            if st.state != self._last_state:
-                self._last_state = st.state
-                self._publish_diagnostics()
-
-        def _drain_events(self) -> None:
-            log = self.get_logger()
-            # rclpy ties a severity to each call site, hence one call per level.
-            for ev in self._loop.pop_events():
-                if ev.level == "info":
-                    log.info(ev.message)
-                elif ev.level == "warn":
-                    log.warning(ev.message)
-                else:
-                    log.error(ev.message)
-
-        def _publish_diagnostics(self) -> None:
-            st = self._loop.status()
-            arm = DiagnosticStatus(name="ur_driver: arm", hardware_id=str(self._ip))
-            arm.level = levels[st.state]
-            if arm.level == DiagnosticStatus.OK and st.overruns:
-                arm.level = DiagnosticStatus.WARN
-            arm.message = f"{st.state.value}: {st.last_message}"
-            from atk_bringup.ur_interface import ROBOT_MODES, SAFETY_MODES
-            values = {
-                "state": st.state.value,
-                "robot_mode": ROBOT_MODES.get(st.robot_mode, str(st.robot_mode)),
-                "safety_mode": SAFETY_MODES.get(st.safety_mode, str(st.safety_mode)),
-                "safety_status_bits": hex(st.safety_status_bits),
-                "target_age_s": f"{st.target_age_s:.3f}",
-                "cycles": str(st.cycles),
-                "cycle_overruns": str(st.overruns),
-                "max_cycle_ms": f"{st.max_cycle_s * 1e3:.2f}",
-                "refused_targets": str(st.refused_targets),
-                "clamped_targets": str(st.clamped_targets),
-                "accepted_targets": str(st.accepted_targets),
-            }
-            arm.values = [KeyValue(key=k, value=v) for k, v in values.items()]
-            grip = DiagnosticStatus(name="ur_driver: gripper", hardware_id=str(self._ip))
-            error = self._gripper.error if self._gripper is not None else self._gripper_fault
-            if self._gripper is None and not self._params["gripper_enabled"]:
-                grip.level, grip.message = DiagnosticStatus.OK, "disabled by parameter"
-            elif error:
-                grip.level, grip.message = DiagnosticStatus.ERROR, error
-            else:
-                grip.level, grip.message = DiagnosticStatus.OK, "active"
-            grip.values = [KeyValue(key="position", value=f"{self._gripper_position():.3f}")]
-            msg = DiagnosticArray()
-            msg.header.stamp = self.get_clock().now().to_msg()
-            msg.status = [arm, grip]
-            self._pub_diag.publish(msg)
-
-        def destroy_node(self) -> None:
-            try:
-                self._loop.shutdown(timeout_s=2.0)
-            finally:
-                if self._gripper is not None:
-                    self._gripper.shutdown()
-                for handle in (self._backend.control, self._backend.receive, self._backend.gripper):
-                    if handle is not None:
-                        try:
-                            handle.disconnect()
-                        except Exception as exc:  # noqa: BLE001 - best effort on the way out
-                            self.get_logger().warning(f"disconnect failed: {exc}")
-                super().destroy_node()
-
-    return _DriverNode
-
-
-def __getattr__(name: str):  # DriverNode is built lazily so that importing this module needs no ROS
-    if name == "DriverNode":
-        cls = _define_node()
-        globals()["DriverNode"] = cls
-        return cls
-    raise AttributeError(name)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ ends as a success, ``n`` as a failure.
 A write error (disk full, file-size limit) ends the episode, not the node:
 the bag keeps every complete chunk and is closed readable, the error is
 logged once, and the next ``~/end_episode`` answers ok=false with the error
-and the bag's path (docs/recording.md).
+and the bag's path (docs/recording.md). Parameters and ``--help``:
+:mod:`atk_bringup.recorder_params` (ROS-free).
 """
 from __future__ import annotations
 
@@ -29,39 +30,19 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.serialization import deserialize_message
 
-from atk_perception.node_params import ParameterError, ParamSpec, declare, format_help, log_effective
+from atk_perception.node_params import ParameterError, declare, log_effective
 from atk_perception.node_runner import run_node
 from atk_policy.bags import EpisodeLabel
 
-from atk_bringup.graph import TRAINING_TOPICS
-from atk_bringup.recording import (KNOWN_TOPIC_TYPES, EpisodeRecorder, EpisodeWriteError, RecorderError,
+from atk_bringup.recorder_params import COMMAND, DEPTH_TOPIC, NODE_NAME, PARAMS
+from atk_bringup.recording import (EpisodeRecorder, EpisodeWriteError, RecorderError,
                                    TopicSpec, default_qos, parse_topics)
 
-NODE_NAME = "recorder"
-SUMMARY = ("Records the training topics into one rosbag2 bag per episode (rosbags, MCAP), "
-           "started and ended by ~/start_episode and ~/end_episode, with the success label beside the bag.")
-# The graph's list, so that the recorder node and `ros2 bag record` write the same topics.
-DEFAULT_TOPICS = TRAINING_TOPICS
-DEPTH_TOPIC = "camera/depth/image_raw"
 # Messages the subscription queues while the executor is busy writing. Sensor
 # topics come at camera/driver rate; the recorder must not lose them to a
 # momentary disk stall, so the queue is deeper than the publishers' (5).
 SENSOR_QUEUE = 100
 COMMAND_QUEUE = 100
-
-PARAMS = [
-    ParamSpec("output_dir", "bags", "Folder the episode bags are written to (created if missing)."),
-    ParamSpec("topics", list(DEFAULT_TOPICS),
-              "Topics to record, relative (namespaced by the node's namespace). A topic of docs/interfaces.md "
-              "by name, any other as 'name:pkg/msg/Type[:sensor|command|latched]'."),
-    ParamSpec("record_depth", False, f"Also record {DEPTH_TOPIC}."),
-    ParamSpec("bag_prefix", "episode", "Bag folder names: <bag_prefix>_<UTC date-time>_<NNN>."),
-    ParamSpec("storage", "mcap", "rosbag2 storage of the bags.", choices=("mcap", "sqlite3")),
-    ParamSpec("compress", False, "zstd-compress the bags (MCAP chunks; sqlite3: each message). Costs CPU "
-              "while recording; camera images of a scene shrink a few times."),
-    ParamSpec("task", "", "Task name written into episode.yaml (overridden by sim/episode when recorded)."),
-    ParamSpec("keyboard", False, "Also start/end episodes from the terminal: s=start, y=success, n=failure."),
-]
 
 
 def _msg_class(msgtype: str) -> Any:
@@ -250,11 +231,7 @@ class RecorderNode(Node):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    def print_help() -> None:
-        extra = "topics of docs/interfaces.md known by name: " + ", ".join(KNOWN_TOPIC_TYPES)
-        print(format_help("recorder_node", SUMMARY, PARAMS, extra))
-
-    return run_node("recorder", argv, RecorderNode, print_help=print_help,
+    return run_node(NODE_NAME, argv, RecorderNode, print_help=COMMAND.print_help,
                     startup_errors=(ParameterError, RecorderError), threads=1,
                     on_exit=lambda node: node.shutdown())
 

@@ -126,11 +126,13 @@ def test_write_error_ends_the_episode_and_keeps_complete_chunks(tmp_path, storag
 rclpy = pytest.importorskip("rclpy", reason="rclpy not importable: source env.sh")
 
 
-def test_help_is_answered_without_ros():
-    out = subprocess.run([sys.executable, "-m", "atk_bringup.recorder_node", "--help"], capture_output=True,
-                         text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert "output_dir" in out.stdout and "start_episode" in out.stdout
+def test_help_names_the_services_and_known_topics(capsys):
+    """(Without ROS, for every node: tests/test_parameter_files.py.)"""
+    from atk_bringup.recorder_params import COMMAND
+
+    assert COMMAND.main(["recorder_node", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "output_dir" in out and "start_episode" in out and "known by name: camera/color/image_raw" in out
 
 
 class _Harness:

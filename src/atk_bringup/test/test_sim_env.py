@@ -244,8 +244,8 @@ def test_pictures_command_writes_one_png_per_task_and_set(tmp_path):
 
 
 def test_node_task_choices_match_library():
-    from atk_bringup import sim_node
+    from atk_bringup import sim_params
     from atk_bringup.sim.tasks import TASKS as LIB_TASKS
 
-    assert sim_node.TASK_CHOICES == tuple(LIB_TASKS)
-    assert sim_node.PERTURBATION_CHOICES == PERTURBATIONS
+    assert sim_params.TASK_CHOICES == tuple(LIB_TASKS)
+    assert sim_params.PERTURBATION_CHOICES == PERTURBATIONS

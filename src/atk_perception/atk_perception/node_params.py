@@ -1,5 +1,12 @@
 """Parameter specs shared by every node's ``--help`` and declarations.
 
+Each node's parameters are written once, as the fields of a frozen dataclass
+in the node's ROS-free params module (``camera_params``, ``tracker_params``,
+...): :func:`param` makes such a field (its default, and the help text and
+range in its metadata) and :func:`param_specs` turns the dataclass into the
+node's :class:`ParamSpec` list. The YAML files in ``atk_bringup/config`` are
+the operator-facing copy; tests/test_parameter_files.py keeps them in step.
+
 The spec list is ROS-free so ``--help`` can print it without starting ROS;
 :func:`declare` (rclpy imported inside) declares every parameter with its
 description and range, validates the values, and returns them as a dict.
@@ -11,6 +18,9 @@ SetParametersResult with its message).
 from __future__ import annotations
 
 import array
+import ast
+import dataclasses
+import importlib.util
 import math
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -156,6 +166,45 @@ class ParamSpec:
         return "; ".join(parts)
 
 
+#: ParamSpec fields that param() accepts as keywords (kept in the field's metadata).
+_SPEC_OPTIONS = ("min", "max", "choices", "array_type", "runtime", "item_choices", "length", "nonempty")
+
+
+def param(default: Any, help: str, **options: Any) -> Any:  # noqa: A002 (the metadata key the brief names)
+    """A dataclass field that is a node parameter: ``default`` (a list default
+    gets a fresh copy per instance), the ``help`` text, and the ParamSpec
+    options (min, max, choices, ...) in the field's metadata."""
+    unknown = set(options) - set(_SPEC_OPTIONS)
+    if unknown:
+        raise TypeError(f"param(): unknown options {sorted(unknown)}; known: {', '.join(_SPEC_OPTIONS)}")
+    metadata = {"help": help, **options}
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def param_specs(config: type) -> tuple[ParamSpec, ...]:
+    """The ParamSpecs of a params dataclass, in field order (see :func:`param`)."""
+    specs = []
+    for f in dataclasses.fields(config):
+        if "help" not in f.metadata:
+            raise TypeError(f"{config.__name__}.{f.name} is not a parameter: declare it with param()")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        options = {k: v for k, v in f.metadata.items() if k != "help"}
+        specs.append(ParamSpec(f.name, default, f.metadata["help"], **options))
+    return tuple(specs)
+
+
+def module_doc(module: str) -> str:
+    """The docstring of ``module``, read from its file without importing it:
+    a node module imports rclpy, and ``--help`` prints its docstring without ROS."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise ImportError(f"module {module} not found")
+    with open(spec.origin, encoding="utf-8") as f:
+        return ast.get_docstring(ast.parse(f.read(), filename=spec.origin)) or ""
+
+
 def format_help(node_name: str, summary: str, specs: Sequence[ParamSpec],
                 extra: str = "") -> str:
     """Text printed by ``--help``: usage, parameters with defaults and ranges,
@@ -172,7 +221,30 @@ def format_help(node_name: str, summary: str, specs: Sequence[ParamSpec],
     return "\n".join(lines)
 
 
-from .node_runner import wants_help  # noqa: E402,F401  (re-exported: the nodes' help check)
+from .node_runner import help_or_run, wants_help  # noqa: E402,F401  (wants_help re-exported: the nodes' help check)
+
+
+@dataclass(frozen=True)
+class NodeCommand:
+    """A node's console script, in its ROS-free params module.
+
+    ``main`` answers ``--help`` from ``params`` without ROS and otherwise
+    imports ``node_module`` (which imports rclpy) and runs its ``main``.
+    ``summary`` empty: the node module's docstring, read without importing it.
+    """
+
+    executable: str
+    node_module: str
+    params: Sequence[ParamSpec]
+    summary: str = ""
+    extra: str = ""
+
+    def print_help(self) -> None:
+        print(format_help(self.executable, self.summary or module_doc(self.node_module), self.params,
+                          self.extra))
+
+    def main(self, argv: Sequence[str] | None = None) -> int:
+        return help_or_run(argv, self.print_help, self.node_module)
 
 
 def _descriptor(s: ParamSpec, ranges: bool, read_only: bool) -> Any:

@@ -21,11 +21,14 @@ clean Ctrl-C. Only the first SIGINT interrupts; later ones, and any once
 the teardown has started, are ignored (launch escalates to SIGTERM, then
 SIGKILL, if a teardown hangs).
 
-rclpy is imported inside :func:`run_node` only, so that importing a node
-module (for ``--help`` or its ROS-free helpers) needs no ROS environment.
+rclpy is imported inside :func:`run_node` only. Node modules import rclpy
+at the top; each node's console script is the ``main`` of its ROS-free params
+module, which answers ``--help`` and only then imports the node module
+(:func:`help_or_run`), so ``--help`` needs no ROS environment.
 """
 from __future__ import annotations
 
+import importlib
 import signal
 import sys
 import threading
@@ -50,6 +53,16 @@ def wants_help(argv: Sequence[str]) -> bool:
     """``-h`` / ``--help`` among the user's arguments (not the ROS ones)."""
     args = user_args(argv)
     return "-h" in args or "--help" in args
+
+
+def help_or_run(argv: Sequence[str] | None, print_help: Callable[[], None], node_module: str) -> int:
+    """A node's console script: ``-h`` / ``--help`` is answered here, without
+    ROS; otherwise ``node_module`` (which imports rclpy) is imported and its
+    ``main(argv)`` runs the node."""
+    if wants_help(list(sys.argv if argv is None else argv)):
+        print_help()
+        return 0
+    return importlib.import_module(node_module).main(argv)
 
 
 class _FirstSigintOnly:

@@ -3,7 +3,8 @@
 Thin shell over :mod:`atk_perception.tracking_session` (state machine),
 :mod:`atk_perception.keypoint_template` (model artifact / points),
 :mod:`atk_perception.image_conversion` and the h_C backends. See
-docs/perception_nodes.md for topics, QoS and behaviour.
+docs/perception_nodes.md for topics, QoS and behaviour. Parameters and
+``--help``: :mod:`atk_perception.tracker_params` (ROS-free).
 
 Concurrency: a SingleThreadedExecutor runs the image callback and the two
 services; the image callback only stores the newest frame in a one-slot
@@ -31,86 +32,25 @@ from typing import Any
 
 import cv2
 import numpy as np
+from rclpy.node import Node
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import CameraInfo, Image, JointState
 
+from atk_msgs.msg import Keypoint, KeypointArray
+from atk_msgs.srv import ResetTracker, TransferKeypoints
 from atk_perception import kinematics as kin
 from atk_perception.correspondence import CorrespondenceError
 from atk_perception.image_conversion import ImageConversionError, array_to_imgmsg, imgmsg_to_rgb8
 from atk_perception.keypoint_template import (
     TemplateError, load_model_template, load_points_template)
-from atk_perception.node_params import ParamSpec, ParameterError, format_help
+from atk_perception.node_params import ParameterError, declare, log_effective
 from atk_perception.node_runner import run_node
 from atk_perception.robot_mask import RobotMaskError, load_extrinsics
 from atk_perception.robot_occlusion import RobotAwareTracker, RobotInputs, RobotOcclusionConfig
+from atk_perception.tracker_params import COMMAND, NODE_NAME, PARAMS
 from atk_perception.tracking_session import (
-    SIZE_MISMATCH_POLICIES, LatestFrameSlot, SessionConfig, SessionOutput, TrackerState,
+    LatestFrameSlot, SessionConfig, SessionOutput, TrackerState,
     TrackingSession)
-
-NODE_NAME = "tracker"
-
-PARAMS = (
-    ParamSpec("backend", "cpu", "h_C backend: 'cpu' (OpenCV LK + SIFT, no weights) or "
-              "'cotracker' (CoTracker3 online, GPU; needs `checkpoint`)",
-              choices=("cpu", "cotracker")),
-    ParamSpec("checkpoint", "", "CoTracker3 checkpoint file (local path; nothing is "
-              "downloaded). Required for backend 'cotracker'"),
-    ParamSpec("device", "", "torch device for backend 'cotracker' (e.g. cuda, cpu); "
-              "empty: the backend's default"),
-    ParamSpec("cotracker_v2", False, "backend 'cotracker': the checkpoint is a CoTracker2 one (no "
-              "confidence head); must match the checkpoint"),
-    ParamSpec("cotracker_window_len", 0, "backend 'cotracker': sliding window length; fixed by the "
-              "checkpoint (CoTracker3 online: 16), 0 takes the checkpoint's", min=0, max=1024),
-    ParamSpec("cotracker_visibility_threshold", 0.6, "backend 'cotracker': a point is visible when "
-              "visibility x confidence exceeds this (the official predictor's fixed value: 0.6)",
-              min=0.0, max=0.999),
-    ParamSpec("cotracker_confidence_decay", 0.9, "backend 'cotracker': confidence factor per frame "
-              "since the last CoTracker result (it runs every window_len/2 frames)", min=0.001, max=1.0),
-    # 'async' by default here (not in the library, whose offline users want
-    # results independent of thread timing): it takes SIFT off the frame path,
-    # which is what sets the node's latency tail (docs/perception.md).
-    ParamSpec("reanchor_mode", "async", "backend 'cpu': where re-anchoring to the template "
-              "runs: 'async' (background thread, every frame costs only LK), 'split' (over "
-              "two frames), 'inline' (on the frame it is due)",
-              choices=("async", "split", "inline")),
-    ParamSpec("model_dir", "", "trained model folder with model.json + template.png; "
-              "its template and keypoints are tracked. Empty: use points + template_image"),
-    ParamSpec("points", [], "flat list x0, y0, x1, y1, ... of keypoints in pixels of "
-              "template_image (used when model_dir is empty)", array_type="double"),
-    ParamSpec("point_ids", [], "ids of `points` (default 0..N-1)", array_type="integer"),
-    ParamSpec("point_names", [], "names of `points` (default kpNN)", array_type="string"),
-    ParamSpec("template_image", "", "template image file for `points`"),
-    ParamSpec("frame_id", "", "header.frame_id for keypoints when the image has none"),
-    ParamSpec("min_point_confidence", 0.5, "a keypoint counts as confident when visible "
-              "and at/above this confidence", min=0.0, max=1.0),
-    ParamSpec("min_confident_fraction", 0.5, "fewer confident keypoints than this fraction "
-              "makes a frame bad", min=0.0, max=1.0),
-    ParamSpec("lost_after_frames", 3, "consecutive bad frames before state LOST",
-              min=1, max=1000),
-    ParamSpec("lost_after_s", 2.0, "... lasting at least this long (source stamps, s): the "
-              "robot's own arm covering keypoints for a moment is not LOST", min=0.0, max=59.0),
-    ParamSpec("transfer_min_fraction", 0.5, "a transfer from the template is accepted when "
-              "at least this fraction of keypoints is confident", min=0.0, max=1.0),
-    ParamSpec("retransfer_every_n_frames", 5, "while LOST, retry the transfer every this "
-              "many frames", min=1, max=1000),
-    ParamSpec("max_frame_gap_s", 1.0, "a jump between source stamps larger than this (or "
-              "backwards) re-transfers the keypoints", min=0.001, max=3600.0),
-    ParamSpec("frame_timeout_s", 1.0, "no frame for this long reports state LOST once "
-              "(keypoints re-transferred when frames return)", min=0.01, max=3600.0),
-    ParamSpec("template_size_mismatch", "rescale", "template of another size than the "
-              "camera frames: 'rescale' it (same aspect ratio only) or 'refuse' to track",
-              choices=SIZE_MISMATCH_POLICIES),
-    ParamSpec("overlay", True, "publish keypoints/overlay (only while someone subscribes)"),
-    ParamSpec("extrinsics_file", "", "camera pose in the robot base frame (atk-calibrate's YAML): keypoints "
-              "the robot covers (from joint_states, camera_info and this) are reported not visible and "
-              "predicted. Empty: off"),
-    ParamSpec("robot_margin_px", 6.0, "the robot's silhouette is grown by this before testing keypoints",
-              min=0.0, max=100.0),
-    ParamSpec("max_joint_age_s", 0.25, "a joint state further than this from the frame's stamp is not used "
-              "(the robot model is off for that frame)", min=0.001, max=10.0),
-)
-
-SUMMARY = ("Tracks the model's keypoints on camera/color/image_raw with h_C and publishes\n"
-           "keypoints (atk_msgs/KeypointArray) and keypoints/overlay (sensor_msgs/Image);\n"
-           "services ~/reset (atk_msgs/ResetTracker), ~/transfer (atk_msgs/TransferKeypoints).")
 
 # Overlay colours (RGB) from red (confidence 0) over yellow to green (1).
 _STATE_NAMES = {TrackerState.INITIALISING: "INITIALISING", TrackerState.TRACKING: "TRACKING",
@@ -172,257 +112,243 @@ def draw_overlay(image: np.ndarray, out: SessionOutput, ids: tuple[int, ...],
     return canvas
 
 
-def _build_node_class():
-    """Define the Node subclass after rclpy is importable (keeps --help ROS-free)."""
-    from atk_msgs.msg import Keypoint, KeypointArray  # noqa: PLC0415
-    from atk_msgs.srv import ResetTracker, TransferKeypoints  # noqa: PLC0415
-    from rclpy.node import Node  # noqa: PLC0415
-    from rclpy.qos import qos_profile_sensor_data  # noqa: PLC0415
-    from sensor_msgs.msg import CameraInfo, Image, JointState  # noqa: PLC0415
+class TrackerNode(Node):
+    """ROS shell around :class:`TrackingSession`."""
 
-    from atk_perception.node_params import declare, log_effective  # noqa: PLC0415
-
-    class TrackerNode(Node):
-        """ROS shell around :class:`TrackingSession`."""
-
-        def __init__(self, **node_kwargs: Any) -> None:
-            super().__init__(NODE_NAME, **node_kwargs)
-            p = declare(self, PARAMS)
-            log_effective(self, p)
-            self.p = p
-            config = SessionConfig(
-                min_point_confidence=p["min_point_confidence"],
-                min_confident_fraction=p["min_confident_fraction"],
-                lost_after_frames=p["lost_after_frames"],
-                lost_after_s=p["lost_after_s"],
-                transfer_min_fraction=p["transfer_min_fraction"],
-                retransfer_every_n_frames=p["retransfer_every_n_frames"],
-                max_frame_gap_s=p["max_frame_gap_s"],
-                frame_timeout_s=p["frame_timeout_s"],
-                template_size_mismatch=p["template_size_mismatch"])
-            template = self._load_template(p)
-            h_c = make_backend(p["backend"], p["checkpoint"], p["device"], p["reanchor_mode"],
-                               {name: p[name] for name in COTRACKER_PARAMS})
-            base_t_camera = None
-            if p["extrinsics_file"]:
-                try:
-                    base_t_camera = load_extrinsics(p["extrinsics_file"])
-                except RobotMaskError as exc:
-                    raise ParameterError(f"parameter extrinsics_file: {exc}") from exc
-            self.robot = RobotInputs(base_t_camera, p["max_joint_age_s"])
-            h_c = RobotAwareTracker(h_c, None, RobotOcclusionConfig(margin_px=p["robot_margin_px"]))
-            self.session = TrackingSession(h_c, template, config)
-            self.get_logger().info(
-                f"tracking {len(template)} keypoints ({', '.join(template.names)}) from "
-                f"{template.source}, template {template.size[0]}x{template.size[1]}, "
-                f"backend {p['backend']}")
-
-            self.slot: LatestFrameSlot = LatestFrameSlot()
-            self._last_rx = time.monotonic()
-            self._last_header = None
-            self._last_stall_log = 0.0
-            self._last_bad_log = 0.0
-            self._frames_done = 0
-            # Held by the worker while it processes a frame and by the ~/transfer
-            # service (both use h_C); never by anything else on the executor thread.
-            self._session_lock = threading.Lock()
-
-            # Sensor-data QoS (best effort, keep last 5): a late frame is worth
-            # nothing, and a reliable queue would make the camera wait on us.
-            self.sub = self.create_subscription(Image, "camera/color/image_raw", self._on_image,
-                                                qos_profile_sensor_data)
-            # The robot model's inputs: sensor-data QoS (newest only; best effort
-            # also matches a reliable publisher such as the driver's joint_states).
-            if base_t_camera is not None:
-                self.create_subscription(CameraInfo, "camera/color/camera_info", self._on_camera_info,
-                                         qos_profile_sensor_data)
-                self.create_subscription(JointState, "joint_states", self._on_joint_state,
-                                         qos_profile_sensor_data)
-            # Keypoints are sensor data too: consumers want the newest, not a backlog.
-            self.pub = self.create_publisher(KeypointArray, "keypoints", qos_profile_sensor_data)
-            self.overlay_pub = self.create_publisher(Image, "keypoints/overlay",
-                                                     qos_profile_sensor_data)
-            # Watchdog period (run by the worker between frames): a tenth of the
-            # frame timeout, so a stall is seen within 10 % of it, but not
-            # faster than 20 Hz.
-            self._watchdog_period_s = max(0.05, config.frame_timeout_s / 10)
-            self.create_service(ResetTracker, "~/reset", self._on_reset)
-            self.create_service(TransferKeypoints, "~/transfer", self._on_transfer)
-            self._Keypoint, self._KeypointArray = Keypoint, KeypointArray
-            self._worker = threading.Thread(target=self._worker_loop, name="tracker-worker",
-                                            daemon=True)
-            self._worker.start()
-
-        # -------------------------------------------------------- setup
-        def _load_template(self, p: dict):
-            if p["model_dir"]:
-                return load_model_template(p["model_dir"])
-            if not p["points"] or not p["template_image"]:
-                raise ParameterError("parameters model_dir or points + template_image: give a "
-                                     "trained model folder (model_dir:=...) or keypoints "
-                                     "(points:=[x0, y0, ...]) on a template image "
-                                     "(template_image:=...)")
-            return load_points_template(p["points"], p["template_image"],
-                                        p["point_ids"] or None, p["point_names"] or None)
-
-        # -------------------------------------------------------- callbacks
-        def _on_camera_info(self, msg) -> None:
-            self.robot.set_intrinsics(np.asarray(msg.k, np.float64))
-
-        def _on_joint_state(self, msg) -> None:
-            q, _ = kin.joint_state_vector(list(msg.name), list(msg.position))
-            if q is not None:
-                self.robot.set_joint_state(q, msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9)
-
-        def _on_image(self, msg: Image) -> None:
-            # Cheap on purpose: store, count an overwrite as a drop, wake the worker.
-            self._last_rx = time.monotonic()
-            self.slot.put(msg)
-
-        def _worker_loop(self) -> None:
-            while True:
-                msg = self.slot.wait_take(self._watchdog_period_s)
-                if self.slot.closed:  # the node is shutting down
-                    return
-                try:
-                    if msg is None:
-                        self._check_stall()
-                        continue
-                    with self._session_lock:
-                        self._work(msg)
-                except Exception as exc:  # noqa: BLE001
-                    if self.slot.closed:
-                        return  # publish after the context went down: shutting down
-                    self.get_logger().error(f"tracker worker: {type(exc).__name__}: {exc}; "
-                                            "frame skipped")
-
-        def close(self) -> None:
-            """Stops the worker (after the frame in hand) and the CPU backend's
-            re-anchoring thread; called before the node is destroyed."""
-            self.slot.close()
-            self._worker.join(timeout=10.0)
-            close = getattr(self.session.h_c, "close", None)
-            if close is not None:
-                close()
-
-        def _work(self, msg) -> None:
-            self._last_header = msg.header
+    def __init__(self, **node_kwargs: Any) -> None:
+        super().__init__(NODE_NAME, **node_kwargs)
+        p = declare(self, PARAMS)
+        log_effective(self, p)
+        self.p = p
+        config = SessionConfig(
+            min_point_confidence=p["min_point_confidence"],
+            min_confident_fraction=p["min_confident_fraction"],
+            lost_after_frames=p["lost_after_frames"],
+            lost_after_s=p["lost_after_s"],
+            transfer_min_fraction=p["transfer_min_fraction"],
+            retransfer_every_n_frames=p["retransfer_every_n_frames"],
+            max_frame_gap_s=p["max_frame_gap_s"],
+            frame_timeout_s=p["frame_timeout_s"],
+            template_size_mismatch=p["template_size_mismatch"])
+        template = self._load_template(p)
+        h_c = make_backend(p["backend"], p["checkpoint"], p["device"], p["reanchor_mode"],
+                           {name: p[name] for name in COTRACKER_PARAMS})
+        base_t_camera = None
+        if p["extrinsics_file"]:
             try:
-                rgb = imgmsg_to_rgb8(msg)
-            except ImageConversionError as exc:
-                self._warn_bad(str(exc))
-                self._publish(self.session.report_bad_frame(str(exc)), msg.header)
+                base_t_camera = load_extrinsics(p["extrinsics_file"])
+            except RobotMaskError as exc:
+                raise ParameterError(f"parameter extrinsics_file: {exc}") from exc
+        self.robot = RobotInputs(base_t_camera, p["max_joint_age_s"])
+        h_c = RobotAwareTracker(h_c, None, RobotOcclusionConfig(margin_px=p["robot_margin_px"]))
+        self.session = TrackingSession(h_c, template, config)
+        self.get_logger().info(
+            f"tracking {len(template)} keypoints ({', '.join(template.names)}) from "
+            f"{template.source}, template {template.size[0]}x{template.size[1]}, "
+            f"backend {p['backend']}")
+
+        self.slot: LatestFrameSlot = LatestFrameSlot()
+        self._last_rx = time.monotonic()
+        self._last_header = None
+        self._last_stall_log = 0.0
+        self._last_bad_log = 0.0
+        self._frames_done = 0
+        # Held by the worker while it processes a frame and by the ~/transfer
+        # service (both use h_C); never by anything else on the executor thread.
+        self._session_lock = threading.Lock()
+
+        # Sensor-data QoS (best effort, keep last 5): a late frame is worth
+        # nothing, and a reliable queue would make the camera wait on us.
+        self.sub = self.create_subscription(Image, "camera/color/image_raw", self._on_image,
+                                            qos_profile_sensor_data)
+        # The robot model's inputs: sensor-data QoS (newest only; best effort
+        # also matches a reliable publisher such as the driver's joint_states).
+        if base_t_camera is not None:
+            self.create_subscription(CameraInfo, "camera/color/camera_info", self._on_camera_info,
+                                     qos_profile_sensor_data)
+            self.create_subscription(JointState, "joint_states", self._on_joint_state,
+                                     qos_profile_sensor_data)
+        # Keypoints are sensor data too: consumers want the newest, not a backlog.
+        self.pub = self.create_publisher(KeypointArray, "keypoints", qos_profile_sensor_data)
+        self.overlay_pub = self.create_publisher(Image, "keypoints/overlay",
+                                                 qos_profile_sensor_data)
+        # Watchdog period (run by the worker between frames): a tenth of the
+        # frame timeout, so a stall is seen within 10 % of it, but not
+        # faster than 20 Hz.
+        self._watchdog_period_s = max(0.05, config.frame_timeout_s / 10)
+        self.create_service(ResetTracker, "~/reset", self._on_reset)
+        self.create_service(TransferKeypoints, "~/transfer", self._on_transfer)
+        self._worker = threading.Thread(target=self._worker_loop, name="tracker-worker",
+                                        daemon=True)
+        self._worker.start()
+
+    # -------------------------------------------------------- setup
+    def _load_template(self, p: dict):
+        if p["model_dir"]:
+            return load_model_template(p["model_dir"])
+        if not p["points"] or not p["template_image"]:
+            raise ParameterError("parameters model_dir or points + template_image: give a "
+                                 "trained model folder (model_dir:=...) or keypoints "
+                                 "(points:=[x0, y0, ...]) on a template image "
+                                 "(template_image:=...)")
+        return load_points_template(p["points"], p["template_image"],
+                                    p["point_ids"] or None, p["point_names"] or None)
+
+    # -------------------------------------------------------- callbacks
+    def _on_camera_info(self, msg) -> None:
+        self.robot.set_intrinsics(np.asarray(msg.k, np.float64))
+
+    def _on_joint_state(self, msg) -> None:
+        q, _ = kin.joint_state_vector(list(msg.name), list(msg.position))
+        if q is not None:
+            self.robot.set_joint_state(q, msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9)
+
+    def _on_image(self, msg: Image) -> None:
+        # Cheap on purpose: store, count an overwrite as a drop, wake the worker.
+        self._last_rx = time.monotonic()
+        self.slot.put(msg)
+
+    def _worker_loop(self) -> None:
+        while True:
+            msg = self.slot.wait_take(self._watchdog_period_s)
+            if self.slot.closed:  # the node is shutting down
                 return
-            stamp_s = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
-            note = self.robot.apply(self.session.h_c, stamp_s)
-            if note:
-                self.get_logger().info(note)
             try:
-                out = self.session.process(rgb, stamp_s)
-            except Exception as exc:  # noqa: BLE001 (a backend bug must not kill the node)
-                self.get_logger().error(f"h_C failed on this frame ({type(exc).__name__}: {exc}); "
+                if msg is None:
+                    self._check_stall()
+                    continue
+                with self._session_lock:
+                    self._work(msg)
+            except Exception as exc:  # noqa: BLE001
+                if self.slot.closed:
+                    return  # publish after the context went down: shutting down
+                self.get_logger().error(f"tracker worker: {type(exc).__name__}: {exc}; "
                                         "frame skipped")
-                out = self.session.report_bad_frame(f"tracker error {type(exc).__name__}: {exc}")
-            if out.message and out.message.startswith("frame skipped"):
-                self._warn_bad(out.message)
-            self._publish(out, msg.header)
-            self._frames_done += 1
-            if self.p["overlay"] and self.overlay_pub.get_subscription_count() > 0:
-                canvas = draw_overlay(rgb, out, self.session.ids, self.p["min_point_confidence"])
-                self.overlay_pub.publish(array_to_imgmsg(canvas, "rgb8", msg.header))
 
-        def _warn_bad(self, text: str) -> None:
-            now = time.monotonic()
-            if now - self._last_bad_log > 2.0:  # throttle: a bad stream repeats per frame
-                self.get_logger().warning(text)
-                self._last_bad_log = now
+    def close(self) -> None:
+        """Stops the worker (after the frame in hand) and the CPU backend's
+        re-anchoring thread; called before the node is destroyed."""
+        self.slot.close()
+        self._worker.join(timeout=10.0)
+        close = getattr(self.session.h_c, "close", None)
+        if close is not None:
+            close()
 
-        def _check_stall(self) -> None:
-            """Worker thread, when no frame came for a watchdog period."""
-            if self._last_header is None:
-                return
-            idle = time.monotonic() - self._last_rx
-            out = self.session.check_stalled(idle)
-            if out is not None:
-                self.get_logger().warning(out.message)
-                self._last_stall_log = time.monotonic()
-                self._publish(out, self._last_header)
-            elif idle > self.session.config.frame_timeout_s and \
-                    time.monotonic() - self._last_stall_log > 10.0:
-                self.get_logger().warning(f"still no camera frames on {self.sub.topic_name} "
-                                          f"after {idle:.0f} s")
-                self._last_stall_log = time.monotonic()
+    def _work(self, msg) -> None:
+        self._last_header = msg.header
+        try:
+            rgb = imgmsg_to_rgb8(msg)
+        except ImageConversionError as exc:
+            self._warn_bad(str(exc))
+            self._publish(self.session.report_bad_frame(str(exc)), msg.header)
+            return
+        stamp_s = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        note = self.robot.apply(self.session.h_c, stamp_s)
+        if note:
+            self.get_logger().info(note)
+        try:
+            out = self.session.process(rgb, stamp_s)
+        except Exception as exc:  # noqa: BLE001 (a backend bug must not kill the node)
+            self.get_logger().error(f"h_C failed on this frame ({type(exc).__name__}: {exc}); "
+                                    "frame skipped")
+            out = self.session.report_bad_frame(f"tracker error {type(exc).__name__}: {exc}")
+        if out.message and out.message.startswith("frame skipped"):
+            self._warn_bad(out.message)
+        self._publish(out, msg.header)
+        self._frames_done += 1
+        if self.p["overlay"] and self.overlay_pub.get_subscription_count() > 0:
+            canvas = draw_overlay(rgb, out, self.session.ids, self.p["min_point_confidence"])
+            self.overlay_pub.publish(array_to_imgmsg(canvas, "rgb8", msg.header))
 
-        def _on_reset(self, request, response):
-            pts = np.array([[k.x, k.y] for k in request.keypoints], np.float32).reshape(-1, 2)
-            ids = [int(k.id) for k in request.keypoints]
-            # No lock: the session files the request, and the worker applies
-            # it before its next frame (a transfer in progress is not waited for).
-            ok, message = self.session.request_reset(pts if len(ids) else None, ids or None)
-            if ok:
-                self.get_logger().info(message)
+    def _warn_bad(self, text: str) -> None:
+        now = time.monotonic()
+        if now - self._last_bad_log > 2.0:  # throttle: a bad stream repeats per frame
+            self.get_logger().warning(text)
+            self._last_bad_log = now
+
+    def _check_stall(self) -> None:
+        """Worker thread, when no frame came for a watchdog period."""
+        if self._last_header is None:
+            return
+        idle = time.monotonic() - self._last_rx
+        out = self.session.check_stalled(idle)
+        if out is not None:
+            self.get_logger().warning(out.message)
+            self._last_stall_log = time.monotonic()
+            self._publish(out, self._last_header)
+        elif idle > self.session.config.frame_timeout_s and \
+                time.monotonic() - self._last_stall_log > 10.0:
+            self.get_logger().warning(f"still no camera frames on {self.sub.topic_name} "
+                                      f"after {idle:.0f} s")
+            self._last_stall_log = time.monotonic()
+
+    def _on_reset(self, request, response):
+        pts = np.array([[k.x, k.y] for k in request.keypoints], np.float32).reshape(-1, 2)
+        ids = [int(k.id) for k in request.keypoints]
+        # No lock: the session files the request, and the worker applies
+        # it before its next frame (a transfer in progress is not waited for).
+        ok, message = self.session.request_reset(pts if len(ids) else None, ids or None)
+        if ok:
+            self.get_logger().info(message)
+        else:
+            self.get_logger().warning(message)
+        response.success, response.message = ok, message
+        return response
+
+    def _on_transfer(self, request, response):
+        try:
+            image = imgmsg_to_rgb8(request.image)
+            template = None
+            if request.template_image.height and request.template_image.width:
+                template = imgmsg_to_rgb8(request.template_image)
+            tk = request.template_keypoints
+            pts = np.array([[k.x, k.y] for k in tk], np.float32).reshape(-1, 2) if tk else None
+            if tk:
+                ids = [int(k.id) for k in tk]
+                names = [k.name for k in tk]
             else:
-                self.get_logger().warning(message)
-            response.success, response.message = ok, message
+                ids, names = list(self.session.ids), list(self.session.names)
+            with self._session_lock:  # a transfer can take seconds: the worker waits
+                out_pts, conf = self.session.transfer(image, template, pts)
+        except (ImageConversionError, CorrespondenceError, ValueError) as exc:
+            response.success, response.message = False, f"transfer refused: {exc}"
+            self.get_logger().warning(response.message)
             return response
+        thr = self.p["min_point_confidence"]
+        for kid, name, (x, y), c in zip(ids, names, out_pts, conf):
+            response.keypoints.append(Keypoint(
+                id=kid, name=name, x=float(x), y=float(y), confidence=float(c),
+                visible=bool(c >= thr)))
+        n_ok = int(np.sum(conf >= thr))
+        response.success = True
+        response.message = f"{n_ok} of {len(conf)} keypoints with confidence >= {thr:g}"
+        return response
 
-        def _on_transfer(self, request, response):
-            try:
-                image = imgmsg_to_rgb8(request.image)
-                template = None
-                if request.template_image.height and request.template_image.width:
-                    template = imgmsg_to_rgb8(request.template_image)
-                tk = request.template_keypoints
-                pts = np.array([[k.x, k.y] for k in tk], np.float32).reshape(-1, 2) if tk else None
-                if tk:
-                    ids = [int(k.id) for k in tk]
-                    names = [k.name for k in tk]
-                else:
-                    ids, names = list(self.session.ids), list(self.session.names)
-                with self._session_lock:  # a transfer can take seconds: the worker waits
-                    out_pts, conf = self.session.transfer(image, template, pts)
-            except (ImageConversionError, CorrespondenceError, ValueError) as exc:
-                response.success, response.message = False, f"transfer refused: {exc}"
-                self.get_logger().warning(response.message)
-                return response
-            thr = self.p["min_point_confidence"]
-            for kid, name, (x, y), c in zip(ids, names, out_pts, conf):
-                response.keypoints.append(self._Keypoint(
-                    id=kid, name=name, x=float(x), y=float(y), confidence=float(c),
-                    visible=bool(c >= thr)))
-            n_ok = int(np.sum(conf >= thr))
-            response.success = True
-            response.message = f"{n_ok} of {len(conf)} keypoints with confidence >= {thr:g}"
-            return response
-
-        # -------------------------------------------------------- output
-        def _publish(self, out: SessionOutput, header) -> None:
-            msg = self._KeypointArray()
-            msg.header = header
-            if not msg.header.frame_id:
-                msg.header.frame_id = self.p["frame_id"]
-            msg.state = int(out.state)
-            msg.image_width, msg.image_height = int(out.image_size[0]), int(out.image_size[1])
-            msg.frames_dropped = self.slot.dropped
-            msg.processing_time_s = float(out.processing_time_s)
-            msg.message = out.message
-            Kp = self._Keypoint
-            msg.keypoints = [
-                Kp(id=int(i), name=n, x=float(x), y=float(y),
-                   confidence=float(np.clip(c, 0.0, 1.0)), visible=bool(v))
-                for i, n, (x, y), c, v in zip(self.session.ids, self.session.names,
-                                              out.points, out.confidence, out.visible)]
-            self.pub.publish(msg)
-
-    return TrackerNode
+    # -------------------------------------------------------- output
+    def _publish(self, out: SessionOutput, header) -> None:
+        msg = KeypointArray()
+        msg.header = header
+        if not msg.header.frame_id:
+            msg.header.frame_id = self.p["frame_id"]
+        msg.state = int(out.state)
+        msg.image_width, msg.image_height = int(out.image_size[0]), int(out.image_size[1])
+        msg.frames_dropped = self.slot.dropped
+        msg.processing_time_s = float(out.processing_time_s)
+        msg.message = out.message
+        Kp = Keypoint
+        msg.keypoints = [
+            Kp(id=int(i), name=n, x=float(x), y=float(y),
+               confidence=float(np.clip(c, 0.0, 1.0)), visible=bool(v))
+            for i, n, (x, y), c, v in zip(self.session.ids, self.session.names,
+                                          out.points, out.confidence, out.visible)]
+        self.pub.publish(msg)
 
 
 def main(argv: list[str] | None = None) -> int:
     # Startup errors an operator can fix (no template, unknown backend) exit 2:
     # nothing could be tracked. One executor thread receives frames; the node's
     # own worker thread processes them.
-    return run_node("tracker", argv, lambda: _build_node_class()(),
-                    print_help=lambda: print(format_help("tracker_node", SUMMARY, PARAMS)),
+    return run_node(NODE_NAME, argv, TrackerNode, print_help=COMMAND.print_help,
                     startup_errors=(ParameterError, TemplateError, ValueError, FileNotFoundError, ImportError),
                     threads=1, on_exit=lambda node: node.close())
 

@@ -148,3 +148,40 @@ def test_declare_refuses_a_bad_startup_value_quoting_it(ros_context, override, m
             declare(node, SPECS)
     finally:
         node.destroy_node()
+
+
+def test_params_dataclass_fields_are_the_specs():
+    """param() keeps a parameter's default, help and range in one dataclass
+    field; param_specs() makes the ParamSpecs from those fields, in order."""
+    from dataclasses import dataclass
+
+    from atk_perception.node_params import param, param_specs
+
+    @dataclass(frozen=True)
+    class Demo:
+        rate_hz: float = param(10.0, "a rate", min=0.5, max=100.0)
+        ids: list[int] = param([], "ids (unset unless given)", array_type="integer")
+        threshold: float = param(0.5, "changeable while running", min=0.0, max=1.0, runtime=True)
+
+    assert param_specs(Demo) == (SPECS[0], SPECS[-1], SPECS[7])
+    a, b = Demo(), Demo()
+    assert a.ids == [] and a.ids is not b.ids  # a list default is not shared
+    with pytest.raises(TypeError, match="unknown options"):
+        param(1, "x", maximum=3)
+
+    @dataclass
+    class NotAParameter:
+        x: int = 1
+
+    with pytest.raises(TypeError, match="NotAParameter.x is not a parameter"):
+        param_specs(NotAParameter)
+
+
+def test_module_doc_reads_a_docstring_without_importing():
+    import sys
+
+    from atk_perception.node_params import module_doc
+
+    sys.modules.pop("atk_perception.tracker_node", None)
+    assert module_doc("atk_perception.tracker_node").startswith("Keypoint tracker node: runs h_C")
+    assert "atk_perception.tracker_node" not in sys.modules

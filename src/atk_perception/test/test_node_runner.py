@@ -82,3 +82,18 @@ def test_only_the_first_sigint_interrupts():
     stopping = _FirstSigintOnly()
     stopping.stopping = True  # the teardown has begun (run_node's finally)
     assert stopping(2, None) is None
+
+
+def test_help_or_run_imports_the_node_module_only_to_run_it(capsys, monkeypatch):
+    import sys
+    import types
+
+    from atk_perception.node_runner import help_or_run
+
+    ran = []
+    node_module = types.ModuleType("atk_fake_node")
+    node_module.main = lambda argv: ran.append(argv) or 7
+    monkeypatch.setitem(sys.modules, "atk_fake_node", node_module)
+    assert help_or_run(["n", "--help"], lambda: print("usage: n"), "atk_no_such_module") == 0
+    assert capsys.readouterr().out == "usage: n\n" and not ran
+    assert help_or_run(["n", "--ros-args"], lambda: None, "atk_fake_node") == 7 and ran == [["n", "--ros-args"]]

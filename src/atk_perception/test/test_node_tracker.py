@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Callable
 
@@ -363,13 +361,7 @@ def test_overlay_is_published_with_the_source_stamp(tracker: Harness) -> None:
 
 
 # ---------------------------------------------------------------- startup
-def test_help_needs_no_ros() -> None:
-    out = subprocess.run([sys.executable, "-m", "atk_perception.tracker_node", "--help"],
-                         capture_output=True, text=True, timeout=30,
-                         env={k: v for k, v in os.environ.items() if k != "ROS_DOMAIN_ID"})
-    assert out.returncode == 0
-    for name in ("backend", "model_dir", "min_point_confidence", "frame_timeout_s"):
-        assert f"  {name} (default" in out.stdout
+# tracker_node --help without ROS: tests/test_parameter_files.py (every node).
 
 
 def _look_at(eye: np.ndarray, target: np.ndarray) -> np.ndarray:

@@ -92,7 +92,7 @@ def test_a_slow_transfer_neither_stops_frame_intake_nor_starts_another(tmp_path,
     rclpy.init(context=context)
     # The node's defaults: max_frame_gap_s 1 s and frame_timeout_s 1 s, both
     # shorter than the transfer.
-    node = tracker_node._build_node_class()(context=context, parameter_overrides=[
+    node = tracker_node.TrackerNode(context=context, parameter_overrides=[
         Parameter("model_dir", value=str(_model_dir(tmp_path, img, pts)))])
     client = rclpy.create_node("slow_transfer_test", context=context)
     received: list[KeypointArray] = []
