@@ -65,7 +65,9 @@ class DemoConfig:
     width: int = 320
     height: int = 240
     candidates: int = 64
-    train_seeds: tuple[int, ...] = (0, 1)
+    #: One seed by default: with every method, condition and the graph row, two seeds do not fit 20 minutes
+    #: on 2 cores (an episode that fails runs 30 s of simulated time: 5-14 s of CPU); --full trains 0,1,2.
+    train_seeds: tuple[int, ...] = (0,)
     steps: int = 2000
     #: 10, not 5: on 20 scenes a model that scored 5/5 on the first five scored 8/20.
     eval_episodes: int = 10
@@ -439,6 +441,8 @@ def _worker_episode(job: tuple) -> dict:
         c = env.config
         agents[(method, h_c, train_seed)] = make_agent(method, Path(path), h_c, env, Path(bags), task,
                                                        sim_camera(c.width, c.height) if robot_aware else None)
+    # the oracle's keypoints come from the scene state, not the pixels: no rendering
+    env.blank_frames = method != "RGB" and h_c == "oracle"
     res = run_episode(env, agents[(method, h_c, train_seed)], task, seed, CONDITIONS[cond],
                       stall_steps=stall_steps(stall_s, env.config.control_hz))
     return {"method": method, "h_c": h_c, "train_seed": train_seed, "condition": cond, "seed": seed,
@@ -577,7 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--demos", type=int, default=None, help="expert demonstrations (default: 60; --full 100)")
     p.add_argument("--size", default="320x240", help="camera resolution WxH (default: 320x240)")
     p.add_argument("--candidates", type=int, default=64, help="candidate keypoints C (default: 64)")
-    p.add_argument("--seeds", default=None, help="training seeds, comma-separated (default: 0,1; --full 0,1,2)")
+    p.add_argument("--seeds", default=None, help="training seeds, comma-separated (default: 0; --full 0,1,2)")
     p.add_argument("--steps", type=int, default=2000,
                    help="optimiser steps per training run (default: 2000; the mask settles by ~1500)")
     p.add_argument("--eval-episodes", type=int, default=None,
@@ -629,7 +633,7 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
         w, h = (int(v) for v in args.size.lower().split("x"))
     except ValueError:
         raise ValueError(f"--size must look like 320x240, got {args.size!r}") from None
-    demos, seeds, evals, ros = 60, "0,1", 10, 5
+    demos, seeds, evals, ros = 60, "0", 10, 5
     steps, dagger_eps, rgb_steps, top_n = args.steps, args.dagger_episodes, 600, args.top_n
     dagger_rounds = args.dagger_rounds or 0
     if args.full:

@@ -253,10 +253,13 @@ def test_propagation_with_the_oracle_gives_the_true_tracks(recorded):
     assert (~vis[-1]).any() or (np.abs(truth[-1] - truth[0]) > 1).any()
 
 
-def test_in_process_evaluation_with_the_oracle_follows_the_true_keypoints():
+@pytest.mark.parametrize("blank", [False, True], ids=["rendered", "blank-frames"])
+def test_in_process_evaluation_with_the_oracle_follows_the_true_keypoints(blank):
     """KeypointAgent (tracker session + policy gate, as evaluated) with the oracle
     h_C on the live simulator: the template is the canonical frame (seed 0 under
-    RP), the keypoints on the nigiri, reported where the nigiri truly is."""
+    RP), the keypoints on the nigiri, reported where the nigiri truly is; also
+    with ``env.blank_frames`` (what atk-demo's oracle rows use: no rendering),
+    where every observed frame is black and the truth still comes through."""
     import torch
 
     from atk_bringup.demo import oracle_correspondence
@@ -284,12 +287,19 @@ def test_in_process_evaluation_with_the_oracle_follows_the_true_keypoints():
                                 keypoint_ids=list(ids), canonical_xy=points)
         # timing "ideal": every frame tracked (the graph timing may drop frames on a loaded machine)
         agent = KeypointAgent(policy, oracle_correspondence(env, None, "sushi"), template, timing="ideal")
-        reported = []
-        run_episode(env, agent, "sushi", 3, ("RP", "RB"), max_steps=5,
-                    on_step=lambda t, obs, a: reported.append((agent.points.copy(), truth.observe(anchors))))
+        env.blank_frames = blank
+        reported, frames = [], []
+
+        def on_step(t, obs, a):
+            reported.append((agent.points.copy(), truth.observe(anchors)))
+            frames.append(obs.rgb)
+
+        run_episode(env, agent, "sushi", 3, ("RP", "RB"), max_steps=5, on_step=on_step)
     finally:
         env.close()
     assert len(reported) == 5 and agent.holds == 0, agent.last_reason
     for pts, view in reported:
         np.testing.assert_allclose(pts, view.points, atol=1e-3)
     assert np.abs(reported[0][0] - points).max() > 5   # another scene: the nigiri lies elsewhere
+    assert all(f.shape == (240, 320, 3) for f in frames)
+    assert all(not f.any() for f in frames) == blank  # black frames exactly when asked for

@@ -44,6 +44,8 @@ float pixels (x right, y down).
 from __future__ import annotations
 
 import math
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import cv2
@@ -186,13 +188,39 @@ def backprojection_candidates(tpl: np.ndarray, mask: np.ndarray, img: np.ndarray
     return np.array(out, np.float64).reshape(-1, 2)
 
 
+_HULLS: "OrderedDict[int, tuple[weakref.ref, np.ndarray]]" = OrderedDict()
+
+
+def _hull_pixels(mask: np.ndarray) -> np.ndarray:
+    """(K, 2) x, y of the convex-hull vertices of ``mask``'s nonzero pixels.
+
+    A warp's extent (the largest |lin @ (p - centre)| over the region's
+    pixels) is reached at a hull vertex, so these few pixels give exactly the
+    extent all of them give; one search warps the same mask hundreds of times
+    and ``np.nonzero`` on it was a fifth of a transfer's time. Memoised per
+    mask array (the few most recent; masks are not modified once made).
+    """
+    entry = _HULLS.get(id(mask))
+    if entry is not None and entry[0]() is mask:
+        _HULLS.move_to_end(id(mask))
+        return entry[1]
+    ys, xs = np.nonzero(mask)
+    pts = np.stack([xs, ys], 1).astype(np.int32)
+    if len(pts) >= 3:
+        pts = cv2.convexHull(pts).reshape(-1, 2)
+    hull = pts.astype(np.float64)
+    _HULLS[id(mask)] = (weakref.ref(mask), hull)
+    while len(_HULLS) > 16:
+        _HULLS.popitem(last=False)
+    return hull
+
+
 class _Warped:
     """The template region warped by one linear map, centred on its anchor."""
 
     def __init__(self, tpl: np.ndarray, mask: np.ndarray, centre: np.ndarray,
                  lin: np.ndarray) -> None:
-        ys, xs = np.nonzero(mask)
-        corners = np.stack([xs, ys], 1).astype(np.float64) - centre
+        corners = _hull_pixels(mask) - centre
         mapped = corners @ lin.T
         half = np.ceil(np.abs(mapped).max(axis=0)).astype(int) + 1
         w, h = 2 * half + 1
@@ -224,7 +252,7 @@ def _match(img: np.ndarray, warped: _Warped, centre: np.ndarray,
         return -1.0, centre.copy(), None
     res = cv2.matchTemplate(img[y0:y1, x0:x1], warped.image, cv2.TM_CCOEFF_NORMED,
                             mask=warped.mask)
-    res = np.nan_to_num(res, nan=-1.0, posinf=-1.0, neginf=-1.0)
+    res[~np.isfinite(res)] = -1.0  # flat windows: no match
     v = int(np.argmax(res))
     r, c = divmod(v, res.shape[1])
     return float(res[r, c]), np.array([x0 + c + warped.half[0], y0 + r + warped.half[1]]), res

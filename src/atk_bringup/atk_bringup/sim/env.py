@@ -119,6 +119,11 @@ class SimEnv:
         #: The newest Observation render() returned (the privileged ground truth
         #: recognises the live frame by it; atk_bringup.sim.ground_truth).
         self.last_observation: Observation | None = None
+        #: True: observations carry black frames of the camera's size instead
+        #: of rendered ones, for agents that never look at pixels (the
+        #: privileged oracle h_C: its keypoints come from the scene state).
+        #: Settable between episodes; rendering is 10 ms of a 320x240 step.
+        self.blank_frames = False
         self.menagerie_message = ""
         if self.config.menagerie_path:
             folder = menagerie.find(self.config.menagerie_path)
@@ -299,7 +304,10 @@ class SimEnv:
         """Observation of the current state, without stepping."""
         self._require()
         c = self.config
-        if c.render:
+        if c.render and self.blank_frames:
+            rgb = np.zeros((c.height, c.width, 3), np.uint8)
+            depth = np.zeros((0, 0), np.uint16)
+        elif c.render:
             r = self._renderer
             r.update_scene(self._data, camera=self._index.camera)
             rgb = r.render().copy()
