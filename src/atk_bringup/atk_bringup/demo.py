@@ -443,10 +443,17 @@ def _worker_episode(job: tuple) -> dict:
                                                        sim_camera(c.width, c.height) if robot_aware else None)
     # the oracle's keypoints come from the scene state, not the pixels: no rendering
     env.blank_frames = method != "RGB" and h_c == "oracle"
-    res = run_episode(env, agents[(method, h_c, train_seed)], task, seed, CONDITIONS[cond],
+    agent = agents[(method, h_c, train_seed)]
+    session = getattr(agent, "session", None)
+    transfers0 = session.transfers if session is not None else 0
+    res = run_episode(env, agent, task, seed, CONDITIONS[cond],
                       stall_steps=stall_steps(stall_s, env.config.control_hz))
     return {"method": method, "h_c": h_c, "train_seed": train_seed, "condition": cond, "seed": seed,
-            "success": res.success, "steps": res.steps, "error": res.error}
+            "success": res.success, "steps": res.steps, "error": res.error,
+            # what the deploy graph's policy/status would have said (KeypointAgent's counters)
+            "holds": getattr(agent, "holds", 0), "hold_reasons": dict(getattr(agent, "hold_reasons", {})),
+            "frames_dropped": getattr(agent, "frames_dropped", 0),
+            "transfers": session.transfers - transfers0 if session is not None else None}
 
 
 def evaluation_rows(cfg: DemoConfig) -> list[tuple[str, str]]:

@@ -191,6 +191,10 @@ class TrackingSession:
         self._visible = np.zeros(n, bool)
         self._image_size: tuple[int, int] | None = None
         self._needs_transfer = True
+        #: Transfers from the template attempted so far (each h_C transfer
+        #: onto a frame; the support-point retry of the same frame included
+        #: in the same one): a count the evaluation reports per episode.
+        self.transfers = 0
         self._reset_points: np.ndarray | None = None
         self._pending_note = ""
         self._bad_streak = 0
@@ -414,6 +418,7 @@ class TrackingSession:
             notes.append(f"transfer failed; next attempt in {self._frames_until_retry + 1} frame(s)")
             return
         tpl = self._template_for(self._image_size)
+        self.transfers += 1
         pts, conf = self.h_c.transfer(tpl.image, tpl.points, image)
         pts = np.asarray(pts, np.float32)
         conf = np.asarray(conf, np.float32)

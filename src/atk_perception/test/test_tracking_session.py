@@ -119,6 +119,7 @@ def test_first_frame_transfers_then_tracks_ground_truth(scene) -> None:
         errors.append(np.abs(out.points - gt).max())
     assert max(errors) < TOL_PX, errors
     assert out.confidence.min() >= 0.5 and out.visible.all()
+    assert s.transfers == 1  # the first frame's only: the evaluation reports this count per episode
 
 
 def test_lost_on_garbage_then_recovers(scene) -> None:
@@ -212,6 +213,7 @@ def test_stamp_jumps_and_resolution_changes_retransfer(scene) -> None:
     assert out.state == TrackerState.TRACKING and out.image_size == (292, 194)
     gt_small = (gt + 0.5) * 0.5 - 0.5
     assert np.abs(out.points - gt_small).max() < TOL_PX
+    assert s.transfers == 4  # first frame, stamp jump, stamp backwards, new size
 
 
 def test_template_size_mismatch_policies(scene) -> None:
