@@ -139,6 +139,10 @@ class DemoConfig:
             raise ValueError(f"--stall-s must be >= 0 seconds, got {self.stall_s!r}")
         if self.h_c not in H_C_CHOICES:
             raise ValueError(f"--h-c must be one of {H_C_CHOICES}, got {self.h_c!r}")
+        from .sim.tasks import TASKS
+
+        if self.task not in TASKS:
+            raise ValueError(f"--task must be one of {', '.join(TASKS)} (or all), got {self.task!r}")
         if not self.train_seeds:
             raise ValueError("--seeds must name at least one training seed")
         if self.demos < 4:
@@ -584,7 +588,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "under RP, RB, RO and Light (paper tables 1-3).")
     p.add_argument("--out", type=Path, default=None,
                    help="output folder (default: runs/<UTC date-time>); an existing one is resumed")
-    p.add_argument("--task", default="sushi", help="simulated task (default: sushi)")
+    p.add_argument("--task", default="sushi",
+                   help="simulated task: sushi, glass_lid, clock_button, clock_hand, or all (each in turn, "
+                        "under --out/<task>; default: sushi)")
     p.add_argument("--demos", type=int, default=None, help="expert demonstrations (default: 60; --full 100)")
     p.add_argument("--size", default="320x240", help="camera resolution WxH (default: 320x240)")
     p.add_argument("--candidates", type=int, default=64, help="candidate keypoints C (default: 64)")
@@ -635,7 +641,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(args: argparse.Namespace) -> DemoConfig:
+def config_from_args(args: argparse.Namespace, task: str | None = None) -> DemoConfig:
+    """The run's settings; ``task`` overrides ``args.task`` (one task of ``--task all``)."""
     try:
         w, h = (int(v) for v in args.size.lower().split("x"))
     except ValueError:
@@ -655,7 +662,9 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
         train_seeds = tuple(int(s) for s in (args.seeds or seeds).split(","))
     except ValueError:
         raise ValueError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
-    return DemoConfig(out=Path(out), task=args.task, demos=args.demos or demos, width=w, height=h,
+    if task is not None and task != args.task:
+        out = Path(out) / task
+    return DemoConfig(out=Path(out), task=task or args.task, demos=args.demos or demos, width=w, height=h,
                       candidates=args.candidates, train_seeds=train_seeds, steps=steps,
                       eval_episodes=args.eval_episodes or evals, dagger_rounds=dagger_rounds,
                       dagger_episodes=dagger_eps,
@@ -670,11 +679,27 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .sim.tasks import TASKS
+
+    tasks = list(TASKS) if args.task == "all" else [args.task]
     try:
-        cfg = config_from_args(args)
+        if args.task == "all" and args.out is None:
+            args.out = Path("runs") / datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+        cfgs = [config_from_args(args, t if args.task == "all" else None) for t in tasks]
     except ValueError as exc:
         print(f"atk-demo: error: {exc}", file=sys.stderr)
         return 2
+    for cfg in cfgs:
+        if len(cfgs) > 1:
+            _say(f"task {cfg.task} ({cfgs.index(cfg) + 1} of {len(cfgs)}) -> {cfg.out}")
+        rc = run(cfg)
+        if rc:
+            return rc
+    return 0
+
+
+def run(cfg: DemoConfig) -> int:
+    """Every stage for one task (resumed where ``cfg.out`` has results)."""
     os.environ.setdefault("MUJOCO_GL", "egl")
     cfg.out.mkdir(parents=True, exist_ok=True)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}

@@ -1,0 +1,48 @@
+"""atk-demo's command line: refused values name the choices; --task all gives each task its own folder."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from atk_bringup import demo
+from atk_bringup.sim.tasks import TASKS
+
+
+def test_unknown_task_is_refused_with_the_choices(capsys):
+    assert demo.main(["--task", "sushii", "--out", "/nonexistent/never-created"]) == 2
+    err = capsys.readouterr().err
+    assert "--task must be one of sushi, glass_lid, clock_button, clock_hand (or all), got 'sushii'" in err
+    assert not Path("/nonexistent/never-created").exists()
+
+
+def test_task_all_runs_every_task_in_its_own_folder(tmp_path, monkeypatch):
+    ran = []
+    monkeypatch.setattr(demo, "run", lambda cfg: ran.append((cfg.task, cfg.out)) or 0)
+    assert demo.main(["--task", "all", "--out", str(tmp_path), "--quick"]) == 0
+    assert ran == [(t, tmp_path / t) for t in TASKS]
+    assert len(ran) == 4
+
+
+def test_one_task_keeps_the_given_folder(tmp_path, monkeypatch):
+    ran = []
+    monkeypatch.setattr(demo, "run", lambda cfg: ran.append((cfg.task, cfg.out, cfg.train_seeds)) or 0)
+    assert demo.main(["--task", "glass_lid", "--out", str(tmp_path)]) == 0
+    assert ran == [("glass_lid", tmp_path, (0,))]   # default: one training seed
+
+
+def test_a_failing_task_stops_task_all(tmp_path, monkeypatch):
+    ran = []
+    monkeypatch.setattr(demo, "run", lambda cfg: ran.append(cfg.task) or (3 if cfg.task == "glass_lid" else 0))
+    assert demo.main(["--task", "all", "--out", str(tmp_path)]) == 3
+    assert ran == ["sushi", "glass_lid"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--seeds", "a"], "--seeds must be comma-separated integers"),
+    (["--size", "320"], "--size must look like 320x240"),
+    (["--h-c", "cpu", "--eval-episodes", "2", "--ros-episodes", "3"], "--ros-episodes (3) must be at most"),
+])
+def test_bad_values_are_refused(argv, message, capsys, tmp_path):
+    assert demo.main(argv + ["--out", str(tmp_path / "x")]) == 2
+    assert message in capsys.readouterr().err
