@@ -23,6 +23,7 @@ already there, so an interrupted run continues where it stopped.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -297,6 +298,27 @@ def train_seed(cfg: DemoConfig, seed: int, tag: str = "") -> Path:
     print(report.summary)
     marker.write_text(json.dumps({"seed": seed, "config": config.to_dict(), "baselines": list(baselines.names)}))
     return out
+
+
+def selection_figure(cfg: DemoConfig, model_dir: Path, path: Path) -> Path:
+    """The paper's Fig. 8: the canonical frame with ATK's keypoints beside
+    RandomSelect's (same N; when trained) and ManualSelect's (the task's
+    hand-picked file), three times the training resolution."""
+    from atk_perception.keypoint_template import load_model_template
+    from atk_policy.baselines import load_manual_points
+
+    from .selection_figure import draw_selection
+
+    atk = load_model_template(model_dir)
+    panels = [("ATK", atk.points, list(atk.names))]
+    random_dir = method_dirs(model_dir)["RandomSelect"]
+    if (random_dir / "model.json").is_file():
+        rnd = load_model_template(random_dir)
+        panels.append(("RandomSelect", rnd.points, list(rnd.names)))
+    h, w = atk.image.shape[:2]
+    names, pts = load_manual_points(manual_points_file(dataclasses.replace(cfg, width=w, height=h)), (w, h))
+    panels.append(("ManualSelect", pts, names))
+    return draw_selection(atk.image, panels, path)
 
 
 # --------------------------------------------------------------------------- agents
@@ -746,7 +768,7 @@ def run(cfg: DemoConfig) -> int:
         models = {s: train_seed(cfg, s, tag=f"_dagger{r}") for s in cfg.train_seeds}
     timings["training"] = time.perf_counter() - t
     first = models[cfg.train_seeds[0]]
-    shutil.copyfile(first / "candidates.png", cfg.out / "selected_keypoints.png")
+    selection_figure(cfg, first, cfg.out / "selected_keypoints.png")
 
     ros_results: list[dict] = []
     if cfg.ros_episodes and cfg.h_c == "oracle":
