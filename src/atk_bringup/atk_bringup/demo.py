@@ -23,6 +23,7 @@ already there, so an interrupted run continues where it stopped.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -41,7 +42,12 @@ if TYPE_CHECKING:
     from atk_policy.config import ATKConfig
     from atk_policy.pipeline import BaselineConfig, DataSource
 
-METHODS = ("ATK", "FullSet", "RandomSelect", "RGB")
+METHODS = ("ATK", "FullSet", "RandomSelect", "ManualSelect", "RGB")
+#: What the main command trains and evaluates unless --methods says otherwise: ManualSelect is left out
+#: so that the default run fits 20 minutes (--methods all adds it).
+DEFAULT_METHODS = ("ATK", "FullSet", "RandomSelect", "RGB")
+#: atk-train's baseline name of each method but ATK.
+BASELINE_OF = {"FullSet": "fullset", "RandomSelect": "random", "ManualSelect": "manual", "RGB": "rgb"}
 #: h_C choices of atk-demo. "oracle" is PRIVILEGED and SIMULATION-ONLY: the
 #: simulator's true keypoints (atk_bringup.sim.ground_truth), the paper's
 #: simulator protocol; "cpu" is what the robot runs (deployment).
@@ -77,7 +83,7 @@ class DemoConfig:
     #: evaluation scenes (RP): the "ATK (ROS graph)" row. ~25 s each.
     ros_episodes: int = 5
     ros_timeout_s: float = 120.0
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = DEFAULT_METHODS
     rgb_steps: int = 600
     #: Keep exactly this many keypoints (None: those whose keep-probability
     #: passes atk-train's threshold, the ATK way).
@@ -252,10 +258,28 @@ def training_inputs(cfg: DemoConfig, seed: int) -> tuple[DataSource, ATKConfig, 
         train=TrainConfig(steps=cfg.steps, seed=seed, keypoint_noise_px=cfg.keypoint_noise_px,
                           warmup_steps=min(TrainConfig().warmup_steps, cfg.steps)),
         selection=SelectionConfig(top_n=cfg.top_n))
-    baselines = BaselineConfig(names=tuple(b for b, m in (("fullset", "FullSet"), ("random", "RandomSelect"),
-                                                          ("rgb", "RGB")) if m in cfg.methods),
+    manual = "ManualSelect" in cfg.methods
+    baselines = BaselineConfig(names=tuple(BASELINE_OF[m] for m in METHODS[1:] if m in cfg.methods),
+                               manual_points=manual_points_file(cfg) if manual else None,
                                rgb_steps=cfg.rgb_steps)
     return source, config, baselines, cfg.out / "cache" / "tracks"
+
+
+def manual_points_file(cfg: DemoConfig) -> Path:
+    """ManualSelect's points for ``cfg.task`` (config/manual_keypoints/<task>.json, hand-picked on the
+    320x240 canonical frame), scaled to the run's resolution and written under ``cfg.out``."""
+    from .graph import config_path
+
+    doc = json.loads(config_path(f"manual_keypoints/{cfg.task}.json").read_text())
+    w0, h0 = doc["image_size"]
+    sx, sy = cfg.width / w0, cfg.height / h0
+    doc["points"] = [{**p, "xy": [(p["xy"][0] + 0.5) * sx - 0.5, (p["xy"][1] + 0.5) * sy - 0.5]}
+                     for p in doc["points"]]
+    doc["image_size"] = [cfg.width, cfg.height]
+    path = cfg.out / "manual_keypoints.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=1))
+    return path
 
 
 def train_seed(cfg: DemoConfig, seed: int, tag: str = "") -> Path:
@@ -274,6 +298,27 @@ def train_seed(cfg: DemoConfig, seed: int, tag: str = "") -> Path:
     print(report.summary)
     marker.write_text(json.dumps({"seed": seed, "config": config.to_dict(), "baselines": list(baselines.names)}))
     return out
+
+
+def selection_figure(cfg: DemoConfig, model_dir: Path, path: Path) -> Path:
+    """The paper's Fig. 8: the canonical frame with ATK's keypoints beside
+    RandomSelect's (same N; when trained) and ManualSelect's (the task's
+    hand-picked file), three times the training resolution."""
+    from atk_perception.keypoint_template import load_model_template
+    from atk_policy.baselines import load_manual_points
+
+    from .selection_figure import draw_selection
+
+    atk = load_model_template(model_dir)
+    panels = [("ATK", atk.points, list(atk.names))]
+    random_dir = method_dirs(model_dir)["RandomSelect"]
+    if (random_dir / "model.json").is_file():
+        rnd = load_model_template(random_dir)
+        panels.append(("RandomSelect", rnd.points, list(rnd.names)))
+    h, w = atk.image.shape[:2]
+    names, pts = load_manual_points(manual_points_file(dataclasses.replace(cfg, width=w, height=h)), (w, h))
+    panels.append(("ManualSelect", pts, names))
+    return draw_selection(atk.image, panels, path)
 
 
 # --------------------------------------------------------------------------- agents
@@ -353,8 +398,7 @@ def rgb_agent(model_dir: Path):
 
 
 def method_dirs(model_dir: Path) -> dict[str, Path]:
-    return {"ATK": model_dir, "FullSet": model_dir / "baselines" / "fullset",
-            "RandomSelect": model_dir / "baselines" / "random", "RGB": model_dir / "baselines" / "rgb"}
+    return {"ATK": model_dir} | {m: model_dir / "baselines" / b for m, b in BASELINE_OF.items()}
 
 
 def make_agent(method: str, path: Path, h_c: str = "cpu", env=None, bags: Path | None = None,
@@ -625,8 +669,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stall-s", type=float, default=5.0,
                    help="an evaluation episode whose policy held this long in a row fails (0: no limit; "
                         "default: 5)")
-    p.add_argument("--methods", default=",".join(METHODS),
-                   help=f"methods to train and evaluate (default: {','.join(METHODS)})")
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                   help=f"methods to train and evaluate, comma-separated, or 'all' ({','.join(METHODS)}); "
+                        f"ManualSelect uses the hand-picked points of config/manual_keypoints/<task>.json "
+                        f"(default: {','.join(DEFAULT_METHODS)})")
     p.add_argument("--h-c", dest="h_c", choices=H_C_CHOICES, default="cpu",
                    help="h_C for training propagation and evaluation: 'cpu' (the tracker the robot runs; "
                         "default) or 'oracle' (PRIVILEGED, SIMULATION-ONLY true keypoints from the simulator: "
@@ -670,7 +716,8 @@ def config_from_args(args: argparse.Namespace, task: str | None = None) -> DemoC
                       dagger_episodes=dagger_eps,
                       ros_episodes=min(ros, args.eval_episodes or evals) if args.ros_episodes is None
                       else args.ros_episodes,
-                      methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
+                      methods=METHODS if args.methods.strip() == "all"
+                      else tuple(m.strip() for m in args.methods.split(",") if m.strip()),
                       rgb_steps=rgb_steps, top_n=top_n, eval_workers=args.eval_workers, noise_rad=args.noise,
                       propagation_workers=args.workers,
                       stall_s=args.stall_s, keypoint_noise_px=args.keypoint_noise, h_c=args.h_c,
@@ -721,7 +768,7 @@ def run(cfg: DemoConfig) -> int:
         models = {s: train_seed(cfg, s, tag=f"_dagger{r}") for s in cfg.train_seeds}
     timings["training"] = time.perf_counter() - t
     first = models[cfg.train_seeds[0]]
-    shutil.copyfile(first / "candidates.png", cfg.out / "selected_keypoints.png")
+    selection_figure(cfg, first, cfg.out / "selected_keypoints.png")
 
     ros_results: list[dict] = []
     if cfg.ros_episodes and cfg.h_c == "oracle":

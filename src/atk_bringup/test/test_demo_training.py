@@ -15,11 +15,13 @@ from atk_policy import cli
     ({"top_n": 4, "steps": 50, "methods": ("ATK", "RGB"), "candidates": 16, "chunk": 1, "action_mode": "delta",
       "keypoint_noise_px": 1.5, "propagation_workers": 1, "rgb_steps": 30, "robot_occlusion": True},
      ["--top-n", "4"]),
+    ({"methods": ("ATK", "ManualSelect"), "width": 640, "height": 480}, []),
 ])
 def test_the_demo_trains_as_atk_train_would(tmp_path, changes, flags):
     cfg = DemoConfig(out=tmp_path, **changes)
     source, config, baselines, track_cache = training_inputs(cfg, seed=3)
-    names = [b for b, m in (("fullset", "FullSet"), ("random", "RandomSelect"), ("rgb", "RGB")) if m in cfg.methods]
+    names = [b for b, m in (("fullset", "FullSet"), ("random", "RandomSelect"), ("manual", "ManualSelect"),
+                            ("rgb", "RGB")) if m in cfg.methods]
     # The command line atk-demo ran before it called the library (its argv, kept as the reference).
     argv = [str(tmp_path / "bags"), "-o", str(tmp_path / "m"), "--canonical-episode", "demo_000",
             "--candidates", str(cfg.candidates), "--steps", str(cfg.steps), "--seed", "3",
@@ -29,6 +31,8 @@ def test_the_demo_trains_as_atk_train_would(tmp_path, changes, flags):
             "--backend", cfg.h_c] + flags
     if cfg.robot_occlusion and cfg.h_c != "oracle":
         argv += ["--camera-extrinsics", str(tmp_path / "camera_extrinsics.yaml")]
+    if "ManualSelect" in cfg.methods:
+        argv += ["--manual-points", str(tmp_path / "manual_keypoints.json")]
     args = cli.build_parser().parse_args(argv)
     want_source, want_config, want_baselines = cli.config_from_args(args)
     assert config == want_config
