@@ -54,8 +54,8 @@ def _model_size(model_dir: Path) -> tuple[int, int]:
 
 
 def run_graph(models: list[Path], scenes: list[int], out: Path, stall_s: float, timeout_s: float) -> None:
-    from atk_bringup.evaluation import CONDITIONS
-    from atk_bringup.ros_episode import run_graph_episodes
+    from atk_bringup.experiment.evaluation import CONDITIONS
+    from atk_bringup.graph_tools.ros_episode import run_graph_episodes
 
     path = out / "graph.jsonl"
     done = {(r["model"], r["seed"]) for r in _load(path)}
@@ -82,7 +82,7 @@ def run_graph(models: list[Path], scenes: list[int], out: Path, stall_s: float, 
 
 def run_inprocess(models: list[Path], scenes: list[int], out: Path, stall_s: float, workers: int,
                   bags: Path | None) -> None:
-    from atk_bringup import demo
+    from atk_bringup.experiment import demo
 
     path = out / "inprocess.jsonl"
     done = {(r["model"], r["seed"]) for r in _load(path)}
@@ -130,7 +130,7 @@ def _paired(diffs: list[int]) -> str:
 
 
 def report(models: list[Path], scenes: list[int], out: Path) -> str:
-    from atk_bringup.evaluation import wilson_interval
+    from atk_bringup.experiment.evaluation import wilson_interval
 
     graph = {(r["model"], r["seed"]): r for r in _load(out / "graph.jsonl")}
     inproc = {(r["model"], r["seed"]): r for r in _load(out / "inprocess.jsonl")}

@@ -94,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     from sensor_msgs.msg import Image, JointState
     from tqdm import tqdm
 
-    from atk_bringup.graph import GRAPHS, find_node_executable, node_command
-    from atk_bringup.runner import GraphRunner, ResolvedProcess
+    from atk_bringup.graph_tools.graph import GRAPHS, find_node_executable, node_command
+    from atk_bringup.graph_tools.runner import GraphRunner, ResolvedProcess
     from atk_msgs.msg import KeypointArray, PolicyStatus
 
     deploy = {n.name: n for n in GRAPHS["deploy"].nodes}

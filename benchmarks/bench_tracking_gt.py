@@ -115,7 +115,7 @@ class Phases:
 
 def run_episode(env, agent, kind: str, task: str, seed: int, perturbations, anchors, args, gate_threshold):
     """One episode; returns rows (dicts) of per-keypoint records and whether it succeeded."""
-    from atk_bringup.evaluation import HoldStreak
+    from atk_bringup.experiment.evaluation import HoldStreak
     from atk_bringup.sim.ground_truth import SceneGroundTruth, Visibility
 
     outputs = []
@@ -251,7 +251,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from tqdm import tqdm
 
-    from atk_bringup.demo import keypoint_agent, sim_camera
+    from atk_bringup.experiment.demo import keypoint_agent, sim_camera
     from atk_bringup.sim.env import SimConfig, SimEnv
     from atk_bringup.sim.ground_truth import SimGroundTruthSource
     from atk_perception.keypoint_template import load_model_template

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from atk_bringup.evaluation import CONDITIONS
+from atk_bringup.experiment.evaluation import CONDITIONS
 from atk_policy.bags import inspect_bag
 
 DEMO_TIMEOUT_S = 900

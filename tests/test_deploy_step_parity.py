@@ -22,7 +22,7 @@ from rclpy.qos import QoSProfile, QoSReliabilityPolicy, qos_profile_sensor_data 
 from sensor_msgs.msg import JointState  # noqa: E402
 from atk_fixtures.ros import PolicyProbe, policy_node_command  # noqa: E402
 
-from atk_bringup.evaluation import KeypointAgent  # noqa: E402
+from atk_bringup.experiment.evaluation import KeypointAgent  # noqa: E402
 from atk_perception.backends import make_correspondence  # noqa: E402
 from atk_perception.keypoint_template import load_model_template  # noqa: E402
 from atk_policy.artifact import load_policy  # noqa: E402

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from atk_bringup import driver_params, recorder_params, sim_params
+from atk_bringup import recorder_params, sim_params
+from atk_bringup.driver import driver_params
 from atk_perception import camera_params, tracker_params
 from atk_policy import policy_params
 

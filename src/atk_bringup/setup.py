@@ -23,12 +23,12 @@ setup(
     license="Apache-2.0",
     entry_points={
         "console_scripts": [
-            "ur_driver_node = atk_bringup.driver_params:COMMAND.main",
+            "ur_driver_node = atk_bringup.driver.driver_params:COMMAND.main",
             "sim_node = atk_bringup.sim_params:COMMAND.main",
             "recorder_node = atk_bringup.recorder_params:COMMAND.main",
-            "atk-graph = atk_bringup.runner:main",
+            "atk-graph = atk_bringup.graph_tools.runner:main",
             "atk-sim-pictures = atk_bringup.sim.pictures:main",
-            "atk-demo = atk_bringup.demo:main",
+            "atk-demo = atk_bringup.experiment.demo:main",
             "atk-calibrate = atk_bringup.calibrate:main",
         ],
         # the privileged, simulation-only ground truth behind atk_perception's

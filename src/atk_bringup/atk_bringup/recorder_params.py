@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from atk_perception.node_params import NodeCommand, ParamSpec, param, param_specs
 
-from atk_bringup.graph import TRAINING_TOPICS
+from atk_bringup.graph_tools.graph import TRAINING_TOPICS
 from atk_bringup.recording import KNOWN_TOPIC_TYPES
 
 NODE_NAME = "recorder"

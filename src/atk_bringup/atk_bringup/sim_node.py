@@ -55,7 +55,7 @@ from rclpy.qos import QoSDurabilityPolicy, QoSHistoryPolicy, QoSProfile, QoSReli
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo, Image, JointState
 
-from atk_bringup.driver_node import target_from_joint_state
+from atk_bringup.driver.driver_node import target_from_joint_state
 from atk_bringup.sim.env import SimConfig, SimEnv
 from atk_bringup.sim_params import COMMAND, NODE_NAME, PARAMS
 from atk_msgs.msg import EpisodeStatus, GripperCommand, KeypointArray

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from atk_bringup import demo
+from atk_bringup.experiment import demo
 from atk_bringup.sim.tasks import TASKS
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from atk_bringup.demo import DemoConfig, training_inputs
+from atk_bringup.experiment.demo import DemoConfig, training_inputs
 from atk_policy import cli
 
 

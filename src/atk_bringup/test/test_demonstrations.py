@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("mujoco", reason="mujoco not installed: source env.sh")
 
-from atk_bringup.demonstrations import record_expert_episode  # noqa: E402
+from atk_bringup.experiment.demonstrations import record_expert_episode  # noqa: E402
 from atk_bringup.sim.env import SimConfig, SimEnv  # noqa: E402
 from atk_policy.bags import BagConversionConfig, inspect_bag, load_episodes  # noqa: E402
 
@@ -92,7 +92,7 @@ class _HoldsAfter:
 
 
 def test_dagger_rollout_stops_when_the_learner_holds(env, tmp_path):
-    from atk_bringup.demonstrations import record_relabelled_episode
+    from atk_bringup.experiment.demonstrations import record_relabelled_episode
 
     res = record_relabelled_episode(env, _HoldsAfter(env, 5), tmp_path / "held", task="sushi", seed=2,
                                     perturbations=("RP",), stall_steps=8)

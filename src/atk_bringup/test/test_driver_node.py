@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from atk_bringup import driver_node, driver_params
+from atk_bringup.driver import driver_node, driver_params
 from atk_fixtures.ros import wait_until
 from atk_perception import kinematics as kin
 
@@ -58,7 +58,7 @@ def test_parameter_file_builds_the_library_configs():
     import yaml
     from pathlib import Path
 
-    path = Path(driver_node.__file__).resolve().parents[1] / "config" / "ur_driver.yaml"
+    path = Path(driver_node.__file__).resolve().parents[2] / "config" / "ur_driver.yaml"
     values = yaml.safe_load(path.read_text())["ur_driver"]["ros__parameters"]
     limits, servo, _ = driver_node.build_configs(values)
     assert servo.control_rate_hz == 500.0 and limits.watchdog_timeout == 0.5
@@ -78,8 +78,8 @@ def ros_graph():
     rclpy = pytest.importorskip("rclpy")
     from rclpy.executors import MultiThreadedExecutor
 
-    from atk_bringup.ur_interface import URBackend
-    from atk_bringup.ur_stand_in import StandInGripper, StandInRobot
+    from atk_bringup.driver.ur_interface import URBackend
+    from atk_bringup.driver.ur_stand_in import StandInGripper, StandInRobot
 
     # The 250 Hz servo thread, the stand-in and both nodes' executor threads
     # share one Python process here (on the robot PC the driver has its own):
@@ -372,8 +372,8 @@ def test_node_enable_reconnects_after_connection_loss(ros_graph):
 def test_bad_parameter_refused_with_message(ros_graph):
     from rclpy.parameter import Parameter
 
-    from atk_bringup.ur_interface import URBackend
-    from atk_bringup.ur_stand_in import StandInRobot
+    from atk_bringup.driver.ur_interface import URBackend
+    from atk_bringup.driver.ur_stand_in import StandInRobot
 
     node, client, _, _ = ros_graph
     robot = StandInRobot(realtime=False)
@@ -389,9 +389,9 @@ def test_real_controller_holds_position():
 
     The arm is only ever commanded to where it already is.
     """
-    from atk_bringup.safety import SafetyLimits
-    from atk_bringup.servo_loop import DriverState, ServoConfig, ServoLoop
-    from atk_bringup.ur_interface import connect_ur
+    from atk_bringup.driver.safety import SafetyLimits
+    from atk_bringup.driver.servo_loop import DriverState, ServoConfig, ServoLoop
+    from atk_bringup.driver.ur_interface import connect_ur
 
     receive, control = connect_ur(os.environ["ATK_UR_IP"], 500.0)
     q_start = np.array(receive.getActualQ())
@@ -423,7 +423,7 @@ def test_unreachable_controller_exits_with_operator_message():
     import sys
 
     # Nothing listens on the RTDE port of localhost: connection refused at once.
-    proc = subprocess.run([sys.executable, "-m", "atk_bringup.driver_node", "--ros-args",
+    proc = subprocess.run([sys.executable, "-m", "atk_bringup.driver.driver_node", "--ros-args",
                            "-p", "robot_ip:=127.0.0.1"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2, proc.stderr
     assert "could not connect to the UR controller at '127.0.0.1'" in proc.stderr
@@ -434,7 +434,7 @@ def test_robotiq_socket_client_speaks_the_urcap_protocol():
     """Our client against a local server that answers like the Robotiq URCap."""
     import socket
 
-    from atk_bringup.ur_interface import HardwareError, RobotiqSocketGripper
+    from atk_bringup.driver.ur_interface import HardwareError, RobotiqSocketGripper
 
     server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     server.bind(("127.0.0.1", 0))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from atk_bringup.evaluation import (CONDITIONS, CellStats, KeypointAgent, format_table, run_episode, table_csv,
+from atk_bringup.experiment.evaluation import (CONDITIONS, CellStats, KeypointAgent, format_table, run_episode, table_csv,
                                     wilson_interval)
 from atk_bringup.sim.env import SimConfig, SimEnv
 from atk_perception.backends import make_correspondence

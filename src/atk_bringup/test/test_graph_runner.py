@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from atk_bringup import runner
-from atk_bringup.graph import (GRAPHS, GraphError, ResolvedProcess, all_param_files, config_path,
+from atk_bringup.graph_tools import runner
+from atk_bringup.graph_tools.graph import (GRAPHS, GraphError, ResolvedProcess, all_param_files, config_path,
                                find_node_executable, latest_demo_model, node_command, prepare_values, resolve,
                                source_config_dir)
 from atk_fixtures.models import save_untrained_policy

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from atk_bringup.graph import GRAPHS, Graph, GraphError, When, config_path, resolve
+from atk_bringup.graph_tools.graph import GRAPHS, Graph, GraphError, When, config_path, resolve
 
 LAUNCH_DIR = Path(__file__).resolve().parent.parent / "launch"
 
@@ -80,7 +80,7 @@ def _when(cond: _Rec | None) -> list[When]:
 
 def _required(on_exit, name: str, kind: str) -> bool:
     """on_exit of a node or process: None (not required) or [OpaqueFunction(required_exit, name, kind)]."""
-    from atk_bringup import launch_builder
+    from atk_bringup.graph_tools import launch_builder
 
     if on_exit is None:
         return False
@@ -92,7 +92,7 @@ def _required(on_exit, name: str, kind: str) -> bool:
 
 def decompile(ld: _Rec) -> dict:
     """The fake launch tree in the declaration's terms."""
-    from atk_bringup import launch_builder
+    from atk_bringup.graph_tools import launch_builder
 
     assert type(ld).__name__ == "LaunchDescription"
     out = {"arguments": [], "nodes": [], "processes": [], "order": []}
@@ -267,7 +267,7 @@ def test_every_node_and_process_is_required():
 def test_required_exit_stops_the_launch_in_one_line(name, monkeypatch):
     """A required node exiting on its own raises (launch: one error line, shutdown, exit code 1);
     its exit during a shutdown (Ctrl-C, another node's exit) is part of that shutdown."""
-    from atk_bringup.launch_builder import RequiredProcessExited
+    from atk_bringup.graph_tools.launch_builder import RequiredProcessExited
 
     tree = run_launch_file(LAUNCH_DIR / f"{name}.launch.py", monkeypatch)
     exits = [(n, f) for n, f in (x for x in _opaque_functions(tree) if isinstance(x, tuple))]
@@ -354,7 +354,7 @@ def test_model_latest_is_the_newest_demo_model(tmp_path, monkeypatch, capsys):
 def _config_dir(tmp_path, monkeypatch):
     """Structure tests need every parameter file to resolve; files another package has not written yet
     are stood in for (test_graph_runner.py checks that the real ones exist)."""
-    from atk_bringup.graph import GraphError, all_param_files
+    from atk_bringup.graph_tools.graph import GraphError, all_param_files
 
     d = tmp_path / "config"
     d.mkdir()

@@ -9,8 +9,8 @@ import mujoco
 import numpy as np
 import pytest
 
-from atk_bringup.demo import DemoConfig, manual_points_file
-from atk_bringup.graph import config_path
+from atk_bringup.experiment.demo import DemoConfig, manual_points_file
+from atk_bringup.graph_tools.graph import config_path
 from atk_bringup.sim.env import SimConfig, SimEnv
 from atk_bringup.sim.tasks import TASKS
 from atk_policy.baselines import load_manual_points

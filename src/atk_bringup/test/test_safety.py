@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from atk_perception import kinematics as kin
-from atk_bringup.safety import SafetyLimits, check_target, in_workspace, step_towards
+from atk_bringup.driver.safety import SafetyLimits, check_target, in_workspace, step_towards
 
 
 @pytest.fixture
@@ -140,7 +140,7 @@ def test_target_far_outside_limits_refused_not_clamped(limits):
 
 
 def test_target_age_limit():
-    from atk_bringup.safety import check_target_age
+    from atk_bringup.driver.safety import check_target_age
 
     limits = SafetyLimits(max_target_age=0.5)
     assert check_target_age(0.1, limits) == ""

@@ -4,7 +4,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from atk_bringup.selection_figure import draw_selection, place_labels
+from atk_bringup.experiment.selection_figure import draw_selection, place_labels
 
 
 def _boxes(points, texts, spots, char_w=8.0, line_h=14.0):

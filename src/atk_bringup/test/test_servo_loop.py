@@ -11,16 +11,16 @@ import numpy as np
 import pytest
 
 from atk_perception import kinematics as kin
-from atk_bringup.safety import SafetyLimits
-from atk_bringup.servo_loop import (
+from atk_bringup.driver.safety import SafetyLimits
+from atk_bringup.driver.servo_loop import (
     DriverState,
     GripperConfig,
     GripperWorker,
     ServoConfig,
     ServoLoop,
 )
-from atk_bringup.ur_interface import ControlInterface, GripperInterface, ReceiveInterface
-from atk_bringup.ur_stand_in import StandInGripper, StandInRobot
+from atk_bringup.driver.ur_interface import ControlInterface, GripperInterface, ReceiveInterface
+from atk_bringup.driver.ur_stand_in import StandInGripper, StandInRobot
 
 RATE = 500.0
 DT = 1.0 / RATE

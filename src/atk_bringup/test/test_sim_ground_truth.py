@@ -185,7 +185,7 @@ def test_outside_and_behind_the_camera(env320):
 def recorded(tmp_path_factory):
     """A short expert episode recorded as a bag (160x120, RP + RB), with the live
     simulator's truth for a few pixels of its first frame at every written frame."""
-    from atk_bringup.demonstrations import record_expert_episode
+    from atk_bringup.experiment.demonstrations import record_expert_episode
 
     env = SimEnv(SimConfig(width=160, height=120, render_depth=False))
     gx, gy = np.meshgrid(np.linspace(5, 155, 8), np.linspace(30, 115, 6))
@@ -262,8 +262,8 @@ def test_in_process_evaluation_with_the_oracle_follows_the_true_keypoints(blank)
     where every observed frame is black and the truth still comes through."""
     import torch
 
-    from atk_bringup.demo import oracle_correspondence
-    from atk_bringup.evaluation import KeypointAgent, run_episode
+    from atk_bringup.experiment.demo import oracle_correspondence
+    from atk_bringup.experiment.evaluation import KeypointAgent, run_episode
     from atk_perception.keypoint_template import KeypointTemplate
     from atk_policy.config import ModelConfig
     from atk_policy.model import KeypointPolicy, Normalisation

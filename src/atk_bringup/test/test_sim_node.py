@@ -206,7 +206,7 @@ def test_clean_sigint_logs_no_error(sigints):
     import subprocess
 
     pytest.importorskip("rclpy")
-    from atk_bringup.graph import find_node_executable
+    from atk_bringup.graph_tools.graph import find_node_executable
 
     exe = find_node_executable("atk_bringup", "sim_node")
     proc = subprocess.Popen([exe, "--ros-args", "-p", "width:=640", "-p", "height:=480", "-p", "task:=sushi"],

@@ -1,7 +1,7 @@
 """The deploy step: one control step of a keypoint policy, ROS-free.
 
 The policy node (:mod:`atk_policy.policy_node`) and the evaluation's agent
-(``atk_bringup.evaluation.KeypointAgent``) both call :meth:`DeployStep.step`,
+(``atk_bringup.experiment.evaluation.KeypointAgent``) both call :meth:`DeployStep.step`,
 so what is evaluated is what is deployed:
 
 1. the input gate (:mod:`atk_policy.gating`) decides whether the policy may

@@ -145,7 +145,7 @@ class DemoConfig:
             raise ValueError(f"--stall-s must be >= 0 seconds, got {self.stall_s!r}")
         if self.h_c not in H_C_CHOICES:
             raise ValueError(f"--h-c must be one of {H_C_CHOICES}, got {self.h_c!r}")
-        from .sim.tasks import TASKS
+        from ..sim.tasks import TASKS
 
         if self.task not in TASKS:
             raise ValueError(f"--task must be one of {', '.join(TASKS)} (or all), got {self.task!r}")
@@ -175,7 +175,7 @@ def _stage(n: int, title: str) -> float:
 # --------------------------------------------------------------------------- 1. demonstrations
 
 def make_env(cfg: DemoConfig):
-    from .sim.env import SimConfig, SimEnv
+    from ..sim.env import SimConfig, SimEnv
 
     return SimEnv(SimConfig(width=cfg.width, height=cfg.height, render_depth=False))
 
@@ -268,7 +268,7 @@ def training_inputs(cfg: DemoConfig, seed: int) -> tuple[DataSource, ATKConfig, 
 def manual_points_file(cfg: DemoConfig) -> Path:
     """ManualSelect's points for ``cfg.task`` (config/manual_keypoints/<task>.json, hand-picked on the
     320x240 canonical frame), scaled to the run's resolution and written under ``cfg.out``."""
-    from .graph import config_path
+    from ..graph_tools.graph import config_path
 
     doc = json.loads(config_path(f"manual_keypoints/{cfg.task}.json").read_text())
     w0, h0 = doc["image_size"]
@@ -332,7 +332,7 @@ def write_sim_extrinsics(path: Path) -> Path:
     """The simulated camera's pose in the robot base frame, as atk-calibrate writes a real one."""
     from atk_perception.robot_mask import save_extrinsics
 
-    from .sim import model as sim_model
+    from ..sim import model as sim_model
 
     path.parent.mkdir(parents=True, exist_ok=True)
     save_extrinsics(path, sim_model.base_t_camera(), info={"source": "simulator camera pose (exact)"})
@@ -343,7 +343,7 @@ def sim_camera(width: int, height: int):
     """The simulated cell camera as the tracker's robot model sees it (K and its pose in the robot base frame)."""
     from atk_perception.robot_occlusion import CameraModel
 
-    from .sim import model as sim_model
+    from ..sim import model as sim_model
 
     return CameraModel(sim_model.camera_intrinsics(width, height), sim_model.base_t_camera())
 
@@ -355,7 +355,7 @@ def oracle_correspondence(env, bags: Path | None, task: str):
     frame of the canonical demonstration (seed 0 under RP, demo_000)."""
     from atk_perception.backends import make_correspondence
 
-    from .sim.ground_truth import SimGroundTruthSource
+    from ..sim.ground_truth import SimGroundTruthSource
 
     source = SimGroundTruthSource(folders=[bags] if bags else (), live_env=env)
     source.add_reset_frame(task, 0, ("RP",), env.config.width, env.config.height)
@@ -421,7 +421,7 @@ def ros_graph_episodes(cfg: DemoConfig, models: dict[int, Path]) -> list[dict]:
     tracker and policy nodes over DDS), one graph per training seed, on the
     first ``cfg.ros_episodes`` evaluation scenes under RP; results are
     appended to eval/ros_episodes.jsonl as they come (resumed)."""
-    from .ros_episode import run_graph_episodes
+    from ..graph_tools.ros_episode import run_graph_episodes
 
     path = cfg.out / "eval" / "ros_episodes.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -476,7 +476,7 @@ def _worker_init(width: int, height: int, parent_pid: int | None = None) -> None
         exit_with_parent(parent_pid)
 
     torch.set_num_threads(1)
-    from .sim.env import SimConfig, SimEnv
+    from ..sim.env import SimConfig, SimEnv
 
     _WORKER["env"] = SimEnv(SimConfig(width=width, height=height, render_depth=False))
     _WORKER["agents"] = {}
@@ -726,7 +726,7 @@ def config_from_args(args: argparse.Namespace, task: str | None = None) -> DemoC
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .sim.tasks import TASKS
+    from ..sim.tasks import TASKS
 
     tasks = list(TASKS) if args.task == "all" else [args.task]
     try:

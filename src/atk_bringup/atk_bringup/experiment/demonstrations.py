@@ -23,7 +23,7 @@ import numpy as np
 from atk_policy.bags import CameraInfoData, EpisodeBagWriter, EpisodeLabel
 
 from .evaluation import HoldStreak
-from .sim.ground_truth import EpisodeRecorder
+from ..sim.ground_truth import EpisodeRecorder
 
 
 @dataclass(frozen=True)

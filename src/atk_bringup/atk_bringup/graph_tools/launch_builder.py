@@ -1,4 +1,4 @@
-"""Build a ``launch.LaunchDescription`` from a graph of :mod:`atk_bringup.graph`.
+"""Build a ``launch.LaunchDescription`` from a graph of :mod:`atk_bringup.graph_tools.graph`.
 
 Used by ``launch/*.launch.py``. ``launch`` and ``launch_ros`` are imported
 inside :func:`build_launch_description` only, so this module imports on a
@@ -6,18 +6,18 @@ machine without them (the launch-free runner never calls it).
 
 Mapping from the declaration:
 
-* :class:`~atk_bringup.graph.LaunchArgument` -> ``DeclareLaunchArgument``
+* :class:`~atk_bringup.graph_tools.graph.LaunchArgument` -> ``DeclareLaunchArgument``
   (default, description, choices);
-* :class:`~atk_bringup.graph.NodeSpec` -> ``launch_ros.actions.Node`` with
+* :class:`~atk_bringup.graph_tools.graph.NodeSpec` -> ``launch_ros.actions.Node`` with
   the parameter files (resolved to paths exactly as the runner resolves
   them), typed parameter overrides ``ParameterValue(LaunchConfiguration(arg),
   value_type=...)`` (an ``IfElseSubstitution`` for an argument whose
   value ``auto`` defers to another, e.g. use_sim_time -> sim), remappings and ``ros_arguments=['--log-level', ...]``;
-* each :class:`~atk_bringup.graph.When` -> ``IfCondition(EqualsSubstitution
+* each :class:`~atk_bringup.graph_tools.graph.When` -> ``IfCondition(EqualsSubstitution
   (LaunchConfiguration(arg), value))`` (``NotEqualsSubstitution`` when
   negated); a node with several is nested in one ``GroupAction`` per extra
   condition (all must hold);
-* :class:`~atk_bringup.graph.ProcessSpec` -> ``ExecuteProcess``;
+* :class:`~atk_bringup.graph_tools.graph.ProcessSpec` -> ``ExecuteProcess``;
 * every ``required`` node or process gets ``on_exit=[OpaqueFunction(
   required_exit)]``: when it exits while the launch is not already shutting
   down, :func:`required_exit` raises :class:`RequiredProcessExited`, which
@@ -26,7 +26,7 @@ Mapping from the declaration:
   down and exits 1, the same as ``atk-graph``. (``Shutdown()`` alone would
   stop the graph but exit 0.)
 * one ``OpaqueFunction(prepare_arguments)`` after the argument declarations
-  runs :func:`atk_bringup.graph.prepare_values` on the launch configurations
+  runs :func:`atk_bringup.graph_tools.graph.prepare_values` on the launch configurations
   before any node starts: a missing required argument is refused in one line,
   ``model:=latest`` and ``sim_width:=auto`` are replaced by their values (and
   printed).
@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from atk_bringup.graph import Graph, GraphError, ParamFromArg, When, config_path, prepare_values
+from atk_bringup.graph_tools.graph import Graph, GraphError, ParamFromArg, When, config_path, prepare_values
 
 _TYPES = {"str": str, "bool": bool, "int": int, "float": float}
 

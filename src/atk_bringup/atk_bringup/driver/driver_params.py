@@ -1,6 +1,6 @@
 """UR driver settings (node ``ur_driver``), the safety limits among them: one
 :class:`DriverParams` field each. ``ur_driver_node --help`` lists them without
-ROS; the node is :mod:`atk_bringup.driver_node`.
+ROS; the node is :mod:`atk_bringup.driver.driver_node`.
 """
 from __future__ import annotations
 
@@ -69,6 +69,6 @@ class DriverParams:
 PARAMS: tuple[ParamSpec, ...] = param_specs(DriverParams)
 
 
-COMMAND = NodeCommand("ur_driver_node", "atk_bringup.driver_node", PARAMS,
+COMMAND = NodeCommand("ur_driver_node", "atk_bringup.driver.driver_node", PARAMS,
                       extra="All parameters are read-only after start. Parameter file: --ros-args --params-file "
                             "ur_driver.yaml (atk_bringup/config).")

@@ -1,10 +1,10 @@
-"""``atk-graph``: start a graph of :mod:`atk_bringup.graph` without ``launch``.
+"""``atk-graph``: start a graph of :mod:`atk_bringup.graph_tools.graph` without ``launch``.
 
     atk-graph deploy --help                 # arguments, defaults, choices
     atk-graph deploy sim:=true model:=models/atk_sushi
     atk-graph deploy sim:=true model:=... --dry-run   # print the command lines only
 
-Starts the processes :func:`atk_bringup.graph.resolve` lists (the same ones
+Starts the processes :func:`atk_bringup.graph_tools.graph.resolve` lists (the same ones
 ``ros2 launch atk_bringup <graph>.launch.py`` starts), prefixes their output
 with the node name, and on Ctrl-C / SIGTERM stops them the way ``launch``
 does: SIGINT, then SIGTERM after ``sigterm_timeout_s``, then SIGKILL after
@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass
 from typing import IO, Optional, Sequence
 
-from atk_bringup.graph import GRAPHS, GraphError, ResolvedProcess, describe, resolve
+from atk_bringup.graph_tools.graph import GRAPHS, GraphError, ResolvedProcess, describe, resolve
 
 
 @dataclass(frozen=True)

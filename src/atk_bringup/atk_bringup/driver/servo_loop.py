@@ -37,8 +37,8 @@ from typing import Callable
 import numpy as np
 
 from atk_perception import kinematics as kin
-from atk_bringup.safety import SafetyLimits, TargetCheck, check_target, step_towards
-from atk_bringup.ur_interface import (
+from atk_bringup.driver.safety import SafetyLimits, TargetCheck, check_target, step_towards
+from atk_bringup.driver.ur_interface import (
     SAFETY_MODES,
     ControlInterface,
     GripperInterface,

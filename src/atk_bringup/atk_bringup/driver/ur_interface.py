@@ -3,7 +3,7 @@
 The Protocols below name exactly the ur_rtde 1.6 Python methods the driver
 calls (checked against the installed ``rtde_control`` / ``rtde_receive``
 modules), so the real ur_rtde objects satisfy them as they are and a test
-stand-in (:mod:`atk_bringup.ur_stand_in`) replaces them at exactly this
+stand-in (:mod:`atk_bringup.driver.ur_stand_in`) replaces them at exactly this
 boundary. ``rtde_control`` / ``rtde_receive`` are imported only when a real
 connection is made.
 

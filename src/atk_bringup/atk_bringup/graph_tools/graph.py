@@ -9,10 +9,10 @@ launch arguments themselves (name, default, description, choices).
 Two consumers build on this declaration, so that what the launch files start
 is exactly what the launch-free runner starts:
 
-* ``atk_bringup.launch_builder`` turns a :class:`Graph` into a
+* ``atk_bringup.graph_tools.launch_builder`` turns a :class:`Graph` into a
   ``launch.LaunchDescription`` (used by ``launch/*.launch.py``);
 * :func:`resolve` turns a :class:`Graph` plus argument values into concrete
-  command lines (used by ``atk-graph``, :mod:`atk_bringup.runner`).
+  command lines (used by ``atk-graph``, :mod:`atk_bringup.graph_tools.runner`).
 
 Graphs: ``deploy`` (camera or simulator, tracker, policy, driver),
 ``record`` (camera or simulator, driver, recorder node or ``ros2 bag
@@ -363,7 +363,7 @@ class ResolvedProcess:
 
 def source_config_dir() -> Path:
     """atk_bringup/config in the source tree (this module's real location)."""
-    return Path(__file__).resolve().parent.parent / "config"
+    return Path(__file__).resolve().parents[2] / "config"
 
 
 def config_path(file_name: str) -> Path:

@@ -1,8 +1,8 @@
 """A stand-in for the UR controller and the Robotiq gripper, for TESTS ONLY.
 
-It implements :class:`~atk_bringup.ur_interface.ReceiveInterface`,
-:class:`~atk_bringup.ur_interface.ControlInterface` and
-:class:`~atk_bringup.ur_interface.GripperInterface` with a crude model (the
+It implements :class:`~atk_bringup.driver.ur_interface.ReceiveInterface`,
+:class:`~atk_bringup.driver.ur_interface.ControlInterface` and
+:class:`~atk_bringup.driver.ur_interface.GripperInterface` with a crude model (the
 joints follow servoJ commands with a first-order lag) and records every call,
 so tests can check what the driver sent across the hardware boundary. It
 moves nothing; it is not a simulator (see the MuJoCo sim node for that).

@@ -206,7 +206,7 @@ def run_graph_episodes(*, model_dir: Path, task: str, seeds: Sequence[int], pert
                 graph.wait()
 
 
-if __name__ == "__main__":  # manual use: python -m atk_bringup.ros_episode MODEL_DIR [SEED]
+if __name__ == "__main__":  # manual use: python -m atk_bringup.graph_tools.ros_episode MODEL_DIR [SEED]
     print(run_graph_episode(model_dir=Path(sys.argv[1]), task="sushi",
                             seed=int(sys.argv[2]) if len(sys.argv) > 2 else 0, perturbations=("RP",),
                             width=320, height=240, timeout_s=120, log_dir=Path("/tmp/atk_ros_episode")))

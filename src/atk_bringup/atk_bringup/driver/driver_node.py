@@ -18,8 +18,8 @@ protective/emergency stops and lost connections latched until ``~/enable``
 (which reconnects). Gripper commands are
 carried out whenever the gripper is active, also in teach mode.
 
-Library: atk_bringup.servo_loop, atk_bringup.safety, atk_perception.kinematics;
-hardware boundary: atk_bringup.ur_interface; parameters: atk_bringup.driver_params.
+Library: atk_bringup.driver.servo_loop, atk_bringup.driver.safety, atk_perception.kinematics;
+hardware boundary: atk_bringup.driver.ur_interface; parameters: atk_bringup.driver.driver_params.
 """
 from __future__ import annotations
 
@@ -35,10 +35,10 @@ from rclpy.time import Time
 from sensor_msgs.msg import JointState
 from std_srvs.srv import SetBool
 
-from atk_bringup.driver_params import COMMAND, NODE_NAME, PARAMS
-from atk_bringup.safety import SafetyLimits, check_target_age
-from atk_bringup.servo_loop import DriverState, GripperConfig, GripperWorker, ServoConfig, ServoLoop
-from atk_bringup.ur_interface import (ROBOT_MODES, SAFETY_MODES, HardwareError, RobotiqSocketGripper, URBackend,
+from atk_bringup.driver.driver_params import COMMAND, NODE_NAME, PARAMS
+from atk_bringup.driver.safety import SafetyLimits, check_target_age
+from atk_bringup.driver.servo_loop import DriverState, GripperConfig, GripperWorker, ServoConfig, ServoLoop
+from atk_bringup.driver.ur_interface import (ROBOT_MODES, SAFETY_MODES, HardwareError, RobotiqSocketGripper, URBackend,
                                       connect_ur)
 from atk_msgs.msg import GripperCommand
 from atk_perception import kinematics as kin

@@ -1,0 +1,2 @@
+"""The experiment behind atk-demo: demonstrations, training and DAgger (demo),
+the in-process evaluation, and the selection figure."""
