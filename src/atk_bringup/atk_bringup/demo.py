@@ -123,6 +123,9 @@ class DemoConfig:
     #: put the nigiri points 10-40 px off after poor or empty grasps, where LK
     #: alone stayed on the unmoved object (docs/perception.md).
     robot_occlusion: bool = False
+    #: Folder of photographs for RB's table and backdrop (evaluation; "" = the
+    #: procedural textures). Demonstrations stay under RP, so never see them.
+    backgrounds: str = ""
 
     def __post_init__(self) -> None:
         for name in ("demos", "width", "height", "candidates", "steps", "eval_episodes", "rgb_steps"):
@@ -156,6 +159,8 @@ class DemoConfig:
         if self.ros_episodes > self.eval_episodes:
             raise ValueError(f"--ros-episodes ({self.ros_episodes}) must be at most --eval-episodes "
                              f"({self.eval_episodes}): the graph runs on the in-process row's scenes")
+        if self.backgrounds and not Path(self.backgrounds).is_dir():
+            raise ValueError(f"--backgrounds must be a folder of photographs, got {self.backgrounds!r}")
         unknown = sorted(set(self.methods) - set(METHODS))
         if unknown or "ATK" not in self.methods:
             raise ValueError(f"--methods must include ATK and only {METHODS}, got {self.methods}")
@@ -177,7 +182,7 @@ def _stage(n: int, title: str) -> float:
 def make_env(cfg: DemoConfig):
     from .sim.env import SimConfig, SimEnv
 
-    return SimEnv(SimConfig(width=cfg.width, height=cfg.height, render_depth=False))
+    return SimEnv(SimConfig(width=cfg.width, height=cfg.height, render_depth=False, backgrounds=cfg.backgrounds))
 
 
 def collect_demos(cfg: DemoConfig, env) -> list[Path]:
@@ -464,7 +469,7 @@ def ros_graph_cell(results: list[dict], models: dict[int, Path]) -> CellStats:
 _WORKER: dict = {}
 
 
-def _worker_init(width: int, height: int, parent_pid: int | None = None) -> None:
+def _worker_init(width: int, height: int, parent_pid: int | None = None, backgrounds: str = "") -> None:
     """Evaluation worker: its own simulator (one EGL context per process) and
     one torch thread (two workers share the machine's cores); with
     ``parent_pid``, it ends when the atk-demo process that started it dies."""
@@ -478,7 +483,7 @@ def _worker_init(width: int, height: int, parent_pid: int | None = None) -> None
     torch.set_num_threads(1)
     from .sim.env import SimConfig, SimEnv
 
-    _WORKER["env"] = SimEnv(SimConfig(width=width, height=height, render_depth=False))
+    _WORKER["env"] = SimEnv(SimConfig(width=width, height=height, render_depth=False, backgrounds=backgrounds))
     _WORKER["agents"] = {}
 
 
@@ -551,11 +556,11 @@ def evaluate(cfg: DemoConfig, models: dict[int, Path]) -> dict[str, dict[str, Ce
         if cfg.eval_workers > 1 and len(jobs) > 1:
             # spawn: no forked EGL context or torch thread pool
             with mp.get_context("spawn").Pool(cfg.eval_workers, _worker_init,
-                                               (cfg.width, cfg.height, os.getpid())) as pool:
+                                               (cfg.width, cfg.height, os.getpid(), cfg.backgrounds)) as pool:
                 for r in pool.imap_unordered(_worker_episode, jobs):
                     record(r)
         else:
-            _worker_init(cfg.width, cfg.height)
+            _worker_init(cfg.width, cfg.height, backgrounds=cfg.backgrounds)
             for job in jobs:
                 record(_worker_episode(job))
     bar.close()
@@ -680,6 +685,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-oracle-rows", dest="oracle_rows", action="store_false",
                    help="with --h-c cpu, skip the 'ATK (oracle h_C)' rows (the same ATK models evaluated "
                         "with the privileged simulator keypoints; cheap: no tracker runs)")
+    p.add_argument("--backgrounds", default="", metavar="DIR",
+                   help="folder of photographs (png/jpg/...) that RB puts on the table and the backdrop, one "
+                        "drawn per scene, e.g. pictures of your own lab (default: procedural textures). The "
+                        "evaluation's RB, +RO and +Light columns then test the policy against them; results are "
+                        "kept per --out, so use a new one")
     p.add_argument("--full", action="store_true",
                    help="paper-sized run: 100 demos, 3 training seeds, 20 evaluation episodes per cell")
     p.add_argument("--quick", action="store_true",
@@ -721,7 +731,8 @@ def config_from_args(args: argparse.Namespace, task: str | None = None) -> DemoC
                       rgb_steps=rgb_steps, top_n=top_n, eval_workers=args.eval_workers, noise_rad=args.noise,
                       propagation_workers=args.workers,
                       stall_s=args.stall_s, keypoint_noise_px=args.keypoint_noise, h_c=args.h_c,
-                      oracle_rows=args.oracle_rows, robot_occlusion=args.robot_occlusion)
+                      oracle_rows=args.oracle_rows, robot_occlusion=args.robot_occlusion,
+                      backgrounds=str(Path(args.backgrounds).expanduser().resolve()) if args.backgrounds else "")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -46,3 +46,21 @@ def test_a_failing_task_stops_task_all(tmp_path, monkeypatch):
 def test_bad_values_are_refused(argv, message, capsys, tmp_path):
     assert demo.main(argv + ["--out", str(tmp_path / "x")]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_backgrounds_folder_is_checked_and_passed_on(tmp_path, monkeypatch, capsys):
+    assert demo.main(["--backgrounds", str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 2
+    assert "--backgrounds must be a folder of photographs" in capsys.readouterr().err
+    ran = []
+    monkeypatch.setattr(demo, "run", lambda cfg: ran.append(cfg) or 0)
+    assert demo.main(["--backgrounds", str(tmp_path), "--out", str(tmp_path / "x")]) == 0
+    assert ran[0].backgrounds == str(tmp_path.resolve())
+    import cv2
+    import numpy as np
+
+    cv2.imwrite(str(tmp_path / "lab.png"), np.zeros((64, 64, 3), np.uint8))
+    env = demo.make_env(ran[0])   # the run's simulator gets them
+    try:
+        assert len(env.photos) == 1
+    finally:
+        env.close()
