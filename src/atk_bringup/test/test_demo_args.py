@@ -46,3 +46,34 @@ def test_a_failing_task_stops_task_all(tmp_path, monkeypatch):
 def test_bad_values_are_refused(argv, message, capsys, tmp_path):
     assert demo.main(argv + ["--out", str(tmp_path / "x")]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_backgrounds_folder_is_checked_and_passed_on(tmp_path, monkeypatch, capsys):
+    assert demo.main(["--backgrounds", str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 2
+    assert "--backgrounds must be a folder of photographs" in capsys.readouterr().err
+    ran = []
+    monkeypatch.setattr(demo, "run", lambda cfg: ran.append(cfg) or 0)
+    assert demo.main(["--backgrounds", str(tmp_path), "--out", str(tmp_path / "x")]) == 0
+    assert ran[0].backgrounds == str(tmp_path.resolve())
+    import cv2
+    import numpy as np
+
+    cv2.imwrite(str(tmp_path / "lab.png"), np.zeros((64, 64, 3), np.uint8))
+    env = demo.make_env(ran[0])   # the run's simulator gets them
+    try:
+        assert len(env.photos) == 1
+    finally:
+        env.close()
+
+
+def test_defaults_are_sized_for_twenty_minutes(tmp_path, monkeypatch):
+    """The default run (measured 21 min with 10 scenes and one seed) evaluates 6 scenes, one training seed,
+    5 of them also through the ROS graph; --full is the paper-sized run."""
+    ran = []
+    monkeypatch.setattr(demo, "run", lambda cfg: ran.append(cfg) or 0)
+    assert demo.main(["--out", str(tmp_path)]) == 0
+    assert demo.main(["--out", str(tmp_path), "--full"]) == 0
+    default, full = ran
+    assert (default.eval_episodes, default.train_seeds, default.ros_episodes, default.demos) == (6, (0,), 5, 60)
+    assert default.methods == demo.DEFAULT_METHODS and "ManualSelect" not in default.methods
+    assert (full.eval_episodes, full.train_seeds, full.ros_episodes, full.demos) == (20, (0, 1, 2), 20, 100)

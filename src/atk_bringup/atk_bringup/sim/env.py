@@ -52,6 +52,7 @@ class SimConfig:
     settle_s: float = 0.2            # physics time after placing objects before t = 0
     max_depth_m: float = 5.0         # depth beyond this reads 0 (no reading)
     menagerie_path: str = ""         # optional local Menagerie checkout for the arm's looks (never downloaded)
+    backgrounds: str = ""            # folder of photographs for RB's table and backdrop ("": procedural textures)
 
     def __post_init__(self) -> None:
         for name, lo, hi in (("width", 16, 4096), ("height", 16, 4096)):
@@ -125,6 +126,11 @@ class SimEnv:
         #: Settable between episodes; rendering is 10 ms of a 320x240 step.
         self.blank_frames = False
         self.menagerie_message = ""
+        #: RB's photographs (SimConfig.backgrounds), loaded once; [] for the procedural textures.
+        self.photos = (pert.load_photos(self.config.backgrounds, sim_model.USER_TEXTURE_PX)
+                       if self.config.backgrounds else [])
+        #: Indices into ``photos`` of the current episode's table and backdrop (() without RB photos).
+        self.background_photos: tuple[int, ...] = ()
         if self.config.menagerie_path:
             folder = menagerie.find(self.config.menagerie_path)
             if folder is None:
@@ -230,8 +236,10 @@ class SimEnv:
         self._task.reset(m, d, pert.stream(seed, "RP") if "RP" in names else None)
         pert.park_distractors(m, d, idx)
         mujoco.mj_forward(m, d)
+        self.background_photos = ()
         if "RB" in names:
-            pert.apply_rb(m, idx, pert.stream(seed, "RB"))
+            self.background_photos = pert.apply_rb(m, idx, pert.stream(seed, "RB"), self.photos,
+                                                   self._upload_texture)
         if "RO" in names:
             pert.apply_ro(m, d, idx, pert.stream(seed, "RO"), self._task.keep_out(m, d))
         if "LIGHT" in names:
@@ -374,6 +382,16 @@ class SimEnv:
             self._renderer = mujoco.Renderer(m, self.config.height, self.config.width)
             # shadows and reflections off: several times faster, same geometry
             self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False
+
+    def _upload_texture(self, texture_id: int) -> None:
+        """Send a texture edited in the model to the renderer's GPU copy (RB photographs)."""
+        r = self._renderer
+        if r is None:
+            return
+        # mujoco.Renderer has no public upload; its context is what mjr_uploadTexture needs
+        if getattr(r, "_gl_context", None) is not None:
+            r._gl_context.make_current()
+        mujoco.mjr_uploadTexture(self._model, r._mjr_context, texture_id)
 
     def _restore_nominal(self) -> None:
         m = self._model

@@ -58,6 +58,9 @@ LINK_RADIUS = tuple(float(r) for r in kin.UR5E_LINK_RADII)  # the robot mask dra
 
 N_TABLE_MATERIALS = 5
 N_BACKGROUND_MATERIALS = 4
+#: Side (px) of the two textures that RB fills with the user's photographs at
+#: run time (SimConfig.backgrounds); grey and unused otherwise.
+USER_TEXTURE_PX = 512
 N_DISTRACTORS = 8
 
 CAMERA_POS = np.array([0.92, 0.0, 0.47])
@@ -202,6 +205,13 @@ def _materials_xml() -> tuple[str, dict[str, np.ndarray]]:
     for i in range(N_BACKGROUND_MATERIALS):
         xml.append(f'<texture name="bg{i}" type="2d" file="bg{i}.png"/>')
         xml.append(f'<material name="bg{i}" texture="bg{i}" texrepeat="4 4" specular="0.05"/>')
+    # RB with the user's photographs (SimConfig.backgrounds): one photo covers the table, one the backdrop
+    textures["user_table.png"] = np.full((USER_TEXTURE_PX, USER_TEXTURE_PX, 3), 128, np.uint8)
+    textures["user_bg.png"] = np.full((USER_TEXTURE_PX, USER_TEXTURE_PX, 3), 128, np.uint8)
+    xml.append('<texture name="user_table" type="2d" file="user_table.png"/>')
+    xml.append('<material name="user_table" texture="user_table" texrepeat="1 1" specular="0.1"/>')
+    xml.append('<texture name="user_bg" type="2d" file="user_bg.png"/>')
+    xml.append('<material name="user_bg" texture="user_bg" texrepeat="1 1" specular="0.05"/>')
     for n in ("stripes", "dots", "wood", "green"):
         xml.append(f'<texture name="dis_{n}" type="cube" file="dis_{n}.png"/>')
         xml.append(f'<material name="dis_{n}" texture="dis_{n}"/>')
@@ -343,6 +353,8 @@ class ModelIndex:
     background_geoms: np.ndarray   # floor, wall
     table_materials: np.ndarray    # (N_TABLE_MATERIALS,)
     background_materials: np.ndarray
+    user_materials: np.ndarray     # (2,) table, backdrop: the user's photographs
+    user_textures: np.ndarray      # (2,) their textures
     distractor_mocap: np.ndarray   # (N_DISTRACTORS,) mocap ids
     pad_geoms: np.ndarray          # (2,)
     gripper_geoms: np.ndarray      # all collision geoms of the gripper
@@ -365,6 +377,8 @@ def index_model(m: mujoco.MjModel) -> ModelIndex:
         background_geoms=np.array([m.geom("floor").id, m.geom("wall").id]),
         table_materials=np.array([m.material(f"table{i}").id for i in range(N_TABLE_MATERIALS)]),
         background_materials=np.array([m.material(f"bg{i}").id for i in range(N_BACKGROUND_MATERIALS)]),
+        user_materials=np.array([m.material("user_table").id, m.material("user_bg").id]),
+        user_textures=np.array([m.texture("user_table").id, m.texture("user_bg").id]),
         distractor_mocap=np.array([m.body_mocapid[m.body(f"distractor{i}").id]
                                    for i in range(N_DISTRACTORS)]),
         pad_geoms=np.array([m.geom("pad_left").id, m.geom("pad_right").id]),

@@ -16,6 +16,7 @@ and light fields, which MuJoCo reads at every step/render.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import mujoco
 import numpy as np
@@ -84,12 +85,61 @@ def park_distractors(m: mujoco.MjModel, d: mujoco.MjData, idx: ModelIndex) -> No
         d.mocap_quat[mid] = (1.0, 0.0, 0.0, 0.0)
 
 
-def apply_rb(m: mujoco.MjModel, idx: ModelIndex, rng: np.random.Generator) -> None:
-    """Swap the table material and the background (floor + wall) material."""
+def apply_rb(m: mujoco.MjModel, idx: ModelIndex, rng: np.random.Generator,
+             photos: Sequence[np.ndarray] = (), upload: Callable[[int], None] | None = None) -> tuple[int, ...]:
+    """Swap the table material and the background (floor + wall) material.
+
+    With ``photos`` ((S, S, 3) uint8 RGB, S = USER_TEXTURE_PX; load_photos),
+    the table and the backdrop show two of them (drawn by ``rng``; the same one
+    may cover both) instead of the procedural textures: their pixels are
+    written into the model's user textures and ``upload(texture id)`` sends
+    each to the renderer (no recompiling). Returns the photos' indices ((),
+    procedural textures)."""
+    if len(photos):
+        k = (int(rng.integers(len(photos))), int(rng.integers(len(photos))))
+        for tex, i in zip(idx.user_textures, k):
+            adr, n = m.tex_adr[tex], m.tex_width[tex] * m.tex_height[tex] * m.tex_nchannel[tex]
+            m.tex_data[adr:adr + n] = np.asarray(photos[i], np.uint8).reshape(-1)
+            if upload is not None:
+                upload(int(tex))
+        m.geom_matid[idx.table_geom] = idx.user_materials[0]
+        m.geom_matid[idx.background_geoms] = idx.user_materials[1]
+        return k
     # never the compiled default (index 0), so RB always changes the image
     m.geom_matid[idx.table_geom] = idx.table_materials[rng.integers(1, len(idx.table_materials))]
     bg = idx.background_materials[rng.integers(1, len(idx.background_materials))]
     m.geom_matid[idx.background_geoms] = bg
+    return ()
+
+
+PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def load_photos(folder, size: int) -> list[np.ndarray]:
+    """Every photograph in ``folder`` (sorted by name; PHOTO_SUFFIXES), centre-
+    cropped square and resized to ``size`` x ``size`` RGB uint8, flipped
+    vertically for MuJoCo's texture rows. ValueError naming the folder when it
+    is missing, holds no image, or an image cannot be read."""
+    import cv2
+    from pathlib import Path
+
+    d = Path(folder).expanduser()
+    if not d.is_dir():
+        raise ValueError(f"backgrounds: {d} is not a folder of photographs")
+    files = sorted(f for f in d.iterdir() if f.suffix.lower() in PHOTO_SUFFIXES and f.is_file())
+    if not files:
+        raise ValueError(f"backgrounds: no photographs ({', '.join(PHOTO_SUFFIXES)}) in {d}")
+    out = []
+    for f in files:
+        img = cv2.imread(str(f), cv2.IMREAD_COLOR)
+        if img is None:
+            raise ValueError(f"backgrounds: cannot read {f} as an image")
+        h, w = img.shape[:2]
+        s = min(h, w)
+        img = img[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
+        img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+        out.append(np.ascontiguousarray(cv2.cvtColor(img, cv2.COLOR_BGR2RGB)[::-1]))
+    return out
 
 
 def apply_ro(m: mujoco.MjModel, d: mujoco.MjData, idx: ModelIndex, rng: np.random.Generator,
