@@ -280,7 +280,7 @@ class TrackingSession:
                              "keypoints transferred again")
             self._needs_transfer = True
             self._frames_until_retry = 0
-        elif self._last_stamp is not None and not self._needs_transfer:
+        elif self._last_stamp is not None and (not self._needs_transfer or self._frames_until_retry > 0):
             gap = stamp_s - self._last_stamp
             # Frames that arrived while the previous one was processed were
             # dropped on purpose (newest-frame policy): a slow transfer (seconds
@@ -291,7 +291,13 @@ class TrackingSession:
                 what = ("went backwards by %.2f s (recording restarted?)" % -gap if gap < 0
                         else "jumped by %.2f s (> max_frame_gap_s %.2f + %.2f s processing)"
                         % (gap, self.config.max_frame_gap_s, self._last_processing_s))
-                notes.append(f"source stamp {what}: keypoints transferred again")
+                # While LOST and waiting to retry, a break in the stream is a new
+                # scene (the next episode): transfer onto it now, not after the
+                # countdown, whose "next attempt in k frames" would read as a
+                # failed transfer onto that scene's first frame.
+                notes.append(f"source stamp {what}: "
+                             + ("transfer retried at once" if self._needs_transfer
+                                else "keypoints transferred again"))
                 self._needs_transfer = True
                 self._frames_until_retry = 0
         if self._image_size is not None and size != self._image_size:

@@ -350,3 +350,25 @@ def test_points_predicted_from_the_robot_keep_tracking_alive(scene) -> None:
         assert (TrackerState.LOST in states) == lost, (conf, states)
     with pytest.raises(ValueError, match="min_predicted_confidence"):
         SessionConfig(min_predicted_confidence=1.5)
+
+
+def test_a_new_scene_after_a_failed_transfer_is_transferred_onto_at_once(scene) -> None:
+    """LOST after a failed transfer, the session retries only every N frames. A
+    frame after a stamp jump is a new scene (the simulator's next episode, a
+    restarted recording): it gets a transfer at once, not the countdown's
+    'next attempt in k frames', which the simulator would take as the tracker
+    giving up on the episode's first frame (issue 17: the first episode of
+    every graph started its clock that way and held on stale keypoints)."""
+    img, pts = scene
+    s = session(scene, retransfer_every_n_frames=5)
+    rng = np.random.default_rng(3)
+    out = s.process(rng.integers(0, 255, img.shape, dtype=np.uint8), 0.0)   # nothing to transfer onto
+    assert out.state == TrackerState.LOST and s.transfers == 1
+    out = s.process(rng.integers(0, 255, img.shape, dtype=np.uint8), 0.1)
+    assert "next attempt in" in out.message and s.transfers == 1      # the countdown, within a scene
+    frame, gt = warp(img, pts, 2)
+    out = s.process(frame, 10.1)                                      # the next episode, 10 s later
+    assert s.transfers == 2, out.message
+    assert "jumped by 10.00 s" in out.message and "transfer retried at once" in out.message
+    assert out.state == TrackerState.TRACKING, out.message
+    assert np.abs(out.points - gt).max() < TOL_PX
