@@ -40,6 +40,9 @@ class SimParams:
                                  "scene (s).", min=0.0, max=3600.0)
     episode_status_hz: float = param(1.0, "Rate of periodic sim/episode updates (also sent at once on reset, "
                                      "success and end).", min=0.1, max=100.0)
+    backgrounds: str = param("", "Folder of photographs that RB puts on the table and the backdrop (one drawn "
+                                 "per episode from its seed), e.g. pictures of your own lab; empty: the procedural "
+                                 "textures.")
 
 
 PARAMS: tuple[ParamSpec, ...] = param_specs(SimParams)

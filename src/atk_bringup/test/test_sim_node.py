@@ -101,6 +101,33 @@ def _collect(client):
     return latest, events
 
 
+def test_backgrounds_parameter_is_checked_at_start(tmp_path):
+    """The sim node's `backgrounds` (RB with the operator's photographs) is refused by name at
+    construction when the folder holds no photographs, and reaches the simulator when it does."""
+    rclpy = pytest.importorskip("rclpy")
+    import cv2
+    from rclpy.parameter import Parameter
+
+    from atk_bringup.sim_node import SimNode
+    from atk_perception.node_params import ParameterError
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    try:
+        with pytest.raises(ParameterError, match="no photographs"):
+            SimNode(context=context, parameter_overrides=[Parameter("backgrounds", value=str(tmp_path))])
+        cv2.imwrite(str(tmp_path / "lab.jpg"), np.zeros((32, 32, 3), np.uint8))
+        node = SimNode(context=context, parameter_overrides=[Parameter("backgrounds", value=str(tmp_path)),
+                                                             Parameter("width", value=160),
+                                                             Parameter("height", value=120)])
+        try:
+            assert node._cfg.backgrounds == str(tmp_path)
+        finally:
+            node.destroy_node()
+    finally:
+        rclpy.shutdown(context=context)
+
+
 def test_node_publishes_resets_and_follows_targets(graph):
     from rclpy.qos import QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy
     from sensor_msgs.msg import JointState
