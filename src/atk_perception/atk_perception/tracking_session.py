@@ -18,6 +18,7 @@ callback and the worker, with the dropped-frame counter.
 """
 from __future__ import annotations
 
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -201,6 +202,8 @@ class TrackingSession:
         self._bad_since = 0.0    # source stamp of the first bad frame of the streak
         self._frames_until_retry = 0
         self._last_stamp: float | None = None
+        self._state_before_stall = TrackerState.INITIALISING
+        self._stall_idle_s = 0.0
         self._last_processing_s = 0.0  # wall time spent on the previous frame
         self._stalled = False
         self._scaled_template: KeypointTemplate | None = None
@@ -275,11 +278,20 @@ class TrackingSession:
         size = (int(image.shape[1]), int(image.shape[0]))
         if self._stalled:
             self._stalled = False
-            if self._last_stamp is not None:
-                notes.append(f"frames resumed after {stamp_s - self._last_stamp:.2f} s: "
-                             "keypoints transferred again")
-            self._needs_transfer = True
-            self._frames_until_retry = 0
+            gap = math.inf if self._last_stamp is None else stamp_s - self._last_stamp
+            if (self._state_before_stall == TrackerState.TRACKING and not self._needs_transfer
+                    and 0 <= gap <= self.config.max_frame_gap_s + self._last_processing_s):
+                # The stream paused but its stamps did not jump (a simulator
+                # that paused with its clock, a camera driver hiccup): the scene
+                # is the one the tracks are on, so they continue.
+                self.state = TrackerState.TRACKING
+                notes.append(f"frames resumed after a {self._stall_idle_s:.1f} s pause with continuous "
+                             f"stamps (+{gap:.2f} s): tracking continues")
+            else:
+                if self._last_stamp is not None:
+                    notes.append(f"frames resumed after {gap:.2f} s: keypoints transferred again")
+                self._needs_transfer = True
+                self._frames_until_retry = 0
         elif self._last_stamp is not None and (not self._needs_transfer or self._frames_until_retry > 0):
             gap = stamp_s - self._last_stamp
             # Frames that arrived while the previous one was processed were
@@ -336,11 +348,12 @@ class TrackingSession:
                 or seconds_since_last_frame <= self.config.frame_timeout_s):
             return None
         self._stalled = True
+        self._state_before_stall, self._stall_idle_s = self.state, float(seconds_since_last_frame)
         self.state = TrackerState.LOST
         return self._output(time.perf_counter(), [
             f"no camera frames for {seconds_since_last_frame:.1f} s "
             f"(frame_timeout_s {self.config.frame_timeout_s:g}): positions are from the last "
-            "frame; the keypoints will be transferred again when frames return"])
+            "frame; they are transferred again if the stream resumes with a stamp jump"])
 
     def transfer(self, image: np.ndarray, template_image: np.ndarray | None = None,
                  template_points: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -197,6 +197,26 @@ def test_frames_stop_and_restart(scene) -> None:
     assert np.abs(out.points - gt).max() < TOL_PX
 
 
+def test_a_pause_with_continuous_stamps_keeps_the_tracks(scene) -> None:
+    """Frames stop for longer than frame_timeout_s (LOST reported once), then
+    resume with the next stamp in sequence: the scene did not jump, so the
+    tracks continue without a transfer (issue 17: each such pause in the
+    simulated graph cost a transfer of seconds and stale holds)."""
+    img, pts = scene
+    s = session(scene, frame_timeout_s=0.5)
+    for t in range(3):
+        out = s.process(warp(img, pts, t)[0], 100.0 + 0.1 * t)
+    assert out.state == TrackerState.TRACKING and s.transfers == 1
+    out = s.check_stalled(1.3)
+    assert out.state == TrackerState.LOST and "no camera frames for 1.3 s" in out.message
+    frame, gt = warp(img, pts, 3)
+    out = s.process(frame, 100.3)
+    assert out.state == TrackerState.TRACKING, out.message
+    assert "frames resumed after a 1.3 s pause with continuous stamps (+0.10 s): tracking continues" in out.message
+    assert s.transfers == 1
+    assert np.abs(out.points - gt).max() < TOL_PX
+
+
 def test_stamp_jumps_and_resolution_changes_retransfer(scene) -> None:
     img, pts = scene
     s = session(scene, max_frame_gap_s=0.5)
