@@ -96,3 +96,26 @@ def test_help_needs_no_rclpy(script):
     params = dict((n[3], n[0]) for n in NODES)[script].PARAMS
     for spec in params:
         assert f"  {spec.name} (default" in out.stdout
+
+
+@pytest.mark.parametrize("params_module, params_class, config_module, config_class", [
+    ("atk_perception.tracker_params", "TrackerParams", "atk_perception.tracking_session", "SessionConfig"),
+    ("atk_policy.policy_params", "PolicyParams", "atk_policy.gating", "GateConfig"),
+])
+def test_node_parameters_configure_their_library_with_the_same_defaults(params_module, params_class,
+                                                                         config_module, config_class):
+    """A node parameter that configures a library config (config_from_params) has the library's name and
+    default, so the node's defaults are the library's (what the in-process evaluation uses)."""
+    import dataclasses
+    import importlib
+
+    from atk_perception.node_params import config_from_params
+
+    params = getattr(importlib.import_module(params_module), params_class)
+    config = getattr(importlib.import_module(config_module), config_class)
+    node = {f.name: f.default for f in dataclasses.fields(params)}
+    lib = {f.name: f.default for f in dataclasses.fields(config)}
+    shared = sorted(set(node) & set(lib))
+    assert len(shared) >= 7, shared
+    assert {k: node[k] for k in shared} == {k: lib[k] for k in shared}
+    assert config_from_params(config, node) == config()

@@ -41,6 +41,7 @@ def test_a_failing_task_stops_task_all(tmp_path, monkeypatch):
 @pytest.mark.parametrize("argv, message", [
     (["--seeds", "a"], "--seeds must be comma-separated integers"),
     (["--size", "320"], "--size must look like 320x240"),
+    (["--chunk", "0"], "--chunk must be a positive integer"),
     (["--h-c", "cpu", "--eval-episodes", "2", "--ros-episodes", "3"], "--ros-episodes (3) must be at most"),
 ])
 def test_bad_values_are_refused(argv, message, capsys, tmp_path):
@@ -76,4 +77,5 @@ def test_defaults_are_sized_for_twenty_minutes(tmp_path, monkeypatch):
     default, full = ran
     assert (default.eval_episodes, default.train_seeds, default.ros_episodes, default.demos) == (6, (0,), 5, 60)
     assert default.methods == demo.DEFAULT_METHODS and "ManualSelect" not in default.methods
+    assert default.chunk == 4 and default.action_mode == "tcp"
     assert (full.eval_episodes, full.train_seeds, full.ros_episodes, full.demos) == (20, (0, 1, 2), 20, 100)

@@ -195,6 +195,15 @@ def param_specs(config: type) -> tuple[ParamSpec, ...]:
     return tuple(specs)
 
 
+def config_from_params(config: type, values: dict[str, Any]) -> Any:
+    """A library config dataclass (e.g. SessionConfig, GateConfig) from a node's
+    parameter values: every field the node exposes under the same name is
+    taken from ``values``, the others keep the library's default. So a node
+    parameter that configures a library is written once, in the node's params
+    dataclass; tests check that the shared names have the same defaults."""
+    return config(**{f.name: values[f.name] for f in dataclasses.fields(config) if f.name in values})
+
+
 def module_doc(module: str) -> str:
     """The docstring of ``module``, read from its file without importing it:
     a node module imports rclpy, and ``--help`` prints its docstring without ROS."""

@@ -43,7 +43,7 @@ from atk_perception.correspondence import CorrespondenceError
 from atk_perception.image_conversion import ImageConversionError, array_to_imgmsg, imgmsg_to_rgb8
 from atk_perception.keypoint_template import (
     TemplateError, load_model_template, load_points_template)
-from atk_perception.node_params import ParameterError, declare, log_effective
+from atk_perception.node_params import ParameterError, config_from_params, declare, log_effective
 from atk_perception.node_runner import run_node
 from atk_perception.robot_mask import RobotMaskError, load_extrinsics
 from atk_perception.robot_occlusion import RobotAwareTracker, RobotInputs, RobotOcclusionConfig
@@ -120,16 +120,7 @@ class TrackerNode(Node):
         p = declare(self, PARAMS)
         log_effective(self, p)
         self.p = p
-        config = SessionConfig(
-            min_point_confidence=p["min_point_confidence"],
-            min_confident_fraction=p["min_confident_fraction"],
-            lost_after_frames=p["lost_after_frames"],
-            lost_after_s=p["lost_after_s"],
-            transfer_min_fraction=p["transfer_min_fraction"],
-            retransfer_every_n_frames=p["retransfer_every_n_frames"],
-            max_frame_gap_s=p["max_frame_gap_s"],
-            frame_timeout_s=p["frame_timeout_s"],
-            template_size_mismatch=p["template_size_mismatch"])
+        config = config_from_params(SessionConfig, p)
         template = self._load_template(p)
         h_c = make_backend(p["backend"], p["checkpoint"], p["device"], p["reanchor_mode"],
                            {name: p[name] for name in COTRACKER_PARAMS})

@@ -48,7 +48,7 @@ from sensor_msgs.msg import JointState
 
 from atk_msgs.msg import GripperCommand, KeypointArray, PolicyStatus
 from atk_perception import kinematics as kin
-from atk_perception.node_params import ParameterError, declare, log_effective
+from atk_perception.node_params import ParameterError, config_from_params, declare, log_effective
 from atk_perception.node_runner import run_node
 from atk_policy.deploy_step import DeployStep, JointStateBuffer
 from atk_policy.deploy_step import check_action  # noqa: F401 (kept importable from here)
@@ -147,13 +147,7 @@ class PolicyNode(Node):
 
     @staticmethod
     def _gate_config(params: dict[str, Any]) -> GateConfig:
-        return GateConfig(keypoint_timeout_s=float(params["keypoint_timeout_s"]),
-                          joint_state_timeout_s=float(params["joint_state_timeout_s"]),
-                          confidence_threshold=float(params["confidence_threshold"]),
-                          max_low_confidence_fraction=float(params["max_low_confidence_fraction"]),
-                          low_confidence_grace_s=float(params["low_confidence_grace_s"]),
-                          max_low_confidence=int(params["max_low_confidence"]),
-                          image_margin_fraction=float(params["image_margin_fraction"]))
+        return config_from_params(GateConfig, params)
 
     def _on_set_parameters(self, params) -> SetParametersResult:
         updated = dict(self._params)

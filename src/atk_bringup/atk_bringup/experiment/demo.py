@@ -133,7 +133,7 @@ class DemoConfig:
     backgrounds: str = ""
 
     def __post_init__(self) -> None:
-        for name in ("demos", "width", "height", "candidates", "steps", "eval_episodes", "rgb_steps"):
+        for name in ("demos", "width", "height", "candidates", "steps", "eval_episodes", "rgb_steps", "chunk"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
@@ -651,6 +651,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", default=None, help="training seeds, comma-separated (default: 0; --full 0,1,2)")
     p.add_argument("--steps", type=int, default=2000,
                    help="optimiser steps per training run (default: 2000; the mask settles by ~1500)")
+    p.add_argument("--chunk", type=int, default=4,
+                   help="action chunk length K: the policy predicts K Cartesian steps at once (atk-train --chunk; "
+                        "default: 4)")
     p.add_argument("--eval-episodes", type=int, default=None,
                    help="evaluation episodes per method, seed and condition (default: 6; --full 20)")
     p.add_argument("--dagger-rounds", type=int, default=None,
@@ -735,7 +738,7 @@ def config_from_args(args: argparse.Namespace, task: str | None = None) -> DemoC
                       else tuple(m.strip() for m in args.methods.split(",") if m.strip()),
                       rgb_steps=rgb_steps, top_n=top_n, eval_workers=args.eval_workers, noise_rad=args.noise,
                       propagation_workers=args.workers,
-                      stall_s=args.stall_s, keypoint_noise_px=args.keypoint_noise, h_c=args.h_c,
+                      stall_s=args.stall_s, keypoint_noise_px=args.keypoint_noise, h_c=args.h_c, chunk=args.chunk,
                       oracle_rows=args.oracle_rows, robot_occlusion=args.robot_occlusion,
                       backgrounds=str(Path(args.backgrounds).expanduser().resolve()) if args.backgrounds else "")
 
