@@ -68,14 +68,14 @@ def test_backgrounds_folder_is_checked_and_passed_on(tmp_path, monkeypatch, caps
 
 
 def test_defaults_are_sized_for_twenty_minutes(tmp_path, monkeypatch):
-    """The default run (measured 21 min with 10 scenes and one seed) evaluates 6 scenes, one training seed,
-    5 of them also through the ROS graph; --full is the paper-sized run."""
+    """The default run (measured 21 min with 10 and with 6 scenes, one seed) evaluates 4 scenes, one
+    training seed, 3 of them also through the ROS graph; --full is the paper-sized run."""
     ran = []
     monkeypatch.setattr(demo, "run", lambda cfg: ran.append(cfg) or 0)
     assert demo.main(["--out", str(tmp_path)]) == 0
     assert demo.main(["--out", str(tmp_path), "--full"]) == 0
     default, full = ran
-    assert (default.eval_episodes, default.train_seeds, default.ros_episodes, default.demos) == (6, (0,), 5, 60)
+    assert (default.eval_episodes, default.train_seeds, default.ros_episodes, default.demos) == (4, (0,), 3, 60)
     assert default.methods == demo.DEFAULT_METHODS and "ManualSelect" not in default.methods
     assert default.chunk == 4 and default.action_mode == "tcp"
     assert (full.eval_episodes, full.train_seeds, full.ros_episodes, full.demos) == (20, (0, 1, 2), 20, 100)

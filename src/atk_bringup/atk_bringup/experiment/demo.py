@@ -63,8 +63,9 @@ def row_name(method: str, h_c: str) -> str:
 
 @dataclass
 class DemoConfig:
-    """Sizes of the run (validated). Defaults finish in about 17 minutes on 2 cores (estimated from a
-    measured default run with 10 scenes: demos 79 s, training 409 s, ROS graph 93 s, evaluation 686 s)."""
+    """Sizes of the run (validated). Defaults finish in about 17 minutes on 2 cores (estimated from the
+    measured default run with 6 scenes and 5 graph episodes, 21.5 min: demos 107 s, training 394 s, ROS
+    graph 165 s, evaluation 616 s; and one with 10 scenes, 21 min: demos 79 s, evaluation 686 s)."""
 
     out: Path
     task: str = "sushi"
@@ -76,17 +77,17 @@ class DemoConfig:
     #: on 2 cores (an episode that fails runs 30 s of simulated time: 5-14 s of CPU); --full trains 0,1,2.
     train_seeds: tuple[int, ...] = (0,)
     steps: int = 2000
-    #: Scenes per cell. Few: the default run must fit 20 minutes on 2 cores, and 10 scenes took 21 (an
-    #: episode that fails runs 30 s of simulated time, 5-14 s of CPU). With 6 a cell's 95% interval is
-    #: about +-0.35 wide: the default shows the loop works, it cannot rank methods; the results
+    #: Scenes per cell. Few: the default run must fit 20 minutes on 2 cores, and 10 or 6 scenes took 21 (an
+    #: episode that fails runs 30 s of simulated time, 5-14 s of CPU). With 4 a cell's 95% interval is
+    #: about +-0.4 wide: the default shows the loop works, it cannot rank methods; the results
     #: name their intervals and --full / --eval-episodes give more (on 20 scenes a model that scored 5/5
     #: on the first five scored 8/20).
-    eval_episodes: int = 6
+    eval_episodes: int = 4
     dagger_rounds: int = 0
     dagger_episodes: int = 10
     #: ATK episodes per training seed through the ROS graph, on the first
-    #: evaluation scenes (RP): the "ATK (ROS graph)" row. ~25 s each.
-    ros_episodes: int = 5
+    #: evaluation scenes (RP): the "ATK (ROS graph)" row. ~35 s each (real time; a failure runs 30 s).
+    ros_episodes: int = 3
     ros_timeout_s: float = 120.0
     methods: tuple[str, ...] = DEFAULT_METHODS
     rgb_steps: int = 600
@@ -655,14 +656,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="action chunk length K: the policy predicts K Cartesian steps at once (atk-train --chunk; "
                         "default: 4)")
     p.add_argument("--eval-episodes", type=int, default=None,
-                   help="evaluation episodes per method, seed and condition (default: 6; --full 20)")
+                   help="evaluation episodes per method, seed and condition (default: 4; --full 20)")
     p.add_argument("--dagger-rounds", type=int, default=None,
                    help="DAgger rounds: the expert labels states the learned ATK policy reaches "
                         "(default: 0; --quick: 1, so that CI runs the path)")
     p.add_argument("--dagger-episodes", type=int, default=10, help="rollouts per DAgger round (default: 10)")
     p.add_argument("--ros-episodes", type=int, default=None,
                    help="ATK episodes per training seed deployed through the real ROS graph over DDS, on the "
-                        "first evaluation scenes under RP: the table's 'ATK (ROS graph)' row (default: 5; "
+                        "first evaluation scenes under RP: the table's 'ATK (ROS graph)' row (default: 3; "
                         "--full 20; --quick 1; 0 skips)")
     p.add_argument("--top-n", type=int, default=None,
                    help="keep exactly N keypoints (default: those the mask keeps; --quick: 4)")
@@ -711,7 +712,7 @@ def config_from_args(args: argparse.Namespace, task: str | None = None) -> DemoC
         w, h = (int(v) for v in args.size.lower().split("x"))
     except ValueError:
         raise ValueError(f"--size must look like 320x240, got {args.size!r}") from None
-    demos, seeds, evals, ros = 60, "0", 6, 5
+    demos, seeds, evals, ros = 60, "0", 4, 3
     steps, dagger_eps, rgb_steps, top_n = args.steps, args.dagger_episodes, 600, args.top_n
     dagger_rounds = args.dagger_rounds or 0
     if args.full:
