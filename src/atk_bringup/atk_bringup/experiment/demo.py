@@ -63,9 +63,9 @@ def row_name(method: str, h_c: str) -> str:
 
 @dataclass
 class DemoConfig:
-    """Sizes of the run (validated). Defaults finish in about 17 minutes on 2 cores (estimated from the
-    measured default run with 6 scenes and 5 graph episodes, 21.5 min: demos 107 s, training 394 s, ROS
-    graph 165 s, evaluation 616 s; and one with 10 scenes, 21 min: demos 79 s, evaluation 686 s)."""
+    """Sizes of the run (validated). Defaults finished in 16 min 24 s on 2 cores (measured 2026-12-03:
+    demos 86 s, training 377 s, ROS graph 160 s, evaluation 358 s); 6 scenes and 5 graph episodes took
+    21.5 min, 10 scenes 21 min."""
 
     out: Path
     task: str = "sushi"
