@@ -278,9 +278,8 @@ class TrackingSession:
         size = (int(image.shape[1]), int(image.shape[0]))
         if self._stalled:
             self._stalled = False
-            gap = math.inf if self._last_stamp is None else stamp_s - self._last_stamp
-            if (self._state_before_stall == TrackerState.TRACKING and not self._needs_transfer
-                    and 0 <= gap <= self.config.max_frame_gap_s + self._last_processing_s):
+            gap, continuous = self._stamp_gap(stamp_s)
+            if self._state_before_stall == TrackerState.TRACKING and not self._needs_transfer and continuous:
                 # The stream paused but its stamps did not jump (a simulator
                 # that paused with its clock, a camera driver hiccup): the scene
                 # is the one the tracks are on, so they continue.
@@ -293,13 +292,8 @@ class TrackingSession:
                 self._needs_transfer = True
                 self._frames_until_retry = 0
         elif self._last_stamp is not None and (not self._needs_transfer or self._frames_until_retry > 0):
-            gap = stamp_s - self._last_stamp
-            # Frames that arrived while the previous one was processed were
-            # dropped on purpose (newest-frame policy): a slow transfer (seconds
-            # on a loaded CPU) must not read as a break in the stream, or every
-            # transfer would trigger the next one.
-            allowed = self.config.max_frame_gap_s + self._last_processing_s
-            if gap < 0 or gap > allowed:
+            gap, continuous = self._stamp_gap(stamp_s)
+            if not continuous:
                 what = ("went backwards by %.2f s (recording restarted?)" % -gap if gap < 0
                         else "jumped by %.2f s (> max_frame_gap_s %.2f + %.2f s processing)"
                         % (gap, self.config.max_frame_gap_s, self._last_processing_s))
@@ -332,6 +326,18 @@ class TrackingSession:
         finally:
             self._last_processing_s = time.perf_counter() - t0
         return self._output(t0, notes)
+
+    def _stamp_gap(self, stamp_s: float) -> tuple[float, bool]:
+        """(seconds since the last frame's stamp, whether ``stamp_s`` continues the stream).
+
+        Frames that arrived while the previous one was processed were dropped
+        on purpose (newest-frame policy): a slow transfer (seconds on a loaded
+        CPU) must not read as a break in the stream, or every transfer would
+        trigger the next one; so the last frame's processing time is allowed
+        on top of ``max_frame_gap_s``. No earlier frame: an infinite gap.
+        """
+        gap = math.inf if self._last_stamp is None else stamp_s - self._last_stamp
+        return gap, 0 <= gap <= self.config.max_frame_gap_s + self._last_processing_s
 
     def report_bad_frame(self, reason: str) -> SessionOutput:
         """An unusable frame (conversion failed): reported as LOST for this frame
