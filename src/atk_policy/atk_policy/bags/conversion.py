@@ -152,6 +152,7 @@ def _convert_bag(bag: Path, cfg: BagConversionConfig, store: Typestore,
     caminfo: Any = None
     caminfo_sizes: set[tuple[int, int]] = set()
     depth_count = 0
+    depth_at: list[tuple[int, int]] = []   # (stamp ns, log time ns) of each depth image
     nan_counts: dict[str, int] = {}
     arm = list(cfg.joint_names)
     js_names_seen: tuple[str, ...] | None = None
@@ -193,6 +194,7 @@ def _convert_bag(bag: Path, cfg: BagConversionConfig, store: Typestore,
                 caminfo_sizes.add((int(msg.width), int(msg.height)))
             elif key == "depth":
                 depth_count += 1
+                depth_at.append((stamp, log_ts))
             elif key in ("joint_states", "joint_target"):
                 names_ = list(msg.name)
                 pos = np.asarray(msg.position, np.float64)
@@ -328,6 +330,12 @@ def _convert_bag(bag: Path, cfg: BagConversionConfig, store: Typestore,
         "label": None if label is None else label.to_dict(),
         "depth_messages": depth_count,
     }
+    if depth_at:
+        # the depth image of the first frame (the canonical frame's, when this episode gives it)
+        t0 = int(img_t_ns[sel[0]])
+        d_stamp, d_log = min(depth_at, key=lambda d: abs(d[0] - t0))
+        if abs(d_stamp - t0) <= tol * 1e9:
+            meta["depth_first"] = {"topic": chosen["depth"].name, "log_ts": int(d_log), "stamp_ns": int(d_stamp)}
     if caminfo is not None:
         meta["camera_info"] = {"width": int(caminfo.width), "height": int(caminfo.height),
                                "frame_id": caminfo.header.frame_id,

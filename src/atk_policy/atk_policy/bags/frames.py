@@ -47,6 +47,40 @@ def decode_image(msg: Any, msgtype: str) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
+def decode_depth(msg: Any) -> np.ndarray:
+    """sensor_msgs Image 16UC1 (mm) or 32FC1 (m) -> (H, W) float32 metres (0: no reading)."""
+    enc = msg.encoding.lower()
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    data = np.asarray(msg.data, dtype=np.uint8)
+    if enc in ("16uc1", "mono16"):
+        dt, scale = np.dtype(">u2" if msg.is_bigendian else "<u2"), 1e-3
+    elif enc == "32fc1":
+        dt, scale = np.dtype(">f4" if msg.is_bigendian else "<f4"), 1.0
+    else:
+        raise BagError(f"depth encoding {msg.encoding!r} is not supported; use 16UC1 (mm) or 32FC1 (m)")
+    if step < w * dt.itemsize or data.size < h * step:
+        raise BagError(f"depth image {w}x{h} {enc}: step {step} and {data.size} bytes do not fit")
+    rows = data[: h * step].reshape(h, step)[:, : w * dt.itemsize]
+    out = np.ascontiguousarray(rows).view(dt).reshape(h, w).astype(np.float32) * np.float32(scale)
+    out[~np.isfinite(out) | (out < 0)] = 0.0
+    return out
+
+
+def read_depth(bag: str | os.PathLike, topic: str, log_ts: int, distro: str = "kilted") -> np.ndarray:
+    """The depth image (H, W) float32 metres logged on ``topic`` at ``log_ts`` ns in ``bag``."""
+    from .common import IMAGE_TYPE
+
+    store = make_typestore(distro)  # type: ignore[arg-type]
+    reader = open_reader(Path(bag))
+    try:
+        for _conn, ts, data in raw_messages(reader, {topic: IMAGE_TYPE}, log_ts, log_ts + 1):
+            if ts == log_ts:
+                return decode_depth(store.deserialize_cdr(data, IMAGE_TYPE))
+    finally:
+        reader.close()
+    raise BagError(f"{bag}: no depth image on {topic} at log time {log_ts} ns; was the bag modified?")
+
+
 class _FrameCache:
     """Decoded frames of every BagFrames in the process, least recently used evicted.
 
