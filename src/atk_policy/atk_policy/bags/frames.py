@@ -1,5 +1,5 @@
-"""Colour frames decoded from the bag when indexed, with a process-wide
-byte-budgeted cache and a small pool of open readers."""
+"""Colour (and depth) frames decoded from the bag when indexed, with a
+process-wide byte-budgeted cache and a small pool of open readers."""
 from __future__ import annotations
 
 import os
@@ -11,7 +11,7 @@ from typing import Any, Sequence
 import numpy as np
 from rosbags.rosbag2 import Reader
 
-from .common import COLOR_ENCODINGS, COMPRESSED_IMAGE_TYPE, BagError
+from .common import COLOR_ENCODINGS, COMPRESSED_IMAGE_TYPE, DEPTH_ENCODINGS, BagError
 from .reader import open_reader, raw_messages
 from .typestore import make_typestore
 
@@ -45,6 +45,28 @@ def decode_image(msg: Any, msgtype: str) -> np.ndarray:
     else:  # mono8
         out = np.repeat(px, 3, axis=2)
     return np.ascontiguousarray(out)
+
+
+def decode_depth(msg: Any) -> np.ndarray:
+    """sensor_msgs Image with a depth encoding -> (H, W) uint16 millimetres, 0 = no reading.
+
+    REP 118: 16UC1 / mono16 are millimetres, 32FC1 metres (NaN, inf, <= 0 and
+    anything beyond the uint16 range become 0).
+    """
+    from atk_perception.image_conversion import ImageConversionError, fields_to_array
+
+    enc = msg.encoding
+    if enc not in DEPTH_ENCODINGS:
+        raise BagError(f"depth encoding {enc!r} is not supported; use one of {sorted(DEPTH_ENCODINGS)}")
+    try:
+        arr = fields_to_array(enc, msg.height, msg.width, msg.step, np.asarray(msg.data, np.uint8),
+                              is_bigendian=bool(msg.is_bigendian))
+    except ImageConversionError as exc:
+        raise BagError(f"depth image: {exc}") from exc
+    if arr.dtype == np.uint16:
+        return arr
+    mm = np.where(np.isfinite(arr) & (arr > 0), np.round(arr.astype(np.float64) * 1000.0), 0.0)
+    return np.where(mm <= 65535, mm, 0).astype(np.uint16)
 
 
 class _FrameCache:
@@ -136,7 +158,8 @@ def _new_token() -> int:
 class BagFrames:
     """Colour frames of one episode, decoded from the bag when indexed.
 
-    ``frames[t]`` is (H, W, 3) uint8 RGB. Holds the bag path and, per frame,
+    ``frames[t]`` is (H, W, 3) uint8 RGB; with ``depth=True`` the frames of a
+    depth topic, (H, W) uint16 millimetres (0 = no reading). Holds the bag path and, per frame,
     the message's (log time ns, rank among messages with that log time);
     readers come from a small process-wide pool (:data:`READERS`), so
     hundreds of episodes never exhaust file handles, and the object pickles
@@ -147,8 +170,9 @@ class BagFrames:
 
     def __init__(self, bag: str | os.PathLike, topic: str, msgtype: str,
                  keys: Sequence[tuple[int, int]], image_size: tuple[int, int],
-                 prefetch: int = 8, distro: str = "kilted") -> None:
+                 prefetch: int = 8, distro: str = "kilted", depth: bool = False) -> None:
         self.bag = Path(bag)
+        self.depth = bool(depth)
         self.topic = topic
         self.msgtype = msgtype
         self.keys = [(int(a), int(b)) for a, b in keys]
@@ -171,6 +195,7 @@ class BagFrames:
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
+        self.__dict__.setdefault("depth", False)
         self._init_runtime()
 
     def __len__(self) -> int:
@@ -211,8 +236,9 @@ class BagFrames:
                 if i is None:
                     continue
                 w, h = self.image_size
-                img = decode_image(store.deserialize_cdr(data, self.msgtype), self.msgtype)
-                if img.shape != (h, w, 3):
+                msg = store.deserialize_cdr(data, self.msgtype)
+                img = decode_depth(msg) if self.depth else decode_image(msg, self.msgtype)
+                if img.shape[:2] != (h, w):
                     raise BagError(f"{self.bag}: frame {i} on {self.topic} is {img.shape[1]}x{img.shape[0]}, "
                                    f"the episode's frames are {w}x{h}")
                 if i == t:
