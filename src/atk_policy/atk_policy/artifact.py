@@ -365,3 +365,64 @@ def load_policy(model_dir: str | Path) -> Any:
     policy.eval()
     policy.model_json = doc
     return policy
+
+
+def save_baseline_policy(model_dir: str | Path, policy: Any, kind: str, template_image: np.ndarray, *,
+                         model: dict, observation: dict, extra: dict | None = None) -> Path:
+    """Folder of an image-based baseline (depth, point cloud), laid out like the keypoint artifact.
+
+    kind: model.json's kind; model: what the loader needs to rebuild the
+    network (JSON-ready); observation: the layout of select_action's inputs;
+    template_image: (H, W, 3) uint8 RGB, the canonical frame (the folder's
+    picture of the scene, as for every artifact). Weights as safetensors.
+    """
+    from safetensors.torch import save_file
+
+    d = Path(model_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    write_png_rgb(d / TEMPLATE_FILE, template_image)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in policy.state_dict().items()}
+    save_file(tensors, str(d / WEIGHTS_FILE), metadata={"format_version": str(FORMAT_VERSION), "kind": kind})
+    doc = {"format_version": FORMAT_VERSION, "kind": kind, "created_utc": _utc_now(),
+           "image_size": [int(v) for v in policy.image_size], "template_image": TEMPLATE_FILE,
+           "template_sha256": sha256_file(d / TEMPLATE_FILE),
+           "weights": {"file": WEIGHTS_FILE, "sha256": sha256_file(d / WEIGHTS_FILE),
+                       "tensors": {k: list(v.shape) for k, v in tensors.items()}},
+           "model": model, "normalisation": policy.norm.to_dict(), "observation": observation,
+           "action": ACTION_LAYOUT, "extra": extra or {}}
+    write_model_json(d, doc)
+    return d
+
+
+def load_baseline_policy(model_dir: str | Path, kind: str, build: Any) -> Any:
+    """Load a folder written by :func:`save_baseline_policy`; ``build(doc)`` makes the untrained network
+    that model.json describes. As :func:`load_policy`, that network is first built on the meta device and
+    compared with the weights' shapes, so an edited architecture is refused before memory is allocated.
+    Returns the policy in eval mode; every failure is an ArtifactError."""
+    import torch
+
+    from .model import Normalisation
+
+    d = Path(model_dir)
+    doc = read_model_json(d, kind=kind)
+    try:
+        Normalisation.from_dict(doc["normalisation"])
+        with torch.device("meta"):
+            expected = {k: list(v.shape) for k, v in build(doc).state_dict().items()}
+    except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+        raise ArtifactError(f"{d / MODEL_JSON}: the model it describes cannot be built: {exc}") from exc
+    got = doc["weights"]["tensors"]  # equal to the safetensors header (read_model_json)
+    if expected != got:
+        diff = [k for k in sorted(set(expected) | set(got)) if expected.get(k) != got.get(k)]
+        raise ArtifactError(f"{d}: weights do not fit the model described in model.json; differing tensors: "
+                            + ", ".join(f"{k} (model {expected.get(k)}, file {got.get(k)})" for k in diff[:8]))
+    try:
+        policy = build(doc)
+        policy.load_state_dict(load_state(d, doc), strict=True)
+    except ArtifactError:
+        raise
+    except (RuntimeError, MemoryError, ValueError, TypeError) as exc:
+        raise ArtifactError(f"{d}: cannot load the model: {exc}") from exc
+    policy.eval()
+    policy.model_json = doc
+    return policy

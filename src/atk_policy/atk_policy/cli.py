@@ -23,13 +23,15 @@ outputs (in --output, which becomes the model folder the policy node loads):
   curves.png          training curves (loss, validation error, kept keypoints)
   summary.txt         the one-screen summary printed at the end
   report.json         every figure of the summary, machine-readable
-  baselines/<name>/   artifacts of the baselines asked for with --baselines
+  baselines/<name>/   artifacts of the baselines asked for with --baselines (rgb, depth, pointcloud:
+                      load with atk_policy.rgb_baseline / depth_baseline / pointcloud_baseline)
   checkpoints/        resumable checkpoint of the mask training (--resume)
   cache/tracks/       propagated tracks, keyed by a hash of their inputs
 
 examples:
   atk-train ~/bags/pick_*/ -o models/pick
   atk-train ~/bags -o models/pick --alpha 0.005 --top-n 6 --baselines fullset,random,rgb
+  atk-train ~/bags -o models/pick --baselines rgb,depth,pointcloud   # depth ones: bags with camera/depth/image_raw
   atk-train --save-cache data/pick_cache ~/bags -o models/pick   # next time: atk-train data/pick_cache ...
 """
 
@@ -45,7 +47,7 @@ def _ids(text: str) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     from .config import CANDIDATE_METHODS, HEADS, ModelConfig, TrainConfig
 
-    mc, tc = ModelConfig(), TrainConfig()
+    mc, tc, bc = ModelConfig(), TrainConfig(), BaselineConfig(names=())
     p = argparse.ArgumentParser(
         prog="atk-train", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
         description="ATK: select task-relevant keypoints from demonstrations and train a keypoint policy "
@@ -156,7 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep-probability above which a keypoint is kept (default: %(default)s)")
     g = p.add_argument_group("baselines (same trainer; reported in the summary)")
     g.add_argument("--baselines", default="fullset", metavar="LIST",
-                   help="comma list of fullset, random, manual, rgb, or 'none' (default: %(default)s)")
+                   help="comma list of fullset, random, manual, rgb, depth, pointcloud, or 'none'; depth (the RGB "
+                        "CNN on the depth image) and pointcloud (a PointNet on the depth back-projected with "
+                        "camera_info's K, cropped to 0.25-1.2 m) need depth in every bag (default: %(default)s)")
     g.add_argument("--manual-points", type=Path, metavar="JSON",
                    help="points for the manual baseline: {\"points\": [{\"name\": .., \"xy\": [x, y]}]}")
     g.add_argument("--rgb-steps", type=int, default=600,
@@ -165,6 +169,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--rgb-batch-size", type=int, default=64,
                    help="mini-batch of the RGB baseline; images cost ~1.5 ms each per step on a CPU core "
                         "(default: %(default)s)")
+    g.add_argument("--depth-steps", type=int, default=bc.depth_steps,
+                   help="steps of the depth baseline (default: %(default)s; about the RGB baseline's cost)")
+    g.add_argument("--depth-batch-size", type=int, default=bc.depth_batch_size,
+                   help="mini-batch of the depth baseline (default: %(default)s)")
+    g.add_argument("--pointcloud-steps", type=int, default=bc.pointcloud_steps,
+                   help="steps of the point-cloud baseline (default: %(default)s; with the default batch about "
+                        "the RGB baseline's cost)")
+    g.add_argument("--pointcloud-batch-size", type=int, default=bc.pointcloud_batch_size,
+                   help="mini-batch of the point-cloud baseline; a 512-point cloud costs about twice an RGB "
+                        "image per step (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -176,6 +190,8 @@ FLAGS = {
     "source.roi_mask": "--roi-mask", "config.train.val_fraction": "--val-fraction",
     "baselines.names": "--baselines", "baselines.manual_points": "--manual-points",
     "baselines.rgb_steps": "--rgb-steps", "baselines.rgb_batch_size": "--rgb-batch-size",
+    "baselines.depth_steps": "--depth-steps", "baselines.depth_batch_size": "--depth-batch-size",
+    "baselines.pointcloud_steps": "--pointcloud-steps", "baselines.pointcloud_batch_size": "--pointcloud-batch-size",
 }
 
 
@@ -190,7 +206,9 @@ def config_from_args(args: argparse.Namespace) -> tuple[DataSource, ATKConfig, B
         raise CliError(f"--hidden must be comma-separated integers, got {args.hidden!r}") from None
     baselines = BaselineConfig(names=tuple(b for b in _ids(args.baselines) if b != "none"),
                                manual_points=args.manual_points, rgb_steps=args.rgb_steps,
-                               rgb_batch_size=args.rgb_batch_size)
+                               rgb_batch_size=args.rgb_batch_size, depth_steps=args.depth_steps,
+                               depth_batch_size=args.depth_batch_size, pointcloud_steps=args.pointcloud_steps,
+                               pointcloud_batch_size=args.pointcloud_batch_size)
     try:
         cfg = ATKConfig(
             candidates=CandidateConfig(num_candidates=args.candidates, method=args.candidate_method,
@@ -238,6 +256,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .baselines import BaselineError
     from .candidates import CandidateError
     from .dataset import DatasetError
+    from .depth_baseline import DepthDataError
+    from .depth_geometry import DepthInputError
     from .propagation import PropagationError
     from .train import TrainingError
 
@@ -247,7 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"atk-train: error: {exc.render(FLAGS)}", file=sys.stderr)
         return 2
     except (CliError, DatasetError, PropagationError, TrainingError, CandidateError, BaselineError,
-            ArtifactError, BagError) as exc:
+            ArtifactError, BagError, DepthDataError, DepthInputError) as exc:
         print(f"atk-train: error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -9,14 +9,17 @@ ROS-free. An :class:`Episode` is one demonstration of ``T`` steps:
   the order of docs/interfaces.md) + gripper (0 open .. 1 closed);
 * ``actions``: ``(T, 7)`` float32 = the expert action at step t: 6 target
   joint positions (rad) for the next control step + gripper command (0..1).
+* ``depth`` (optional): a :class:`FrameSource` of ``T`` depth images
+  ``(H, W)`` uint16 millimetres registered to ``frames`` (0 = no reading),
+  for the depth baselines; bags with a depth topic give it.
   In simulation these are the expert's commanded targets; from kinesthetic
   demonstrations the bag reader uses the measured joints a fixed horizon
   ahead (see docs/training.md).
 
-Two frame sources live here: :class:`ArrayFrames` (in memory) and
-:class:`PngFrames` (one PNG per frame in a folder, decoded on access), used by
-the compact on-disk cache written by :func:`save_episode_cache` and read by
-:func:`load_episode_cache`.
+Frame sources here: :class:`ArrayFrames` and :class:`ArrayDepth` (in
+memory) and :class:`PngFrames` (one PNG per frame in a folder, decoded on
+access; 16-bit PNGs for depth), used by the compact on-disk cache written by
+:func:`save_episode_cache` and read by :func:`load_episode_cache`.
 """
 from __future__ import annotations
 
@@ -76,17 +79,36 @@ class ArrayFrames:
         return self._frames[_check_index(t, len(self))]
 
 
+class ArrayDepth:
+    """Depth images held in memory: ``depth_mm`` (T, H, W) uint16 millimetres, 0 = no reading."""
+
+    def __init__(self, depth_mm: np.ndarray | Sequence[np.ndarray]) -> None:
+        arr = np.asarray(depth_mm)
+        if arr.ndim != 3 or arr.dtype != np.uint16:
+            raise DatasetError(f"ArrayDepth: depth must be (T, H, W) uint16 mm, got {arr.shape} {arr.dtype}")
+        self._depth = arr
+        self.image_size = (int(arr.shape[2]), int(arr.shape[1]))
+
+    def __len__(self) -> int:
+        return int(self._depth.shape[0])
+
+    def __getitem__(self, t: int) -> np.ndarray:
+        return self._depth[_check_index(t, len(self))]
+
+
 class PngFrames:
     """Frames stored as ``<folder>/<index:06d>.png``, decoded on access.
 
     PNG is lossless, so tracks computed from the cache equal those computed
-    from the original frames.
+    from the original frames. ``depth=True``: 16-bit PNGs, (H, W) uint16 mm.
     """
 
-    def __init__(self, folder: str | Path, num_frames: int, image_size: tuple[int, int]) -> None:
+    def __init__(self, folder: str | Path, num_frames: int, image_size: tuple[int, int],
+                 depth: bool = False) -> None:
         self.folder = Path(folder)
         self.num_frames = int(num_frames)
         self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.depth = bool(depth)
 
     def path(self, t: int) -> Path:
         return self.folder / f"{t:06d}.png"
@@ -99,6 +121,12 @@ class PngFrames:
 
         t = _check_index(t, len(self))
         p = self.path(t)
+        if self.depth:
+            d = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
+            w, h = self.image_size
+            if d is None or d.dtype != np.uint16 or d.shape != (h, w):
+                raise DatasetError(f"cached depth {p} is missing, unreadable or not a {w}x{h} 16-bit image")
+            return d
         bgr = cv2.imread(str(p), cv2.IMREAD_COLOR)
         if bgr is None:
             raise DatasetError(f"cached frame {p} is missing or unreadable")
@@ -149,6 +177,8 @@ class Episode:
     actions: np.ndarray
     success: bool | None = None
     meta: dict = field(default_factory=dict)
+    #: Optional depth registered to ``frames``: T images (H, W) uint16 mm (see the module docstring).
+    depth: FrameSource | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -193,6 +223,14 @@ class Episode:
             raise DatasetError(f"episode {n!r}: field 'success' must be bool or None, got {self.success!r}")
         if not isinstance(self.meta, dict):
             raise DatasetError(f"episode {n!r}: field 'meta' must be a dict, got {type(self.meta).__name__}")
+        if self.depth is not None:
+            if not isinstance(self.depth, FrameSource):
+                raise DatasetError(f"episode {n!r}: field 'depth' must be a FrameSource or None, "
+                                   f"got {type(self.depth).__name__}")
+            if len(self.depth) != t_len or tuple(self.depth.image_size) != size:
+                raise DatasetError(
+                    f"episode {n!r}: field 'depth' has {len(self.depth)} images of {tuple(self.depth.image_size)}, "
+                    f"the frames {t_len} of {size}: depth must be registered to the colour frames")
 
     def __len__(self) -> int:
         return int(self.stamps.shape[0])
@@ -262,8 +300,9 @@ def save_episode_cache(episodes: Iterable[Episode], cache_dir: str | Path,
     """Write episodes to ``cache_dir`` (created; must not hold another cache).
 
     Layout: ``episodes.json`` (format version, episode list), and per episode
-    a folder with ``data.npz`` (stamps, proprio, actions) and ``frames/`` with
-    one PNG per frame. Returns the cache folder.
+    a folder with ``data.npz`` (stamps, proprio, actions), ``frames/`` with
+    one PNG per frame and, for episodes with depth, ``depth/`` with one 16-bit
+    PNG (mm) per frame. Returns the cache folder.
     """
     import cv2
     from tqdm import tqdm
@@ -292,13 +331,22 @@ def save_episode_cache(episodes: Iterable[Episode], cache_dir: str | Path,
                     f"episode {ep.name!r}: frame {t} is {img.shape} {img.dtype}, expected ({h}, {w}, 3) uint8")
             if not cv2.imwrite(str(d / "frames" / f"{t:06d}.png"), np.ascontiguousarray(img[:, :, ::-1])):
                 raise DatasetError(f"could not write frame {t} of episode {ep.name!r} under {d}")
+        if ep.depth is not None:
+            (d / "depth").mkdir(exist_ok=True)
+            for t in range(len(ep)):
+                dm = np.asarray(ep.depth[t])
+                if dm.shape != (h, w) or dm.dtype != np.uint16:
+                    raise DatasetError(f"episode {ep.name!r}: depth {t} is {dm.shape} {dm.dtype}, "
+                                       f"expected ({h}, {w}) uint16 mm")
+                if not cv2.imwrite(str(d / "depth" / f"{t:06d}.png"), dm):
+                    raise DatasetError(f"could not write depth {t} of episode {ep.name!r} under {d}")
         try:
             json.dumps(ep.meta)
         except TypeError as exc:
             raise DatasetError(f"episode {ep.name!r}: field 'meta' is not JSON-serialisable: {exc}") from exc
         entries.append({"name": ep.name, "folder": folder, "num_steps": len(ep),
                         "image_size": [w, h], "success": None if ep.success is None else bool(ep.success),
-                        "meta": ep.meta})
+                        "meta": ep.meta, "depth": ep.depth is not None})
     index = {"format_version": CACHE_FORMAT_VERSION, "kind": "atk-episode-cache", "episodes": entries}
     (cache / CACHE_INDEX).write_text(json.dumps(index, indent=1))
     return cache
@@ -332,6 +380,9 @@ def load_episode_cache(cache_dir: str | Path) -> list[Episode]:
         except (OSError, KeyError) as exc:
             raise DatasetError(f"episode {e['name']!r}: cannot read {d / 'data.npz'}: {exc}") from exc
         frames = PngFrames(d / "frames", int(e["num_steps"]), tuple(e["image_size"]))
+        depth = (PngFrames(d / "depth", int(e["num_steps"]), tuple(e["image_size"]), depth=True)
+                 if e.get("depth") else None)
         episodes.append(Episode(name=e["name"], frames=frames, stamps=stamps, proprio=proprio,
-                                actions=actions, success=e.get("success"), meta=e.get("meta") or {}))
+                                actions=actions, success=e.get("success"), meta=e.get("meta") or {},
+                                depth=depth))
     return episodes

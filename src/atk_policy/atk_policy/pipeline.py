@@ -35,7 +35,11 @@ if TYPE_CHECKING:
     from .dataset import Episode, SkippedEpisode
 
 #: Baselines trained with the same trainer and reported beside ATK.
-BASELINES = ("fullset", "random", "manual", "rgb")
+BASELINES = ("fullset", "random", "manual", "rgb", "depth", "pointcloud")
+#: Those that see the camera's image or depth instead of keypoints: no propagation, no ATK model needed
+#: (train_baselines trains them alone). depth and pointcloud need depth in every episode.
+IMAGE_BASELINES = ("rgb", "depth", "pointcloud")
+DEPTH_BASELINES = ("depth", "pointcloud")
 
 
 class PipelineError(ValueError):
@@ -112,6 +116,15 @@ class BaselineConfig:
     #: each per step on a CPU core).
     rgb_steps: int = 600
     rgb_batch_size: int = 64
+    #: The depth baseline: the RGB CNN on 2 channels, about RGB's cost per step
+    #: (0.91x, interleaved measurement on the shared 2-core machine).
+    depth_steps: int = 600
+    depth_batch_size: int = 64
+    #: The point-cloud baseline: a PointNet on 512 points costs more per sample
+    #: than the small CNN (batch 64: 2.1x RGB's step); batch 32 keeps 600 steps
+    #: at about RGB's cost (1.1x).
+    pointcloud_steps: int = 600
+    pointcloud_batch_size: int = 32
 
     def __post_init__(self) -> None:
         self.names = tuple(self.names)
@@ -121,7 +134,8 @@ class BaselineConfig:
                                 "baselines.names")
         if "manual" in self.names and not self.manual_points:
             raise PipelineError("the manual baseline needs {field} JSON", "baselines.manual_points")
-        for name in ("rgb_steps", "rgb_batch_size"):
+        for name in ("rgb_steps", "rgb_batch_size", "depth_steps", "depth_batch_size", "pointcloud_steps",
+                     "pointcloud_batch_size"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise PipelineError(f"{{field}} must be an int >= 1, got {v!r}", f"baselines.{name}")
@@ -267,6 +281,7 @@ def _train(source: DataSource, cfg: ATKConfig, baselines: BaselineConfig, out: P
         raise PipelineError(f"{{field}} {cfg.train.val_fraction}: {len(episodes)} usable episode cannot be split "
                             f"into training and validation; give more episodes or pass {{field}} 0",
                             "config.train.val_fraction") from None
+    check_depth_inputs(episodes, baselines.names)
     out.mkdir(parents=True, exist_ok=True)
     image_size = episodes[0].image_size
     ep_report = EpisodesReport(
@@ -351,20 +366,12 @@ def _train(source: DataSource, cfg: ATKConfig, baselines: BaselineConfig, out: P
         base_err["manual"] = r.fit.val_mse
         runs["manual"] = r.fit.history
         if main_rank:
-            save_policy(out / "baselines" / "manual", r.policy, canonical, config=cfg, template_depth=canonical_d)
-    if "rgb" in baselines.names:
-        from dataclasses import replace
-
-        from .rgb_baseline import save_rgb_policy, train_rgb
-
-        rgb_train = replace(cfg.train, steps=baselines.rgb_steps, batch_size=baselines.rgb_batch_size, alpha=0.0,
-                            warmup_steps=min(cfg.train.warmup_steps, baselines.rgb_steps))
-        pol, fr = train_rgb(episodes, tr_ids, va_ids, rgb_train, progress=progress,
-                            action_mode=cfg.model.action_mode, chunk=cfg.model.chunk)
-        base_err["rgb"] = fr.val_mse
-        runs["rgb"] = fr.history
-        if main_rank:
-            save_rgb_policy(out / "baselines" / "rgb", pol, canonical)
+            save_policy(out / "baselines" / "manual", r.policy, canonical, config=cfg,
+                        template_depth=canonical_d)
+    errs, histories = _train_image_baselines(baselines, episodes, tr_ids, va_ids, cfg, out, canonical,
+                                             main_rank=main_rank, progress=progress)
+    base_err.update(errs)
+    runs.update(histories)
 
     report = TrainReport(
         output=out, world_size=world, episodes=ep_report, candidates=cand_report, propagation=prop_report,
@@ -384,7 +391,90 @@ def _train(source: DataSource, cfg: ATKConfig, baselines: BaselineConfig, out: P
     return report
 
 
+def train_baselines(source: DataSource, config: ATKConfig, baselines: BaselineConfig, out: Path, *,
+                    progress: bool = True) -> dict[str, float]:
+    """Train only the image baselines (IMAGE_BASELINES) named in ``baselines`` into ``out/baselines/<name>``,
+    on the same episodes, split and settings as :func:`train` would: to add one to a model folder trained
+    without it (atk-demo does, when a later run asks for more methods). Adds their validation errors to
+    ``out/report.json`` when it exists and returns them. Single process (no torchrun).
+    """
+    others = [n for n in baselines.names if n not in IMAGE_BASELINES]
+    if others:
+        raise PipelineError(f"{{field}}: {others} need the ATK run (propagated tracks); train_baselines trains "
+                            f"only {', '.join(IMAGE_BASELINES)}", "baselines.names")
+    from .dataset import filter_episodes
+    from .train import TrainingError, split_episodes
+
+    episodes, _, _ = read_episodes(source, progress)
+    episodes, _ = filter_episodes(episodes, config.train.min_episode_length)
+    try:
+        tr_ids, va_ids = split_episodes(len(episodes), config.train.val_fraction, config.train.seed)
+    except TrainingError:
+        raise PipelineError(f"{{field}} {config.train.val_fraction}: {len(episodes)} usable episode cannot be "
+                            f"split into training and validation", "config.train.val_fraction") from None
+    check_depth_inputs(episodes, baselines.names)
+    canonical, _ = canonical_image(source, episodes)
+    out = Path(out)
+    errs, _ = _train_image_baselines(baselines, episodes, tr_ids, va_ids, config, out, canonical,
+                                     main_rank=True, progress=progress)
+    report = out / "report.json"
+    if report.is_file() and errs:
+        doc = json.loads(report.read_text())
+        doc.setdefault("baselines_val_mse", {}).update(errs)
+        report.write_text(json.dumps(doc, indent=1, default=float))
+    return errs
+
+
 # --------------------------------------------------------------------------- steps
+
+def check_depth_inputs(episodes: Sequence["Episode"], names: Sequence[str]) -> None:
+    """Refuse, before any training, depth baselines on episodes without depth (or, for pointcloud,
+    without one camera's intrinsics); the PipelineError names the episodes and the cause."""
+    from .depth_baseline import DepthDataError, require_depth
+    from .depth_geometry import DepthInputError
+    from .pointcloud_baseline import episode_intrinsics
+
+    try:
+        for name in DEPTH_BASELINES:
+            if name in names:
+                require_depth(episodes, {"depth": "Depth", "pointcloud": "Pointcloud"}[name])
+        if "pointcloud" in names:
+            episode_intrinsics(episodes)
+    except (DepthDataError, DepthInputError) as exc:
+        raise PipelineError(f"{exc}; or leave depth and pointcloud out of {{field}}", "baselines.names") from None
+
+
+def _train_image_baselines(baselines: BaselineConfig, episodes: Sequence["Episode"], tr_ids: Sequence[int],
+                           va_ids: Sequence[int], cfg: ATKConfig, out: Path, canonical: np.ndarray, *,
+                           main_rank: bool, progress: bool) -> tuple[dict[str, float], dict[str, list]]:
+    """The RGB, depth and point-cloud baselines asked for, each with its own steps and batch and the run's
+    action space, chunks, seed and split; saved under out/baselines/<name> (rank 0).
+    Returns (validation error, training history) by name."""
+    from dataclasses import replace
+
+    from .depth_baseline import save_depth_policy, train_depth
+    from .pointcloud_baseline import save_pointcloud_policy, train_pointcloud
+    from .rgb_baseline import save_rgb_policy, train_rgb
+
+    trainers = {"rgb": (train_rgb, save_rgb_policy), "depth": (train_depth, save_depth_policy),
+                "pointcloud": (train_pointcloud, save_pointcloud_policy)}
+    errs: dict[str, float] = {}
+    runs: dict[str, list] = {}
+    for name in IMAGE_BASELINES:
+        if name not in baselines.names:
+            continue
+        steps, batch = getattr(baselines, f"{name}_steps"), getattr(baselines, f"{name}_batch_size")
+        tcfg = replace(cfg.train, steps=steps, batch_size=batch, alpha=0.0,
+                       warmup_steps=min(cfg.train.warmup_steps, steps))
+        trainer, save = trainers[name]
+        pol, fr = trainer(episodes, tr_ids, va_ids, tcfg, progress=progress, action_mode=cfg.model.action_mode,
+                          chunk=cfg.model.chunk)
+        errs[name] = fr.val_mse
+        runs[name] = fr.history
+        if main_rank:
+            save(out / "baselines" / name, pol, canonical)
+    return errs, runs
+
 
 def read_episodes(source: DataSource, progress: bool) -> tuple[list["Episode"], list[str], list[dict] | None]:
     """(episodes, notes, bag entries): one entry per bag or path given (None for a cache or episodes in memory)."""
@@ -472,20 +562,26 @@ def canonical_image(source: DataSource, episodes: Sequence["Episode"]) -> tuple[
 
 
 def canonical_depth(source: DataSource, episodes: Sequence["Episode"]) -> np.ndarray | None:
-    """The canonical frame's depth (H, W) float32 metres when it is an episode's first frame and that
-    episode's bag carries depth for it (``meta["depth_first"]``); None otherwise."""
-    if source.canonical_image or source.canonical_frame != 0:
+    """The canonical frame's depth (H, W) float32 metres: from the episode's depth stream
+    (``episode.depth``) for any frame, or, for its first frame, from the one depth image a recording
+    may carry for it (``meta["depth_first"]``); None when the canonical image is a file or has none."""
+    if source.canonical_image:
         return None
     key = str(source.canonical_episode)
     by_name = {e.name: e for e in episodes}
     ep = by_name.get(key) or (episodes[int(key)] if key.lstrip("-").isdigit() else None)
-    first = (ep.meta or {}).get("depth_first") if ep is not None else None
-    if not first or not (ep.meta or {}).get("bag"):
+    if ep is None or not 0 <= source.canonical_frame < len(ep):
+        return None
+    w, h = ep.image_size
+    if getattr(ep, "depth", None) is not None:
+        depth = np.asarray(ep.depth[source.canonical_frame]).astype(np.float32) / np.float32(1000.0)
+        return depth if depth.shape == (h, w) else None
+    first = (ep.meta or {}).get("depth_first")
+    if source.canonical_frame != 0 or not first or not (ep.meta or {}).get("bag"):
         return None
     from .bags.frames import read_depth
 
     depth = read_depth(ep.meta["bag"], first["topic"], int(first["log_ts"]))
-    w, h = ep.image_size
     return depth if depth.shape == (h, w) else None
 
 
@@ -538,7 +634,8 @@ def summary_text(report: dict, candidates: np.ndarray) -> str:
         lines.append(f"  ... {len(sel['selected_ids']) - 12} more (model.json)")
     lines.append("validation action error (normalised MSE, lower is better):")
     lines.append(f"  selected N keypoints   {sel['val_mse_selected']:.4f}")
-    names = {"fullset": "all C candidates", "random": "random N", "manual": "manual points", "rgb": "RGB CNN"}
+    names = {"fullset": "all C candidates", "random": "random N", "manual": "manual points", "rgb": "RGB CNN",
+             "depth": "depth CNN", "pointcloud": "point cloud PointNet"}
     for k, v in report["baselines_val_mse"].items():
         lines.append(f"  {names.get(k, k):<22} {v:.4f}")
     lines.append(f"model folder: {report['output']} (load with atk_policy.artifact.load_policy); "

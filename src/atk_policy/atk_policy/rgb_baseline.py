@@ -57,7 +57,8 @@ def resize_frame(frame: np.ndarray, input_size: tuple[int, int]) -> np.ndarray:
 
 @dataclass
 class ImageSet:
-    """images (S, 3, h, w) uint8; proprio, actions (S, 7); episode (S,) index into names."""
+    """images (S, C, h, w): uint8 RGB (C = 3) for this baseline, float16 depth + validity (C = 2) for
+    depth_baseline; proprio, actions (S, 7); episode (S,) index into names."""
 
     images: np.ndarray
     proprio: np.ndarray
@@ -92,23 +93,31 @@ class ImageSet:
                 "action": torch.as_tensor(self.actions, device=device)}
 
 
+def conv_encoder(in_channels: int, channels: Sequence[int]) -> nn.Sequential:
+    """(B, in_channels, h, w) -> (B, channels[-1]): strided convolutions (5x5 then 3x3, stride 2) with
+    GELU, global average pooling. Shared by the RGB and depth baselines."""
+    layers: list[nn.Module] = []
+    c_in = in_channels
+    for k, c in enumerate(channels):
+        layers += [nn.Conv2d(c_in, c, 5 if k == 0 else 3, stride=2, padding=2 if k == 0 else 1), nn.GELU()]
+        c_in = c
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
 class RGBPolicy(nn.Module):
     """CNN + MLP on (image, proprio). Trainer interface as KeypointPolicy."""
 
     input_keys = ("image", "proprio")
     eval_chunk = 512   # images are large: evaluate in small chunks
     learn_mask = False
+    in_channels = 3
 
     def __init__(self, cfg: RGBConfig, norm: Normalisation, image_size: tuple[int, int]) -> None:
         super().__init__()
         self.cfg, self.norm = cfg, norm
         self.image_size = (int(image_size[0]), int(image_size[1]))
-        layers: list[nn.Module] = []
-        c_in = 3
-        for k, c in enumerate(cfg.channels):
-            layers += [nn.Conv2d(c_in, c, 5 if k == 0 else 3, stride=2, padding=2 if k == 0 else 1), nn.GELU()]
-            c_in = c
-        self.encoder = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.encoder = conv_encoder(self.in_channels, cfg.channels)
+        c_in = cfg.channels[-1]
         self.space = norm.space()
         self.head = nn.Sequential(nn.Linear(c_in + self.space.proprio_dim, cfg.hidden), nn.GELU(),
                                   nn.Linear(cfg.hidden, self.space.output_dim))
@@ -118,9 +127,12 @@ class RGBPolicy(nn.Module):
     def param_groups(self, lr: float, mask_lr: float, weight_decay: float) -> list[dict]:
         return [{"params": list(self.parameters()), "lr": lr, "weight_decay": weight_decay, "name": "policy"}]
 
+    def _scale(self, image: torch.Tensor) -> torch.Tensor:
+        """Network input from the stored image: uint8 RGB -> [-1, 1]."""
+        return image.to(torch.float32) / 127.5 - 1.0
+
     def _out(self, image: torch.Tensor, proprio: torch.Tensor) -> torch.Tensor:
-        x = image.to(torch.float32) / 127.5 - 1.0
-        z = self.encoder(x)
+        z = self.encoder(self._scale(image))
         return self.head(torch.cat([z, self.codec.proprio(proprio)], 1))
 
     def prepare(self, data: ImageSet, device: str) -> dict[str, torch.Tensor]:

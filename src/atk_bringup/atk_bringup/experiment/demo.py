@@ -6,8 +6,10 @@ What a robot operator does on the real cell, done in the MuJoCo stand-in:
    same topics and types as a real recording);
 2. train ATK from those bags with ``atk_policy.pipeline.train`` (what the
    operator's ``atk-train`` command runs), plus FullSet, RandomSelect (same
-   N) and the RGB baseline; optionally DAgger rounds where the privileged
-   expert labels the states the learned policy reaches;
+   N) and the RGB baseline (``--methods all`` adds ManualSelect and the Depth
+   and Pointcloud baselines, for which the demos record depth too);
+   optionally DAgger rounds where the privileged expert labels the states the
+   learned policy reaches;
 3. deploy the ATK policy through the real ROS graph (sim, tracker and policy
    nodes over DDS) on the first ``--ros-episodes`` evaluation scenes (RP), the
    table's "ATK (ROS graph)" row; then evaluate every method in-process under
@@ -42,12 +44,17 @@ if TYPE_CHECKING:
     from atk_policy.config import ATKConfig
     from atk_policy.pipeline import BaselineConfig, DataSource
 
-METHODS = ("ATK", "FullSet", "RandomSelect", "ManualSelect", "RGB")
-#: What the main command trains and evaluates unless --methods says otherwise: ManualSelect is left out
-#: so that the default run fits 20 minutes (--methods all adds it).
+METHODS = ("ATK", "FullSet", "RandomSelect", "ManualSelect", "RGB", "Depth", "Pointcloud")
+#: What the main command trains and evaluates unless --methods says otherwise: ManualSelect, Depth and
+#: Pointcloud are left out so that the default run fits 20 minutes (--methods all adds them).
 DEFAULT_METHODS = ("ATK", "FullSet", "RandomSelect", "RGB")
 #: atk-train's baseline name of each method but ATK.
-BASELINE_OF = {"FullSet": "fullset", "RandomSelect": "random", "ManualSelect": "manual", "RGB": "rgb"}
+BASELINE_OF = {"FullSet": "fullset", "RandomSelect": "random", "ManualSelect": "manual", "RGB": "rgb",
+               "Depth": "depth", "Pointcloud": "pointcloud"}
+#: Methods on the camera's picture, not on keypoints: no h_C, table rows without an h_C label.
+IMAGE_METHODS = ("RGB", "Depth", "Pointcloud")
+#: Methods on the depth image: the demonstrations record depth and their evaluation renders it.
+DEPTH_METHODS = ("Depth", "Pointcloud")
 #: h_C choices of atk-demo. "oracle" is PRIVILEGED and SIMULATION-ONLY: the
 #: simulator's true keypoints (atk_bringup.sim.ground_truth), the paper's
 #: simulator protocol; "cpu" is what the robot runs (deployment).
@@ -57,8 +64,9 @@ H_C_LABEL = {"cpu": "CPU h_C", "oracle": "oracle h_C"}
 
 def row_name(method: str, h_c: str) -> str:
     """Table row of a method evaluated with h_C ``h_c``: keypoint methods say
-    which h_C gave their keypoints ("ATK (oracle h_C)"); RGB uses none."""
-    return method if method == "RGB" else f"{method} ({H_C_LABEL[h_c]})"
+    which h_C gave their keypoints ("ATK (oracle h_C)"); RGB, Depth and
+    Pointcloud use none."""
+    return method if method in IMAGE_METHODS else f"{method} ({H_C_LABEL[h_c]})"
 
 
 @dataclass
@@ -91,6 +99,9 @@ class DemoConfig:
     ros_timeout_s: float = 120.0
     methods: tuple[str, ...] = DEFAULT_METHODS
     rgb_steps: int = 600
+    #: Steps of the Depth and Pointcloud baselines (atk-train --depth-steps, --pointcloud-steps).
+    depth_steps: int = 600
+    pointcloud_steps: int = 600
     #: Keep exactly this many keypoints (None: those whose keep-probability
     #: passes atk-train's threshold, the ATK way).
     top_n: int | None = None
@@ -134,7 +145,8 @@ class DemoConfig:
     backgrounds: str = ""
 
     def __post_init__(self) -> None:
-        for name in ("demos", "width", "height", "candidates", "steps", "eval_episodes", "rgb_steps", "chunk"):
+        for name in ("demos", "width", "height", "candidates", "steps", "eval_episodes", "rgb_steps", "depth_steps",
+                     "pointcloud_steps", "chunk"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
@@ -171,6 +183,11 @@ class DemoConfig:
         if unknown or "ATK" not in self.methods:
             raise ValueError(f"--methods must include ATK and only {METHODS}, got {self.methods}")
 
+    @property
+    def needs_depth(self) -> bool:
+        """A depth method is asked for: demonstrations record depth (the default run's do not)."""
+        return any(m in DEPTH_METHODS for m in self.methods)
+
 
 # --------------------------------------------------------------------------- output helpers
 
@@ -186,9 +203,35 @@ def _stage(n: int, title: str) -> float:
 # --------------------------------------------------------------------------- 1. demonstrations
 
 def make_env(cfg: DemoConfig):
+    """The simulator of the demonstrations, DAgger and figures; it renders depth only when a depth method
+    is asked for (the second pass halves the frame rate: docs/simulation.md)."""
     from ..sim.env import SimConfig, SimEnv
 
-    return SimEnv(SimConfig(width=cfg.width, height=cfg.height, render_depth=False, backgrounds=cfg.backgrounds))
+    return SimEnv(SimConfig(width=cfg.width, height=cfg.height, render_depth=cfg.needs_depth,
+                            backgrounds=cfg.backgrounds))
+
+
+def lacks_depth(bag: Path) -> bool:
+    """True when the bag holds no depth image (recorded by a run that asked for no depth method)."""
+    from atk_policy.bags import BagTopics, inspect_bag
+
+    want = BagTopics().depth.strip("/")
+    return not any(t.name.strip("/").endswith(want) and t.count > 0 for t in inspect_bag(bag).topics)
+
+
+def rerecord_without_depth(cfg: DemoConfig, paths: Sequence[Path], what: str) -> set[Path]:
+    """The finished bags among ``paths`` that must be recorded again because a depth method is asked for
+    and they hold no depth; says so once (they are removed and recorded again, with depth)."""
+    if not cfg.needs_depth:
+        return set()
+    old = {p for p in paths if (p / "episode.yaml").is_file() and lacks_depth(p)}
+    if old:
+        names = sorted(p.name for p in old)
+        _say(f"{len(old)} {what} in {cfg.out / 'bags'} were recorded without depth, which "
+             f"{', '.join(m for m in cfg.methods if m in DEPTH_METHODS)} need: recording them again with depth "
+             f"({', '.join(names[:4])}{' ...' if len(names) > 4 else ''}; expert demos replay the same seeded "
+             f"episode, DAgger rollouts are new ones)")
+    return old
 
 
 def collect_demos(cfg: DemoConfig, env) -> list[Path]:
@@ -204,18 +247,22 @@ def collect_demos(cfg: DemoConfig, env) -> list[Path]:
     bag_dir = cfg.out / "bags"
     bag_dir.mkdir(parents=True, exist_ok=True)
     bags, failed = [], 0
+    redo = rerecord_without_depth(cfg, [bag_dir / f"demo_{seed:03d}" for seed in range(cfg.demos)],
+                                  "demonstrations")
     for seed in tqdm(range(cfg.demos), desc="expert demos", unit="ep"):
         path = bag_dir / f"demo_{seed:03d}"
-        if (path / "episode.yaml").is_file():  # done in an earlier run
+        if (path / "episode.yaml").is_file() and path not in redo:  # done in an earlier run
             bags.append(path)
             continue
         if path.exists():
-            shutil.rmtree(path)  # an interrupted bag: record it again
+            shutil.rmtree(path)  # an interrupted bag (or one without the depth now needed): record it again
         if cfg.noise_rad > 0 and seed % 2 == 1:
             res = record_relabelled_episode(env, NoisyExpertAgent(env, cfg.noise_rad, seed), path,
-                                            task=cfg.task, seed=seed, perturbations=("RP",))
+                                            task=cfg.task, seed=seed, perturbations=("RP",),
+                                            with_depth=cfg.needs_depth)
         else:
-            res = record_expert_episode(env, path, task=cfg.task, seed=seed, perturbations=("RP",))
+            res = record_expert_episode(env, path, task=cfg.task, seed=seed, perturbations=("RP",),
+                                        with_depth=cfg.needs_depth)
         failed += not res.success
         bags.append(path)
     _say(f"{len(bags)} demonstration bags in {bag_dir} ({failed} new ones failed and are labelled so)")
@@ -237,14 +284,17 @@ def collect_dagger(cfg: DemoConfig, env, model_dir: Path, round_idx: int) -> lis
     agent = keypoint_agent(model_dir, cfg.h_c, env, cfg.out / "bags", cfg.task, camera=_camera(cfg, env))
     bag_dir = cfg.out / "bags"
     paths = []
+    redo = rerecord_without_depth(cfg, [bag_dir / f"dagger{round_idx}_{i:03d}" for i in range(cfg.dagger_episodes)],
+                                  f"DAgger round {round_idx} rollouts")
     for i in tqdm(range(cfg.dagger_episodes), desc=f"DAgger round {round_idx}", unit="ep"):
         seed = 5000 + 100 * round_idx + i
         path = bag_dir / f"dagger{round_idx}_{i:03d}"
-        if not (path / "episode.yaml").is_file():
+        if not (path / "episode.yaml").is_file() or path in redo:
             if path.exists():
                 shutil.rmtree(path)
             record_relabelled_episode(env, agent, path, task=cfg.task, seed=seed, perturbations=("RP",),
-                                      stall_steps=stall_steps(cfg.stall_s, env.config.control_hz))
+                                      stall_steps=stall_steps(cfg.stall_s, env.config.control_hz),
+                                      with_depth=cfg.needs_depth)
         paths.append(path)
     return paths
 
@@ -274,7 +324,8 @@ def training_inputs(cfg: DemoConfig, seed: int) -> tuple[DataSource, ATKConfig, 
     manual = "ManualSelect" in cfg.methods
     baselines = BaselineConfig(names=tuple(BASELINE_OF[m] for m in METHODS[1:] if m in cfg.methods),
                                manual_points=manual_points_file(cfg) if manual else None,
-                               rgb_steps=cfg.rgb_steps)
+                               rgb_steps=cfg.rgb_steps, depth_steps=cfg.depth_steps,
+                               pointcloud_steps=cfg.pointcloud_steps)
     return source, config, baselines, cfg.out / "cache" / "tracks"
 
 
@@ -296,16 +347,31 @@ def manual_points_file(cfg: DemoConfig) -> Path:
 
 
 def train_seed(cfg: DemoConfig, seed: int, tag: str = "") -> Path:
-    """ATK + baselines (what `atk-train` runs) on every bag so far, for one training seed."""
-    from atk_policy.pipeline import train
+    """ATK + baselines (what `atk-train` runs) on every bag so far, for one training seed. A model folder
+    finished by an earlier run is kept; image baselines it lacks (a later run asked for more methods) are
+    trained alone beside it (pipeline.train_baselines), a missing keypoint baseline retrains the seed."""
+    from dataclasses import replace
+
+    from atk_policy.pipeline import IMAGE_BASELINES, train, train_baselines
 
     # oracle-trained models live apart: the same --out may hold both protocols
     out = cfg.out / "models" / f"seed{seed}{tag}{'_oracle' if cfg.h_c == 'oracle' else ''}"
     marker = out / "atk_demo_train.json"  # written last: the run finished
-    if (out / "model.json").is_file() and marker.is_file():
-        _say(f"model {out} exists, not retrained")
-        return out
     source, config, baselines, track_cache = training_inputs(cfg, seed)
+    if (out / "model.json").is_file() and marker.is_file():
+        done = json.loads(marker.read_text())
+        missing = [b for b in baselines.names if b not in done.get("baselines", [])
+                   or not (out / "baselines" / b / "model.json").is_file()]
+        if not missing:
+            _say(f"model {out} exists, not retrained")
+            return out
+        if all(b in IMAGE_BASELINES for b in missing):
+            _say(f"model {out} exists without the baselines {', '.join(missing)}: training them beside it")
+            train_baselines(source, config, replace(baselines, names=tuple(missing)), out)
+            done["baselines"] = sorted(set(done.get("baselines", [])) | set(missing))
+            marker.write_text(json.dumps(done))
+            return out
+        _say(f"model {out} exists without the baselines {', '.join(missing)}: retraining seed {seed}")
     _say(f"training seed {seed} -> {out} (baselines: {', '.join(baselines.names) or 'none'})")
     report = train(source, config, baselines, out, track_cache=track_cache)
     print(report.summary)
@@ -420,13 +486,28 @@ def rgb_agent(model_dir: Path):
     return ImageAgent(load_rgb_policy(model_dir))
 
 
+def depth_agent(method: str, model_dir: Path):
+    """The Depth or Pointcloud baseline acting on the simulator's depth image (the env must render depth)."""
+    from atk_policy.depth_baseline import load_depth_policy
+    from atk_policy.pointcloud_baseline import load_pointcloud_policy
+
+    from .evaluation import ImageAgent
+
+    load = {"Depth": load_depth_policy, "Pointcloud": load_pointcloud_policy}[method]
+    return ImageAgent(load(model_dir), observation="depth_mm")
+
+
 def method_dirs(model_dir: Path) -> dict[str, Path]:
     return {"ATK": model_dir} | {m: model_dir / "baselines" / b for m, b in BASELINE_OF.items()}
 
 
 def make_agent(method: str, path: Path, h_c: str = "cpu", env=None, bags: Path | None = None,
                task: str = "sushi", camera=None):
-    return rgb_agent(path) if method == "RGB" else keypoint_agent(path, h_c, env, bags, task, camera)
+    if method == "RGB":
+        return rgb_agent(path)
+    if method in DEPTH_METHODS:
+        return depth_agent(method, path)
+    return keypoint_agent(path, h_c, env, bags, task, camera)
 
 
 # --------------------------------------------------------------------------- 3a. ROS graph
@@ -512,8 +593,10 @@ def _worker_episode(job: tuple) -> dict:
         c = env.config
         agents[(method, h_c, train_seed)] = make_agent(method, Path(path), h_c, env, Path(bags), task,
                                                        sim_camera(c.width, c.height) if robot_aware else None)
-    # the oracle's keypoints come from the scene state, not the pixels: no rendering
-    env.blank_frames = method != "RGB" and h_c == "oracle"
+    # the oracle's keypoints come from the scene state, not the pixels: no rendering;
+    # only the depth methods pay for the depth pass
+    env.blank_frames = method not in IMAGE_METHODS and h_c == "oracle"
+    env.render_depth = method in DEPTH_METHODS
     agent = agents[(method, h_c, train_seed)]
     session = getattr(agent, "session", None)
     transfers0 = session.transfers if session is not None else 0
@@ -651,7 +734,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="atk-demo",
         description="The whole ATK loop in simulation: expert demos -> bags -> ATK training (+ FullSet, "
-                    "RandomSelect, RGB baselines) -> deployment through the ROS graph -> robustness table "
+                    "RandomSelect, RGB baselines; --methods all adds ManualSelect and the Depth and Pointcloud "
+                    "baselines) -> deployment through the ROS graph -> robustness table "
                     "under RP, RB, RO and Light (paper tables 1-3).")
     p.add_argument("--out", type=Path, default=None,
                    help="output folder (default: runs/<UTC date-time>); an existing one is resumed")
@@ -697,8 +781,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: 5)")
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                    help=f"methods to train and evaluate, comma-separated, or 'all' ({','.join(METHODS)}); "
-                        f"ManualSelect uses the hand-picked points of config/manual_keypoints/<task>.json "
-                        f"(default: {','.join(DEFAULT_METHODS)})")
+                        f"ManualSelect uses the hand-picked points of config/manual_keypoints/<task>.json; "
+                        f"Depth (the RGB CNN on the depth image) and Pointcloud (a PointNet on the depth "
+                        f"back-projected with the camera's K, cropped to 0.25-1.2 m) make the demonstrations "
+                        f"record depth (demos of an earlier --out without it are recorded again) and their "
+                        f"evaluation render it (default: {','.join(DEFAULT_METHODS)})")
     p.add_argument("--h-c", dest="h_c", choices=H_C_CHOICES, default="cpu",
                    help="h_C for training propagation and evaluation: 'cpu' (the tracker the robot runs; "
                         "default) or 'oracle' (PRIVILEGED, SIMULATION-ONLY true keypoints from the simulator: "
@@ -726,12 +813,14 @@ def config_from_args(args: argparse.Namespace, task: str | None = None) -> DemoC
         raise ValueError(f"--size must look like 320x240, got {args.size!r}") from None
     demos, seeds, evals, ros = 60, "0", 4, 3
     steps, dagger_eps, rgb_steps, top_n = args.steps, args.dagger_episodes, 600, args.top_n
+    depth_steps = pointcloud_steps = 600
     dagger_rounds = args.dagger_rounds or 0
     if args.full:
         demos, seeds, evals, steps, ros = 100, "0,1,2", 20, max(steps, 3000), 20
     if args.quick:
         # 150 steps cannot settle the mask: keep the 4 most probable keypoints
         demos, seeds, evals, steps, dagger_eps, rgb_steps, ros = 6, "0", 1, 150, 2, 30, 1
+        depth_steps = pointcloud_steps = 30
         dagger_rounds = 1 if args.dagger_rounds is None else args.dagger_rounds
         top_n = top_n or 4
     out = args.out or Path("runs") / datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
@@ -749,7 +838,8 @@ def config_from_args(args: argparse.Namespace, task: str | None = None) -> DemoC
                       else args.ros_episodes,
                       methods=METHODS if args.methods.strip() == "all"
                       else tuple(m.strip() for m in args.methods.split(",") if m.strip()),
-                      rgb_steps=rgb_steps, top_n=top_n, eval_workers=args.eval_workers, noise_rad=args.noise,
+                      rgb_steps=rgb_steps, depth_steps=depth_steps, pointcloud_steps=pointcloud_steps,
+                      top_n=top_n, eval_workers=args.eval_workers, noise_rad=args.noise,
                       propagation_workers=args.workers,
                       stall_s=args.stall_s, keypoint_noise_px=args.keypoint_noise, h_c=args.h_c, chunk=args.chunk,
                       oracle_rows=args.oracle_rows, robot_occlusion=args.robot_occlusion,

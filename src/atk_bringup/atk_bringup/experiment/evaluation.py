@@ -182,17 +182,30 @@ class KeypointAgent:
         return self._last_action
 
 
-class ImageAgent:
-    """A policy on the raw RGB image (the RGB baseline)."""
+#: What an ImageAgent hands its policy: the Observation field of each input.
+IMAGE_INPUTS = ("rgb", "depth_mm")
 
-    def __init__(self, policy) -> None:
+
+class ImageAgent:
+    """A policy on the raw camera picture: ``observation`` "rgb" (the RGB
+    baseline) or "depth_mm" (the depth and point-cloud baselines; the
+    simulator must render depth, SimEnv.render_depth)."""
+
+    def __init__(self, policy, observation: str = "rgb") -> None:
+        if observation not in IMAGE_INPUTS:
+            raise ValueError(f"observation must be one of {IMAGE_INPUTS}, got {observation!r}")
         self.policy = policy
+        self.observation = observation
 
     def reset(self, obs) -> None:
         self.policy.reset()
 
     def act(self, obs) -> np.ndarray:
-        return np.asarray(self.policy.select_action(obs.rgb, obs.joint_positions), dtype=np.float64)
+        picture = getattr(obs, self.observation)
+        if picture.size == 0:
+            raise ValueError(f"this agent acts on {self.observation}, but the observation has none "
+                             f"(the simulator renders no {'depth' if self.observation == 'depth_mm' else 'images'})")
+        return np.asarray(self.policy.select_action(picture, obs.joint_positions), dtype=np.float64)
 
 
 class NoisyExpertAgent:

@@ -125,6 +125,11 @@ class SimEnv:
         #: privileged oracle h_C: its keypoints come from the scene state).
         #: Settable between episodes; rendering is 10 ms of a 320x240 step.
         self.blank_frames = False
+        #: Render the depth pass (SimConfig.render_depth is the initial value).
+        #: Settable between episodes, so that one simulator serves agents with
+        #: and without depth (atk-demo's evaluation workers) and only the depth
+        #: ones pay for the second pass.
+        self.render_depth = bool(self.config.render_depth)
         self.menagerie_message = ""
         #: RB's photographs (SimConfig.backgrounds), loaded once; [] for the procedural textures.
         self.photos = (pert.load_photos(self.config.backgrounds, sim_model.USER_TEXTURE_PX)
@@ -319,7 +324,7 @@ class SimEnv:
             r = self._renderer
             r.update_scene(self._data, camera=self._index.camera)
             rgb = r.render().copy()
-            if c.render_depth:
+            if self.render_depth:
                 depth = self.render_depth_mm()
             else:
                 depth = np.zeros((0, 0), np.uint16)

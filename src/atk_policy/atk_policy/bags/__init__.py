@@ -14,7 +14,10 @@ Reading (:func:`load_episodes`)
     (see :class:`BagConversionConfig`). Every bag given ends up in the
     :class:`ConversionReport`, used or skipped with the reason: nothing is
     dropped silently. Frames stay in the bag and are decoded when indexed
-    (:class:`BagFrames`).
+    (:class:`BagFrames`). A depth topic registered to the colour camera
+    (16UC1/mono16 mm or 32FC1 m) becomes ``Episode.depth`` (uint16 mm per
+    colour frame, nearest stamp within the tolerance) when every used frame
+    has one; otherwise a note in the report says why depth is not used.
 
 Label
     ``<bag>/episode.yaml`` beside ``metadata.yaml`` (rosbag2 ignores other
@@ -36,11 +39,12 @@ from ``atk_policy.bags``.
 """
 
 from .alignment import align, stamp_series
-from .common import (BAG_VERSION, CAMERA_INFO_TYPE, COLOR_ENCODINGS, COMPRESSED_IMAGE_TYPE, GRIPPER_COMMAND_TYPE,
-                     GRIPPER_JOINT, IMAGE_TYPE, JOINT_STATE_TYPE, LABEL_FILE, UR_JOINT_NAMES, BagError)
+from .common import (BAG_VERSION, CAMERA_INFO_TYPE, COLOR_ENCODINGS, COMPRESSED_IMAGE_TYPE, DEPTH_ENCODINGS,
+                     GRIPPER_COMMAND_TYPE, GRIPPER_JOINT, IMAGE_TYPE, JOINT_STATE_TYPE, LABEL_FILE, UR_JOINT_NAMES,
+                     BagError)
 from .config import BagConversionConfig, BagTopics
 from .conversion import BagEntry, ConversionReport, load_episodes
-from .frames import FRAME_CACHE, READERS, BagFrames, decode_image
+from .frames import FRAME_CACHE, READERS, BagFrames, decode_depth, decode_image
 from .labels import EpisodeLabel, read_label, write_label
 from .reader import BagInfo, BagWarning, TopicInfo, find_bags, inspect_bag, open_reader, raw_messages, read_messages
 from .recovery import RecoveryReport, needs_reindex, reindex_bag
@@ -49,12 +53,13 @@ from .writer import (COMMAND_QOS, LATCHED_QOS, SENSOR_QOS, CameraInfoData, Episo
                      make_qos, namespaced_topic, write_episode_bag)
 
 __all__ = [
-    "BAG_VERSION", "CAMERA_INFO_TYPE", "COLOR_ENCODINGS", "COMMAND_QOS", "COMPRESSED_IMAGE_TYPE", "FRAME_CACHE",
+    "BAG_VERSION", "CAMERA_INFO_TYPE", "COLOR_ENCODINGS", "COMMAND_QOS", "COMPRESSED_IMAGE_TYPE", "DEPTH_ENCODINGS",
+    "FRAME_CACHE",
     "GRIPPER_COMMAND_TYPE", "GRIPPER_JOINT", "IMAGE_TYPE", "JOINT_STATE_TYPE", "LABEL_FILE", "LATCHED_QOS",
     "READERS", "SENSOR_QOS", "UR_JOINT_NAMES", "BagConversionConfig", "BagEntry", "BagError", "BagFrames",
     "BagInfo", "BagTopics", "BagWarning", "CameraInfoData", "ConversionReport", "EpisodeBagWriter", "EpisodeLabel",
     "RecoveryReport", "TopicInfo", "align", "decode_image", "enable_compression", "find_atk_msgs_dir", "find_bags",
-    "inspect_bag", "load_episodes", "make_qos", "make_typestore", "namespaced_topic", "needs_reindex",
+    "inspect_bag", "decode_depth", "load_episodes", "make_qos", "make_typestore", "namespaced_topic", "needs_reindex",
     "normalize_msgtype", "open_reader", "raw_messages", "read_label", "read_messages", "register_from_bag",
     "reindex_bag", "service_of_event", "stamp_series", "write_episode_bag", "write_label"
 ]

@@ -18,6 +18,8 @@ GRIPPER_COMMAND_TYPE = "atk_msgs/msg/GripperCommand"
 
 #: Channels per pixel of the colour encodings the reader converts to RGB.
 COLOR_ENCODINGS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
+#: Depth encodings the reader converts to uint16 millimetres (REP 118: 16-bit mm, float metres).
+DEPTH_ENCODINGS = ("16UC1", "mono16", "32FC1")
 
 
 class BagError(ValueError):

@@ -13,8 +13,8 @@ from rosbags.typesys.store import Typestore
 from atk_policy.dataset import DatasetError, Episode
 
 from .alignment import align, stamp_series
-from .common import (CAMERA_INFO_TYPE, COLOR_ENCODINGS, COMPRESSED_IMAGE_TYPE, GRIPPER_COMMAND_TYPE, IMAGE_TYPE,
-                     JOINT_STATE_TYPE, LABEL_FILE, BagError)
+from .common import (CAMERA_INFO_TYPE, COLOR_ENCODINGS, COMPRESSED_IMAGE_TYPE, DEPTH_ENCODINGS, GRIPPER_COMMAND_TYPE,
+                     IMAGE_TYPE, JOINT_STATE_TYPE, LABEL_FILE, BagError)
 from .config import BagConversionConfig, BagTopics
 from .frames import FRAME_CACHE, BagFrames, decode_image
 from .labels import read_label
@@ -153,6 +153,11 @@ def _convert_bag(bag: Path, cfg: BagConversionConfig, store: Typestore,
     caminfo_sizes: set[tuple[int, int]] = set()
     depth_count = 0
     depth_at: list[tuple[int, int]] = []   # (stamp ns, log time ns) of each depth image
+    depth_keys: list[tuple[int, int]] = []
+    depth_stamps: list[int] = []
+    depth_sizes: set[tuple[int, int]] = set()
+    depth_encodings: set[str] = set()
+    depth_rank: dict[int, int] = {}
     nan_counts: dict[str, int] = {}
     arm = list(cfg.joint_names)
     js_names_seen: tuple[str, ...] | None = None
@@ -195,6 +200,12 @@ def _convert_bag(bag: Path, cfg: BagConversionConfig, store: Typestore,
             elif key == "depth":
                 depth_count += 1
                 depth_at.append((stamp, log_ts))
+                r = depth_rank.get(log_ts, 0)
+                depth_rank[log_ts] = r + 1
+                depth_keys.append((log_ts, r))
+                depth_stamps.append(stamp)
+                depth_sizes.add((int(msg.width), int(msg.height)))
+                depth_encodings.add(msg.encoding)
             elif key in ("joint_states", "joint_target"):
                 names_ = list(msg.name)
                 pos = np.asarray(msg.position, np.float64)
@@ -341,12 +352,47 @@ def _convert_bag(bag: Path, cfg: BagConversionConfig, store: Typestore,
                                "frame_id": caminfo.header.frame_id,
                                "distortion_model": caminfo.distortion_model,
                                "k": [float(x) for x in caminfo.k], "d": [float(x) for x in caminfo.d]}
+    depth = None
+    if len(depth_keys) > 1:   # one depth image is the first frame's (depth_first), not a depth stream
+        depth = _depth_frames(bag, cfg, chosen["depth"], depth_keys, depth_stamps, depth_sizes, depth_encodings,
+                              image_size, q[sel], notes)
+    meta["depth"] = depth is not None
     entry.frames = len(sel)
     try:
         return Episode(name=_episode_name(bag), frames=frames, stamps=q[sel], proprio=proprio[sel],
-                       actions=actions[sel], success=entry.success, meta=meta)
+                       actions=actions[sel], success=entry.success, meta=meta, depth=depth)
     except DatasetError as exc:
         raise _Skip(str(exc)) from exc
+
+
+def _depth_frames(bag: Path, cfg: BagConversionConfig, topic: TopicInfo, keys: list[tuple[int, int]],
+                  stamps_ns: list[int], sizes: set[tuple[int, int]], encodings: set[str],
+                  image_size: tuple[int, int], frame_t: np.ndarray, notes: list[str]) -> BagFrames | None:
+    """The depth image of every used colour frame (nearest stamp within ``cfg.tolerance_s``), or None
+    with a note saying why the episode's depth is not used. frame_t: (T,) s of the used colour frames."""
+    bad_enc = sorted(e for e in encodings if e not in DEPTH_ENCODINGS)
+    if bad_enc:
+        notes.append(f"{topic.name}: depth encoding {bad_enc} not supported ({list(DEPTH_ENCODINGS)}); depth not used")
+        return None
+    if sizes != {image_size}:
+        notes.append(f"{topic.name}: depth images are {sorted(sizes)}, the colour images "
+                     f"{image_size[0]}x{image_size[1]}: depth must be registered to colour; depth not used")
+        return None
+    t = np.asarray(stamps_ns, np.int64) * 1e-9
+    order = np.argsort(t, kind="stable")
+    t = t[order]
+    # nearest depth stamp of every colour frame
+    right = np.clip(np.searchsorted(t, frame_t), 0, len(t) - 1)
+    left = np.clip(right - 1, 0, len(t) - 1)
+    pick = np.where(np.abs(t[left] - frame_t) <= np.abs(t[right] - frame_t), left, right)
+    off = np.abs(t[pick] - frame_t)
+    missing = int(np.sum(off > cfg.tolerance_s))
+    if missing:
+        notes.append(f"{topic.name}: {missing} of {len(frame_t)} frames have no depth image within "
+                     f"{cfg.tolerance_s} s; depth not used")
+        return None
+    return BagFrames(bag, topic.name, topic.msgtype, [keys[order[i]] for i in pick], image_size,
+                     prefetch=cfg.prefetch, distro=cfg.distro, depth=True)
 
 
 def _episode_name(bag: Path) -> str:

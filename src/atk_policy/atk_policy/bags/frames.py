@@ -1,5 +1,5 @@
-"""Colour frames decoded from the bag when indexed, with a process-wide
-byte-budgeted cache and a small pool of open readers."""
+"""Colour (and depth) frames decoded from the bag when indexed, with a
+process-wide byte-budgeted cache and a small pool of open readers."""
 from __future__ import annotations
 
 import os
@@ -11,7 +11,7 @@ from typing import Any, Sequence
 import numpy as np
 from rosbags.rosbag2 import Reader
 
-from .common import COLOR_ENCODINGS, COMPRESSED_IMAGE_TYPE, BagError
+from .common import COLOR_ENCODINGS, COMPRESSED_IMAGE_TYPE, DEPTH_ENCODINGS, BagError
 from .reader import open_reader, raw_messages
 from .typestore import make_typestore
 
@@ -48,22 +48,25 @@ def decode_image(msg: Any, msgtype: str) -> np.ndarray:
 
 
 def decode_depth(msg: Any) -> np.ndarray:
-    """sensor_msgs Image 16UC1 (mm) or 32FC1 (m) -> (H, W) float32 metres (0: no reading)."""
-    enc = msg.encoding.lower()
-    h, w, step = int(msg.height), int(msg.width), int(msg.step)
-    data = np.asarray(msg.data, dtype=np.uint8)
-    if enc in ("16uc1", "mono16"):
-        dt, scale = np.dtype(">u2" if msg.is_bigendian else "<u2"), 1e-3
-    elif enc == "32fc1":
-        dt, scale = np.dtype(">f4" if msg.is_bigendian else "<f4"), 1.0
-    else:
-        raise BagError(f"depth encoding {msg.encoding!r} is not supported; use 16UC1 (mm) or 32FC1 (m)")
-    if step < w * dt.itemsize or data.size < h * step:
-        raise BagError(f"depth image {w}x{h} {enc}: step {step} and {data.size} bytes do not fit")
-    rows = data[: h * step].reshape(h, step)[:, : w * dt.itemsize]
-    out = np.ascontiguousarray(rows).view(dt).reshape(h, w).astype(np.float32) * np.float32(scale)
-    out[~np.isfinite(out) | (out < 0)] = 0.0
-    return out
+    """sensor_msgs Image with a depth encoding -> (H, W) uint16 millimetres, 0 = no reading.
+
+    REP 118: 16UC1 / mono16 are millimetres, 32FC1 metres (NaN, inf, <= 0 and
+    anything beyond the uint16 range become 0).
+    """
+    from atk_perception.image_conversion import ImageConversionError, fields_to_array
+
+    enc = msg.encoding
+    if enc not in DEPTH_ENCODINGS:
+        raise BagError(f"depth encoding {enc!r} is not supported; use one of {sorted(DEPTH_ENCODINGS)}")
+    try:
+        arr = fields_to_array(enc, msg.height, msg.width, msg.step, np.asarray(msg.data, np.uint8),
+                              is_bigendian=bool(msg.is_bigendian))
+    except ImageConversionError as exc:
+        raise BagError(f"depth image: {exc}") from exc
+    if arr.dtype == np.uint16:
+        return arr
+    mm = np.where(np.isfinite(arr) & (arr > 0), np.round(arr.astype(np.float64) * 1000.0), 0.0)
+    return np.where(mm <= 65535, mm, 0).astype(np.uint16)
 
 
 def read_depth(bag: str | os.PathLike, topic: str, log_ts: int, distro: str = "kilted") -> np.ndarray:
@@ -75,7 +78,7 @@ def read_depth(bag: str | os.PathLike, topic: str, log_ts: int, distro: str = "k
     try:
         for _conn, ts, data in raw_messages(reader, {topic: IMAGE_TYPE}, log_ts, log_ts + 1):
             if ts == log_ts:
-                return decode_depth(store.deserialize_cdr(data, IMAGE_TYPE))
+                return decode_depth(store.deserialize_cdr(data, IMAGE_TYPE)).astype(np.float32) / np.float32(1000.0)
     finally:
         reader.close()
     raise BagError(f"{bag}: no depth image on {topic} at log time {log_ts} ns; was the bag modified?")
@@ -170,7 +173,8 @@ def _new_token() -> int:
 class BagFrames:
     """Colour frames of one episode, decoded from the bag when indexed.
 
-    ``frames[t]`` is (H, W, 3) uint8 RGB. Holds the bag path and, per frame,
+    ``frames[t]`` is (H, W, 3) uint8 RGB; with ``depth=True`` the frames of a
+    depth topic, (H, W) uint16 millimetres (0 = no reading). Holds the bag path and, per frame,
     the message's (log time ns, rank among messages with that log time);
     readers come from a small process-wide pool (:data:`READERS`), so
     hundreds of episodes never exhaust file handles, and the object pickles
@@ -181,8 +185,9 @@ class BagFrames:
 
     def __init__(self, bag: str | os.PathLike, topic: str, msgtype: str,
                  keys: Sequence[tuple[int, int]], image_size: tuple[int, int],
-                 prefetch: int = 8, distro: str = "kilted") -> None:
+                 prefetch: int = 8, distro: str = "kilted", depth: bool = False) -> None:
         self.bag = Path(bag)
+        self.depth = bool(depth)
         self.topic = topic
         self.msgtype = msgtype
         self.keys = [(int(a), int(b)) for a, b in keys]
@@ -205,6 +210,7 @@ class BagFrames:
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
+        self.__dict__.setdefault("depth", False)
         self._init_runtime()
 
     def __len__(self) -> int:
@@ -245,8 +251,9 @@ class BagFrames:
                 if i is None:
                     continue
                 w, h = self.image_size
-                img = decode_image(store.deserialize_cdr(data, self.msgtype), self.msgtype)
-                if img.shape != (h, w, 3):
+                msg = store.deserialize_cdr(data, self.msgtype)
+                img = decode_depth(msg) if self.depth else decode_image(msg, self.msgtype)
+                if img.shape[:2] != (h, w):
                     raise BagError(f"{self.bag}: frame {i} on {self.topic} is {img.shape[1]}x{img.shape[0]}, "
                                    f"the episode's frames are {w}x{h}")
                 if i == t:
