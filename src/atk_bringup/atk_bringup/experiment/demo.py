@@ -212,11 +212,12 @@ def make_env(cfg: DemoConfig):
 
 
 def lacks_depth(bag: Path) -> bool:
-    """True when the bag holds no depth image (recorded by a run that asked for no depth method)."""
+    """True when the bag holds no depth stream (recorded by a run that asked for no depth method: at
+    most the first frame's depth image, for h_C's table search)."""
     from atk_policy.bags import BagTopics, inspect_bag
 
     want = BagTopics().depth.strip("/")
-    return not any(t.name.strip("/").endswith(want) and t.count > 0 for t in inspect_bag(bag).topics)
+    return not any(t.name.strip("/").endswith(want) and t.count > 1 for t in inspect_bag(bag).topics)
 
 
 def rerecord_without_depth(cfg: DemoConfig, paths: Sequence[Path], what: str) -> set[Path]:
