@@ -152,7 +152,6 @@ def _convert_bag(bag: Path, cfg: BagConversionConfig, store: Typestore,
     caminfo: Any = None
     caminfo_sizes: set[tuple[int, int]] = set()
     depth_count = 0
-    depth_at: list[tuple[int, int]] = []   # (stamp ns, log time ns) of each depth image
     depth_keys: list[tuple[int, int]] = []
     depth_stamps: list[int] = []
     depth_sizes: set[tuple[int, int]] = set()
@@ -199,7 +198,6 @@ def _convert_bag(bag: Path, cfg: BagConversionConfig, store: Typestore,
                 caminfo_sizes.add((int(msg.width), int(msg.height)))
             elif key == "depth":
                 depth_count += 1
-                depth_at.append((stamp, log_ts))
                 r = depth_rank.get(log_ts, 0)
                 depth_rank[log_ts] = r + 1
                 depth_keys.append((log_ts, r))
@@ -341,10 +339,11 @@ def _convert_bag(bag: Path, cfg: BagConversionConfig, store: Typestore,
         "label": None if label is None else label.to_dict(),
         "depth_messages": depth_count,
     }
-    if depth_at:
+    if depth_keys:
         # the depth image of the first frame (the canonical frame's, when this episode gives it)
         t0 = int(img_t_ns[sel[0]])
-        d_stamp, d_log = min(depth_at, key=lambda d: abs(d[0] - t0))
+        i = min(range(len(depth_stamps)), key=lambda j: abs(depth_stamps[j] - t0))
+        d_stamp, d_log = depth_stamps[i], depth_keys[i][0]
         if abs(d_stamp - t0) <= tol * 1e9:
             meta["depth_first"] = {"topic": chosen["depth"].name, "log_ts": int(d_log), "stamp_ns": int(d_stamp)}
     if caminfo is not None:
