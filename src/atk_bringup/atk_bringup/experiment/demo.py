@@ -771,9 +771,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"methods to train and evaluate, comma-separated, or 'all' ({','.join(METHODS)}); "
                         f"ManualSelect uses the hand-picked points of config/manual_keypoints/<task>.json; "
                         f"Depth (the RGB CNN on the depth image) and Pointcloud (a PointNet on the depth "
-                        f"back-projected with the camera's K, cropped to 0.25-1.2 m) make the demonstrations "
-                        f"record depth (demos of an earlier --out without it are recorded again) and their "
-                        f"evaluation render it (default: {','.join(DEFAULT_METHODS)})")
+                        f"back-projected with the camera's K, cropped to 0.25-1.2 m and above the table) make "
+                        f"the demonstrations record depth (demos of an earlier --out without it are recorded "
+                        f"again) and their evaluation render it (default: {','.join(DEFAULT_METHODS)})")
     p.add_argument("--h-c", dest="h_c", choices=H_C_CHOICES, default="cpu",
                    help="h_C for training propagation and evaluation: 'cpu' (the tracker the robot runs; "
                         "default) or 'oracle' (PRIVILEGED, SIMULATION-ONLY true keypoints from the simulator: "
