@@ -55,6 +55,7 @@ def _model_size(model_dir: Path) -> tuple[int, int]:
 
 def run_graph(models: list[Path], scenes: list[int], out: Path, stall_s: float, timeout_s: float) -> None:
     from atk_bringup.experiment.evaluation import CONDITIONS
+    from atk_bringup.experiment.demo import write_sim_extrinsics
     from atk_bringup.graph_tools.ros_episode import run_graph_episodes
 
     path = out / "graph.jsonl"
@@ -76,7 +77,10 @@ def run_graph(models: list[Path], scenes: list[int], out: Path, stall_s: float, 
             t = time.perf_counter()
             run_graph_episodes(model_dir=model, task="sushi", seeds=todo, perturbations=CONDITIONS["RP"],
                                width=w, height=h, timeout_s=timeout_s, log_dir=out / "ros" / model.name,
-                               stall_s=stall_s, on_result=record)
+                               stall_s=stall_s, on_result=record,
+                               # the simulator's camera pose, as the in-process agent uses it (table search)
+                               camera_extrinsics=write_sim_extrinsics(out / "camera_extrinsics.yaml"),
+                               robot_occlusion=False)
             print(f"[graph] {model}: {len(todo)} episodes in {time.perf_counter() - t:.0f} s", flush=True)
 
 

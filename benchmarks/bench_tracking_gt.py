@@ -71,6 +71,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "as atk-demo; not used by the oracle)")
     p.add_argument("--expert", type=int, default=20, help="expert episodes (default: 20)")
     p.add_argument("--closed-loop", type=int, default=20, help="closed-loop episodes of the model (default: 20)")
+    p.add_argument("--first-frame", type=int, default=0,
+                   help="scenes on which only the first frame's transfer from the template is measured, "
+                        "with a per-keypoint table (cheap: no episode runs; default: 0)")
     p.add_argument("--perturbations", default="RP", help="comma-separated conditions (default: RP)")
     p.add_argument("--seed", type=int, default=30_000,
                    help="first scene seed; episode i uses seed+i in both kinds (default: 30000, apart from "
@@ -88,8 +91,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="folder for tracking_gt.csv, summary.json and error_over_time.png "
                         "(default: runs/tracking_gt)")
     args = p.parse_args(argv)
-    if args.expert < 0 or args.closed_loop < 0 or args.expert + args.closed_loop == 0:
-        p.error("--expert and --closed-loop must be >= 0, and not both 0")
+    if min(args.expert, args.closed_loop, args.first_frame) < 0 or \
+            args.expert + args.closed_loop + args.first_frame == 0:
+        p.error("--expert, --closed-loop and --first-frame must be >= 0, and not all 0")
     return args
 
 
@@ -159,7 +163,7 @@ def run_episode(env, agent, kind: str, task: str, seed: int, perturbations, anch
                     "gt_x": gx, "gt_y": gy, "gt_status": Visibility(status).name.lower(),
                     "occluder": int(view.occluder[k]),
                     "error_px": float(np.hypot(ex - gx, ey - gy)) if in_image else float("nan")})
-        if streak.stalled:
+        if streak.stalled or kind == "first-frame":
             break
         if kind == "expert":
             action = env.expert_action()
@@ -202,6 +206,29 @@ def print_table(summary: dict) -> None:
             print(f"{kind:<12}{phase:<10}{s['n']:>7}{s['median']:>8.1f}{s['p90']:>8.1f}{s['p99']:>8.1f}"
                   f"{s['over_8px']:>7.2f}{s['confident_miss']:>10.3f}{s['hidden_precision']:>9.2f}"
                   f"{s['hidden_recall']:>8.2f}{s['true_hidden_share']:>7.2f}")
+
+
+def print_first_frames(rows: list[dict], gate_threshold: float) -> dict:
+    """Per keypoint over the first-frame transfers: share > MISS_PX off, median error, median
+    confidence, confident misses (> MISS_PX off, accepted by the gate). Returns the figures."""
+    out = {}
+    print(f"\nfirst-frame transfer per keypoint ({len({r['seed'] for r in rows})} scenes; 'conf.miss': > "
+          f"{MISS_PX:g} px off and accepted at confidence >= {gate_threshold})")
+    print(f"{'keypoint':>8}{'n':>5}{'median':>8}{'p90':>8}{'>8px':>7}{'conf.med':>9}{'conf.miss':>10}")
+    for k in sorted({r["keypoint"] for r in rows}):
+        rk = [r for r in rows if r["keypoint"] == k and np.isfinite(r["error_px"])]
+        if not rk:
+            continue
+        e = np.array([r["error_px"] for r in rk])
+        c = np.array([r["confidence"] for r in rk])
+        acc = np.array([r["accepted"] for r in rk], bool)
+        out[k] = {"n": len(rk), "median": float(np.median(e)), "p90": float(np.percentile(e, 90)),
+                  "over_8px": float(np.mean(e > MISS_PX)), "confidence_median": float(np.median(c)),
+                  "confident_miss": float(np.mean((e > MISS_PX) & acc))}
+        f = out[k]
+        print(f"{k:>8}{f['n']:>5}{f['median']:>8.1f}{f['p90']:>8.1f}{f['over_8px']:>7.2f}"
+              f"{f['confidence_median']:>9.2f}{f['confident_miss']:>10.2f}")
+    return out
 
 
 def plot_episode(rows: list[dict], path: Path, title: str) -> None:
@@ -277,10 +304,11 @@ def main(argv=None) -> int:
           + ("  [PRIVILEGED, SIMULATION-ONLY]" if args.backend == "oracle" else "")
           + (", robot-aware occlusion" if camera is not None else "")
           + f", task {args.task}, {'+'.join(perturbations)}, gate threshold {gate_threshold}")
-    jobs = [("expert", i) for i in range(args.expert)] + [("closed-loop", i) for i in range(args.closed_loop)]
+    jobs = ([("expert", i) for i in range(args.expert)] + [("closed-loop", i) for i in range(args.closed_loop)]
+            + [("first-frame", i) for i in range(args.first_frame)])
     rows: list[dict] = []
     per_episode: dict[tuple[str, int], list[dict]] = {}
-    success = {"expert": [], "closed-loop": []}
+    success = {"expert": [], "closed-loop": [], "first-frame": []}
     t0 = time.perf_counter()
     with open(args.out / "tracking_gt.csv", "w", newline="") as fh:
         writer = None
@@ -298,15 +326,18 @@ def main(argv=None) -> int:
     env.close()
     summary = {kind: {ph: summarise([r for r in rows if r["kind"] == kind and r["phase"] == ph])
                       for ph in PHASES if any(r["kind"] == kind and r["phase"] == ph for r in rows)}
-               for kind in ("expert", "closed-loop") if any(r["kind"] == kind for r in rows)}
-    for kind in summary:
+               for kind in ("expert", "closed-loop", "first-frame") if any(r["kind"] == kind for r in rows)}
+    for kind in [k for k in summary if k != "first-frame"]:
         summary[kind]["all but t=0"] = summarise([r for r in rows if r["kind"] == kind and r["phase"] != "transfer"])
     print(f"\n{len(jobs)} episodes in {time.perf_counter() - t0:.0f} s; success: "
-          + ", ".join(f"{k} {sum(v)}/{len(v)}" for k, v in success.items() if v))
+          + ", ".join(f"{k} {sum(v)}/{len(v)}" for k, v in success.items() if v and k != "first-frame"))
     print(f"errors over keypoints whose true position is in the image; 'conf.miss': > {MISS_PX:g} px off while "
           "visible at a confidence the gate accepts; 'hid.prec/rec': reported not-visible vs truly hidden; "
           "'hidden': share truly hidden\n")
     print_table(summary)
+    first = [r for r in rows if r["kind"] == "first-frame"]
+    if first:
+        summary["first-frame per keypoint"] = print_first_frames(first, gate_threshold)
     (args.out / "summary.json").write_text(json.dumps(
         {"args": {k: str(v) for k, v in vars(args).items()}, "success": success, "phases": summary}, indent=1))
     kind, _, idx = args.plot_episode.partition(":")

@@ -57,8 +57,7 @@ from sensor_msgs.msg import CameraInfo, Image, JointState
 
 from atk_bringup.driver.driver_node import target_from_joint_state
 from atk_bringup.sim.env import SimConfig, SimEnv
-from atk_bringup.sim.model import USER_TEXTURE_PX
-from atk_bringup.sim.perturbations import load_photos
+from atk_bringup.sim.perturbations import photo_files
 from atk_bringup.sim_params import COMMAND, NODE_NAME, PARAMS
 from atk_msgs.msg import EpisodeStatus, GripperCommand, KeypointArray
 from atk_msgs.srv import ResetEpisode
@@ -111,8 +110,8 @@ class SimNode(Node):
             cfg = SimConfig(width=int(prm["width"]), height=int(prm["height"]),
                             control_hz=float(prm["control_hz"]), render_depth=bool(prm["publish_depth"]),
                             backgrounds=str(prm["backgrounds"]))
-            if cfg.backgrounds:   # refused here, by name, not later in the stepping thread
-                load_photos(cfg.backgrounds, USER_TEXTURE_PX)
+            if cfg.backgrounds:   # a wrong folder is refused here, by name; SimEnv reads the photos once
+                photo_files(cfg.backgrounds)
         except ValueError as exc:
             raise ParameterError(str(exc)) from None
         log_effective(self, prm)

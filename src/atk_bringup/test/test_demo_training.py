@@ -32,8 +32,10 @@ def test_the_demo_trains_as_atk_train_would(tmp_path, changes, flags):
             "--chunk", str(cfg.chunk),
             "--keypoint-noise", str(cfg.keypoint_noise_px), "--workers", str(cfg.propagation_workers),
             "--backend", cfg.h_c] + flags
-    if cfg.robot_occlusion and cfg.h_c != "oracle":
+    if cfg.h_c != "oracle":   # the simulator's camera pose: the table search, and robot occlusion if asked
         argv += ["--camera-extrinsics", str(tmp_path / "camera_extrinsics.yaml")]
+    if not cfg.robot_occlusion:
+        argv += ["--no-robot-occlusion"]
     if "ManualSelect" in cfg.methods:
         argv += ["--manual-points", str(tmp_path / "manual_keypoints.json")]
     args = cli.build_parser().parse_args(argv)
@@ -42,4 +44,4 @@ def test_the_demo_trains_as_atk_train_would(tmp_path, changes, flags):
     assert baselines == want_baselines
     assert source == want_source
     assert track_cache == Path(args.track_cache)
-    assert (tmp_path / "camera_extrinsics.yaml").is_file() == (cfg.robot_occlusion and cfg.h_c != "oracle")
+    assert (tmp_path / "camera_extrinsics.yaml").is_file() == (cfg.h_c != "oracle")

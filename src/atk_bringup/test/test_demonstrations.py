@@ -27,8 +27,10 @@ def test_expert_episode_bag_has_the_real_topics_and_round_trips(env, tmp_path):
         "/camera/color/camera_info": "sensor_msgs/msg/CameraInfo",
         "/joint_states": "sensor_msgs/msg/JointState",
         "/joint_target": "sensor_msgs/msg/JointState",
-        "/gripper_command": "atk_msgs/msg/GripperCommand"}
-    assert all(t.count == res.steps for t in info.topics)
+        "/gripper_command": "atk_msgs/msg/GripperCommand",
+        "/camera/depth/image_raw": "sensor_msgs/msg/Image"}
+    # depth for the first frame only (the canonical frame's, for h_C's table search)
+    assert all(t.count == (1 if "depth" in t.name else res.steps) for t in info.topics)
 
     cfg = BagConversionConfig(skip_failed=False)
     (ep,), report = load_episodes(res.path, config=cfg)
@@ -47,6 +49,12 @@ def test_expert_episode_bag_has_the_real_topics_and_round_trips(env, tmp_path):
         obs = env.step(a)
     k = np.asarray(ep.meta["camera_info"]["k"]).reshape(3, 3)
     np.testing.assert_allclose(k, env.intrinsics)
+    from atk_policy.bags.frames import read_depth
+
+    env.reset(task="sushi", seed=0)
+    first = ep.meta["depth_first"]
+    np.testing.assert_allclose(read_depth(res.path, first["topic"], first["log_ts"]),
+                               env.render_depth_mm() / 1000.0, atol=1e-6)
 
 
 def test_max_steps_cuts_the_episode(env, tmp_path):

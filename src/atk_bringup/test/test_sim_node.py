@@ -103,7 +103,8 @@ def _collect(client):
 
 def test_backgrounds_parameter_is_checked_at_start(tmp_path):
     """The sim node's `backgrounds` (RB with the operator's photographs) is refused by name at
-    construction when the folder holds no photographs, and reaches the simulator when it does."""
+    construction when the folder holds no photographs or one cannot be read, and reaches the
+    simulator when it holds readable ones."""
     rclpy = pytest.importorskip("rclpy")
     import cv2
     from rclpy.parameter import Parameter
@@ -116,6 +117,13 @@ def test_backgrounds_parameter_is_checked_at_start(tmp_path):
     try:
         with pytest.raises(ParameterError, match="no photographs"):
             SimNode(context=context, parameter_overrides=[Parameter("backgrounds", value=str(tmp_path))])
+        broken = tmp_path / "broken"
+        broken.mkdir()
+        (broken / "lab.png").write_bytes(b"not a png")   # listed at construction, read once by the simulator
+        with pytest.raises(ParameterError, match="cannot read"):
+            SimNode(context=context, parameter_overrides=[Parameter("backgrounds", value=str(broken)),
+                                                          Parameter("width", value=160),
+                                                          Parameter("height", value=120)])
         cv2.imwrite(str(tmp_path / "lab.jpg"), np.zeros((32, 32, 3), np.uint8))
         node = SimNode(context=context, parameter_overrides=[Parameter("backgrounds", value=str(tmp_path)),
                                                              Parameter("width", value=160),

@@ -26,7 +26,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from .model_json import MODEL_JSON, ModelJsonError, parse_keypoints, read_model_json, read_template_image
+from .model_json import (MODEL_JSON, ModelJsonError, parse_keypoints, read_model_json, read_template_depth,
+                         read_template_image)
 
 
 class TemplateError(ValueError):
@@ -50,6 +51,10 @@ class KeypointTemplate:
     #: candidates) that ``transfer`` maps along with ``points`` and then drops,
     #: so that h_C sees each object through several points; None: none.
     support: np.ndarray | None = None
+    #: (H, W) float32 metres: the template frame's depth (0: no reading), when
+    #: the model was trained on frames with depth; with the camera's pose it
+    #: lets h_C search objects on the table in 3D (table_search.py). None: none.
+    depth: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         img = self.image
@@ -81,6 +86,8 @@ class KeypointTemplate:
                 f"points: keypoint id {self.ids[k]} at ({pts[k, 0]:.1f}, {pts[k, 1]:.1f}) is "
                 f"outside the {w}x{h} template image{self._from()}; were the points "
                 "defined on an image of another size?")
+        if self.depth is not None and np.shape(self.depth) != img.shape[:2]:
+            raise TemplateError(f"depth: {np.shape(self.depth)} does not match the template image {img.shape[:2]}")
 
     def transfer_points(self) -> np.ndarray:
         """(N + M, 2): the keypoints, then the support points."""
@@ -142,6 +149,7 @@ def load_model_template(model_dir: str | Path) -> KeypointTemplate:
         doc = read_model_json(model_dir)
         kp = parse_keypoints(doc, str(model_dir / MODEL_JSON))
         image = read_template_image(model_dir, doc)
+        depth = read_template_depth(model_dir, doc)
     except ModelJsonError as exc:
         raise TemplateError(str(exc)) from exc
     h, w = image.shape[:2]
@@ -149,7 +157,7 @@ def load_model_template(model_dir: str | Path) -> KeypointTemplate:
     support = support[(support[:, 0] >= 0) & (support[:, 0] <= w - 1)
                       & (support[:, 1] >= 0) & (support[:, 1] <= h - 1)]
     return KeypointTemplate(image, kp.canonical_xy, kp.ids, kp.names or default_names(kp.ids), str(model_dir),
-                            support if len(support) else None)
+                            support if len(support) else None, depth)
 
 
 def parse_points(values: Sequence[float]) -> np.ndarray:

@@ -199,3 +199,34 @@ def read_template_image(model_dir: str | Path, doc: dict, *, require_sha: bool =
         raise ModelJsonError(f"{Path(model_dir) / MODEL_JSON}: image_size {[w, h]} does not match "
                              f"{path.name} ({bgr.shape[1]}x{bgr.shape[0]})")
     return np.ascontiguousarray(bgr[:, :, ::-1])
+
+
+#: The canonical frame's depth, beside the template image (optional): uint16 millimetres, 0 = no reading.
+TEMPLATE_DEPTH_FILE = "template_depth.png"
+
+
+def read_template_depth(model_dir: str | Path, doc: dict) -> np.ndarray | None:
+    """The template frame's depth (H, W) float32 metres (0: no reading), or None when model.json names
+    none; checked against ``template_depth_sha256`` and ``image_size``."""
+    import cv2
+
+    name = doc.get("template_depth")
+    if not name:
+        return None
+    d = Path(model_dir).expanduser()
+    where = str(d / MODEL_JSON)
+    if not isinstance(name, str) or Path(name).name != name:
+        raise ModelJsonError(f"{where}: template_depth must be a file name inside the folder, got {name!r}")
+    path = d / name
+    if not path.is_file():
+        raise ModelJsonError(f"{d}: template depth {name} does not exist")
+    want = doc.get("template_depth_sha256")
+    if want and sha256_file(path) != want:
+        raise ModelJsonError(f"{path}: sha256 does not match model.json's template_depth_sha256: the depth "
+                             f"was replaced or edited after training; re-export the model")
+    mm = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    w, h = image_size(doc, where)
+    if mm is None or mm.dtype != np.uint16 or mm.shape != (h, w):
+        raise ModelJsonError(f"{path}: expected a {w}x{h} 16-bit depth PNG (mm), got "
+                             f"{None if mm is None else (mm.shape, str(mm.dtype))}")
+    return mm.astype(np.float32) / 1000.0

@@ -44,6 +44,7 @@ gripper (0 open .. 1 closed); depth (H, W) metres (0 or NaN: no reading).
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 
@@ -155,6 +156,11 @@ class RobotAwareTracker(Correspondence):
         self._depth = None if depth_m is None else np.asarray(depth_m, np.float32)
 
     # ------------------------------------------------------------------ h_C
+    def set_template_geometry(self, template_image, geometry=None) -> bool:
+        """Forwarded to the inner h_C (the CPU tracker's table search); False if it has none."""
+        fn = getattr(self.inner, "set_template_geometry", None)
+        return bool(fn(template_image, geometry)) if fn is not None else False
+
     def transfer(self, template_image: np.ndarray, template_points: np.ndarray,
                  image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.inner.transfer(template_image, template_points, image)
@@ -341,7 +347,8 @@ class RobotInputs:
     returns a note only when that status changes, so the node says it once.
     """
 
-    def __init__(self, base_t_camera: np.ndarray | None, max_joint_age_s: float = 0.25) -> None:
+    def __init__(self, base_t_camera: np.ndarray | None, max_joint_age_s: float = 0.25,
+                 occlusion: bool = True) -> None:
         import threading
 
         if not max_joint_age_s > 0:
@@ -355,6 +362,38 @@ class RobotInputs:
         self._q: np.ndarray | None = None
         self._q_stamp = 0.0
         self._status = ""
+        self.occlusion = bool(occlusion)
+        self._geometry_status = ""
+        self._geometry_k: np.ndarray | None = None
+
+    def apply_template_geometry(self, tracker: Any, template: Any) -> str:
+        """Give the h_C ``tracker`` the template frame's geometry (``template.depth``, the camera's K
+        from camera_info, the extrinsics) for its table search (table_search.py), once K is known
+        and again when it changes. Returns a note when the status changes (else "")."""
+        with self._lock:
+            k = self._k
+        if getattr(template, "depth", None) is None:
+            status = "table search off: the model has no template depth (train on bags with depth)"
+        elif self.base_t_camera is None:
+            status = "table search off: no extrinsics_file (run atk-calibrate)"
+        elif k is None:
+            status = "table search off until camera_info arrives (intrinsics unknown)"
+        elif getattr(tracker, "set_template_geometry", None) is None:
+            status = "table search off: this h_C backend has none"
+        else:
+            status = "table search on: objects on the table are transferred in 3D (template depth + extrinsics)"
+            if self._geometry_k is None or not np.array_equal(self._geometry_k, k):
+                from atk_perception.table_search import TemplateGeometry
+
+                used = tracker.set_template_geometry(template.image,
+                                                     TemplateGeometry(template.depth, k, self.base_t_camera))
+                self._geometry_k = k
+                if not used:
+                    status = "table search off: disabled in the h_C's configuration"
+        if status == self._geometry_status:
+            return ""
+        self._geometry_status = status
+        return status
 
     def set_intrinsics(self, k: np.ndarray) -> None:
         k = np.asarray(k, np.float64).reshape(3, 3)
@@ -371,6 +410,8 @@ class RobotInputs:
             k, q, q_stamp = self._k, self._q, self._q_stamp
         if self.base_t_camera is None:
             status = "robot-aware occlusion off: no extrinsics_file (run atk-calibrate)"
+        elif not self.occlusion:
+            status = "robot-aware occlusion off: robot_occlusion is false"
         elif k is None:
             status = "robot-aware occlusion off until camera_info arrives (intrinsics unknown)"
         elif q is None:

@@ -130,7 +130,7 @@ class TrackerNode(Node):
                 base_t_camera = load_extrinsics(p["extrinsics_file"])
             except RobotMaskError as exc:
                 raise ParameterError(f"parameter extrinsics_file: {exc}") from exc
-        self.robot = RobotInputs(base_t_camera, p["max_joint_age_s"])
+        self.robot = RobotInputs(base_t_camera, p["max_joint_age_s"], occlusion=p["robot_occlusion"])
         h_c = RobotAwareTracker(h_c, None, RobotOcclusionConfig(margin_px=p["robot_margin_px"]))
         self.session = TrackingSession(h_c, template, config)
         self.get_logger().info(
@@ -157,8 +157,9 @@ class TrackerNode(Node):
         if base_t_camera is not None:
             self.create_subscription(CameraInfo, "camera/color/camera_info", self._on_camera_info,
                                      qos_profile_sensor_data)
-            self.create_subscription(JointState, "joint_states", self._on_joint_state,
-                                     qos_profile_sensor_data)
+            if p["robot_occlusion"]:
+                self.create_subscription(JointState, "joint_states", self._on_joint_state,
+                                         qos_profile_sensor_data)
         # Keypoints are sensor data too: consumers want the newest, not a backlog.
         self.pub = self.create_publisher(KeypointArray, "keypoints", qos_profile_sensor_data)
         self.overlay_pub = self.create_publisher(Image, "keypoints/overlay",
@@ -234,9 +235,10 @@ class TrackerNode(Node):
             self._publish(self.session.report_bad_frame(str(exc)), msg.header)
             return
         stamp_s = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
-        note = self.robot.apply(self.session.h_c, stamp_s)
-        if note:
-            self.get_logger().info(note)
+        for note in (self.robot.apply_template_geometry(self.session.h_c, self.session.template),
+                     self.robot.apply(self.session.h_c, stamp_s)):
+            if note:
+                self.get_logger().info(note)
         try:
             out = self.session.process(rgb, stamp_s)
         except Exception as exc:  # noqa: BLE001 (a backend bug must not kill the node)

@@ -67,7 +67,10 @@ class TrackerParams:
     overlay: bool = param(True, "publish keypoints/overlay (only while someone subscribes)")
     extrinsics_file: str = param("", "camera pose in the robot base frame (atk-calibrate's YAML): keypoints the "
                                  "robot covers (from joint_states, camera_info and this) are reported not visible "
-                                 "and predicted. Empty: off")
+                                 "and predicted (robot_occlusion), and with the model's template depth the objects "
+                                 "on the table are transferred in 3D (the CPU h_C's table search). Empty: both off")
+    robot_occlusion: bool = param(True, "with extrinsics_file: keypoints the robot covers are reported not "
+                                  "visible and predicted (robot-aware occlusion)")
     robot_margin_px: float = param(6.0, "the robot's silhouette is grown by this before testing keypoints",
                                    min=0.0, max=100.0)
     max_joint_age_s: float = param(0.25, "a joint state further than this from the frame's stamp is not used "

@@ -106,8 +106,13 @@ def _utc_now() -> str:
 
 def save_policy(model_dir: str | Path, policy: Any, template_image: np.ndarray, *,
                 config: Any = None, selection: dict | None = None,
-                extra: dict | None = None, support_xy: np.ndarray | None = None) -> Path:
+                extra: dict | None = None, support_xy: np.ndarray | None = None,
+                template_depth: np.ndarray | None = None) -> Path:
     """Write ``policy`` (a model.KeypointPolicy) and the canonical image.
+
+    template_depth: (H, W) float metres of the canonical frame (0: no
+    reading), written as template_depth.png (uint16 mm): with the camera's
+    pose, h_C searches the objects on the table in 3D (table_search.py).
 
     support_xy: (M, 2) pixels, the other candidates on the canonical image.
     The tracker transfers them together with the policy's keypoints (as
@@ -129,6 +134,20 @@ def save_policy(model_dir: str | Path, policy: Any, template_image: np.ndarray, 
     if tmpl.shape != (h, w, 3):
         raise ArtifactError(f"template image is {tmpl.shape}, but the policy's image_size is {w}x{h}")
     write_png_rgb(d / TEMPLATE_FILE, tmpl)
+    depth_doc = {}
+    if template_depth is not None:
+        dm = np.asarray(template_depth, np.float64)
+        if dm.shape != (h, w):
+            raise ArtifactError(f"template depth is {dm.shape}, but the policy's image_size is {w}x{h}")
+        mm = np.clip(np.round(np.nan_to_num(dm, nan=0.0, posinf=0.0, neginf=0.0) * 1000.0), 0, 65535)
+        import cv2
+
+        if not cv2.imwrite(str(d / mj.TEMPLATE_DEPTH_FILE), mm.astype(np.uint16)):
+            raise ArtifactError(f"could not write {d / mj.TEMPLATE_DEPTH_FILE}")
+        depth_doc = {"template_depth": mj.TEMPLATE_DEPTH_FILE,
+                     "template_depth_sha256": sha256_file(d / mj.TEMPLATE_DEPTH_FILE)}
+    elif (d / mj.TEMPLATE_DEPTH_FILE).exists():
+        (d / mj.TEMPLATE_DEPTH_FILE).unlink()   # an older export's depth does not belong to this template
     tensors = {k: v.detach().cpu().contiguous() for k, v in policy.state_dict().items()}
     save_file(tensors, str(d / WEIGHTS_FILE), metadata={"format_version": str(FORMAT_VERSION), "kind": KIND})
     cfg_dict = None if config is None else (config if isinstance(config, dict) else to_dict(config))
@@ -146,6 +165,7 @@ def save_policy(model_dir: str | Path, policy: Any, template_image: np.ndarray, 
         },
         "template_image": TEMPLATE_FILE,
         "template_sha256": sha256_file(d / TEMPLATE_FILE),
+        **depth_doc,
         "weights": {"file": WEIGHTS_FILE, "sha256": sha256_file(d / WEIGHTS_FILE),
                     "tensors": {k: list(v.shape) for k, v in tensors.items()}},
         "model": {"num_keypoints": int(policy.num_keypoints), "learn_mask": bool(policy.learn_mask),

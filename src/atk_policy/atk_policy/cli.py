@@ -95,8 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="points with lower h_C confidence count as not visible (default: %(default)s)")
     g.add_argument("--camera-extrinsics", type=Path, metavar="YAML",
                    help="camera pose in the robot base frame (atk-calibrate's file): points the robot covers "
-                        "are predicted from the joint states instead of tracked, as on the deployed tracker "
-                        "(needs camera_info in the bags). Default: off")
+                        "are predicted from the joint states instead of tracked, and, when the canonical frame "
+                        "has depth in its bag, the CPU h_C transfers the objects on the table in 3D (table "
+                        "search), as on the deployed tracker (needs camera_info in the bags). Default: off")
+    g.add_argument("--no-robot-occlusion", dest="robot_occlusion", action="store_false",
+                   help="with --camera-extrinsics: do not predict the points the robot covers")
+    g.add_argument("--no-table-search", dest="table_search", action="store_false",
+                   help="with --camera-extrinsics: do not give h_C the canonical frame's depth")
     g.add_argument("--track-cache", type=Path, metavar="DIR",
                    help="cache of propagated tracks (default: OUTPUT/cache/tracks)")
     g = p.add_argument_group("training (defaults: table 6 of the paper scaled for small datasets)")
@@ -210,7 +215,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[DataSource, ATKConfig, B
                                        seed=args.candidate_seed),
             propagation=PropagationConfig(backend=args.backend, workers=args.workers,
                                           min_confidence=args.min_confidence,
-                                          camera_extrinsics=str(args.camera_extrinsics or "")),
+                                          camera_extrinsics=str(args.camera_extrinsics or ""),
+                                          robot_occlusion=args.robot_occlusion, table_search=args.table_search),
             model=ModelConfig(head=args.head, action_mode=args.action_mode, chunk=args.chunk,
                               binary_gripper=not args.no_binary_gripper, hidden=hidden,
                               init_keep_prob=args.init_keep_prob,

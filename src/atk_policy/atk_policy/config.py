@@ -62,9 +62,18 @@ class PropagationConfig:
     #: predicted instead of tracked (atk_perception.robot_occlusion), as the
     #: tracker node does when deployed. Empty: off.
     camera_extrinsics: str = ""
+    #: With camera_extrinsics: points the robot covers are predicted (above).
+    robot_occlusion: bool = True
+    #: With camera_extrinsics and the canonical frame's depth (bags that
+    #: carry depth for it): h_C searches the objects standing on the table in
+    #: 3D, by their top faces (atk_perception.table_search), as the tracker
+    #: node does with the model's template depth.
+    table_search: bool = True
 
     def __post_init__(self) -> None:
         _check(isinstance(self.backend, str) and bool(self.backend), "backend", self.backend, "must be a name")
+        _check(isinstance(self.robot_occlusion, bool), "robot_occlusion", self.robot_occlusion, "must be a bool")
+        _check(isinstance(self.table_search, bool), "table_search", self.table_search, "must be a bool")
         _check(isinstance(self.camera_extrinsics, str), "camera_extrinsics", self.camera_extrinsics,
                "must be a file path or empty")
         _check(isinstance(self.workers, int) and self.workers >= 1, "workers", self.workers, "must be an int >= 1")

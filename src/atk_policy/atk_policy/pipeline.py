@@ -291,6 +291,7 @@ def _train(source: DataSource, cfg: ATKConfig, baselines: BaselineConfig, out: P
 
     # 2. canonical image and candidates
     canonical, canon_from = canonical_image(source, episodes)
+    canonical_d = canonical_depth(source, episodes) if cfg.propagation.table_search else None
     roi = _roi_mask(source.roi_mask)
     cands = sample_candidates(canonical, cfg.candidates, roi)
     if main_rank:
@@ -310,6 +311,7 @@ def _train(source: DataSource, cfg: ATKConfig, baselines: BaselineConfig, out: P
         tracked = propagate_dataset(episodes, canonical, points, backend=cfg.propagation.backend,
                                     min_confidence=cfg.propagation.min_confidence, workers=cfg.propagation.workers,
                                     camera_extrinsics=cfg.propagation.camera_extrinsics or None,
+                                    robot_occlusion=cfg.propagation.robot_occlusion, template_depth=canonical_d,
                                     cache_dir=track_cache, progress=progress)
         if main_rank:
             barrier()
@@ -333,6 +335,7 @@ def _train(source: DataSource, cfg: ATKConfig, baselines: BaselineConfig, out: P
     if main_rank:
         others = np.delete(np.asarray(cands.points), np.asarray(res.selected, int), axis=0)
         save_policy(out, res.final.policy, canonical, config=cfg, selection=sel, support_xy=others,
+                    template_depth=canonical_d,
                     extra={"canonical_from": canon_from,
                            "candidate_source": [cands.source[i] for i in res.selected]})
 
@@ -343,7 +346,7 @@ def _train(source: DataSource, cfg: ATKConfig, baselines: BaselineConfig, out: P
         base_err["fullset"] = res.fullset.fit.val_mse
         runs["fullset"] = res.fullset.fit.history
         if main_rank:
-            save_policy(out / "baselines" / "fullset", res.fullset.policy, canonical, config=cfg)
+            save_policy(out / "baselines" / "fullset", res.fullset.policy, canonical, config=cfg, template_depth=canonical_d)
     tr_ids, va_ids = split_episodes(len(tracks.names), cfg.train.val_fraction, cfg.train.seed)
     train_set, val_set = tracks.subset_episodes(tr_ids), (tracks.subset_episodes(va_ids) if va_ids else None)
     if "random" in baselines.names:
@@ -353,7 +356,7 @@ def _train(source: DataSource, cfg: ATKConfig, baselines: BaselineConfig, out: P
         base_err["random"] = r.fit.val_mse
         runs["random"] = r.fit.history
         if main_rank:
-            save_policy(out / "baselines" / "random", r.policy, canonical, config=cfg)
+            save_policy(out / "baselines" / "random", r.policy, canonical, config=cfg, template_depth=canonical_d)
     if "manual" in baselines.names:
         names, pts = load_manual_points(baselines.manual_points, image_size)
         mts = TrackSet.from_tracked(propagate(pts), image_size)
@@ -363,7 +366,8 @@ def _train(source: DataSource, cfg: ATKConfig, baselines: BaselineConfig, out: P
         base_err["manual"] = r.fit.val_mse
         runs["manual"] = r.fit.history
         if main_rank:
-            save_policy(out / "baselines" / "manual", r.policy, canonical, config=cfg)
+            save_policy(out / "baselines" / "manual", r.policy, canonical, config=cfg,
+                        template_depth=canonical_d)
     errs, histories = _train_image_baselines(baselines, episodes, tr_ids, va_ids, cfg, out, canonical,
                                              main_rank=main_rank, progress=progress)
     base_err.update(errs)
@@ -555,6 +559,30 @@ def canonical_image(source: DataSource, episodes: Sequence["Episode"]) -> tuple[
         raise PipelineError(f"{{field}} {frame} is outside episode {ep.name!r} ({len(ep)} frames)",
                             "source.canonical_frame")
     return np.asarray(ep.frames[frame]), f"episode {ep.name!r} frame {frame}"
+
+
+def canonical_depth(source: DataSource, episodes: Sequence["Episode"]) -> np.ndarray | None:
+    """The canonical frame's depth (H, W) float32 metres: from the episode's depth stream
+    (``episode.depth``) for any frame, or, for its first frame, from the one depth image a recording
+    may carry for it (``meta["depth_first"]``); None when the canonical image is a file or has none."""
+    if source.canonical_image:
+        return None
+    key = str(source.canonical_episode)
+    by_name = {e.name: e for e in episodes}
+    ep = by_name.get(key) or (episodes[int(key)] if key.lstrip("-").isdigit() else None)
+    if ep is None or not 0 <= source.canonical_frame < len(ep):
+        return None
+    w, h = ep.image_size
+    if getattr(ep, "depth", None) is not None:
+        depth = np.asarray(ep.depth[source.canonical_frame]).astype(np.float32) / np.float32(1000.0)
+        return depth if depth.shape == (h, w) else None
+    first = (ep.meta or {}).get("depth_first")
+    if source.canonical_frame != 0 or not first or not (ep.meta or {}).get("bag"):
+        return None
+    from .bags.frames import read_depth
+
+    depth = read_depth(ep.meta["bag"], first["topic"], int(first["log_ts"]))
+    return depth if depth.shape == (h, w) else None
 
 
 def _roi_mask(path: Path | None) -> np.ndarray | None:

@@ -157,12 +157,16 @@ def episode_intrinsics(episode: Episode) -> np.ndarray | None:
 
 def propagate_episode(episode: Episode, template_image: np.ndarray, candidates: np.ndarray,
                       hc: Any, min_confidence: float = 0.0, progress: bool = False,
-                      base_t_camera: np.ndarray | None = None) -> TrackedEpisode:
+                      base_t_camera: np.ndarray | None = None, robot_occlusion: bool = True,
+                      template_depth: np.ndarray | None = None) -> TrackedEpisode:
     """Algorithm 1 for one episode with the h_C instance ``hc``.
 
     template_image (H, W, 3) uint8 RGB = I_can; candidates (C, 2) pixels on it;
-    base_t_camera (4, 4): camera pose in the robot base frame, or None (no
-    robot-aware occlusion).
+    base_t_camera (4, 4): camera pose in the robot base frame, or None: with
+    ``robot_occlusion``, robot-aware occlusion; with ``template_depth`` (H, W)
+    metres of I_can, h_C's table search (objects on the table searched in 3D,
+    atk_perception.table_search), as the tracker node does with the model's
+    template depth and an extrinsics file. Both need the episode's camera_info.
     """
     from tqdm import tqdm
 
@@ -182,9 +186,21 @@ def propagate_episode(episode: Episode, template_image: np.ndarray, candidates: 
         # recorded ground truth, found through its metadata (the bag's folder)
         bind(episode.meta)
     robot_note = "off"
+    table_note = "off"
     robot = None
-    if base_t_camera is not None:
-        k = episode_intrinsics(episode)
+    k = episode_intrinsics(episode) if base_t_camera is not None else None
+    if base_t_camera is not None and template_depth is not None:
+        if k is None:
+            table_note = "off: the episode has no camera_info (intrinsics unknown)"
+        elif getattr(hc, "set_template_geometry", None) is None:
+            table_note = "off: this h_C has no table search"
+        else:
+            from atk_perception.table_search import TemplateGeometry
+
+            used = hc.set_template_geometry(template_image, TemplateGeometry(
+                np.asarray(template_depth, np.float32), k, np.asarray(base_t_camera, np.float64)))
+            table_note = "on" if used else "off: disabled in the h_C's configuration"
+    if base_t_camera is not None and robot_occlusion:
         if k is None:
             robot_note = "off: the episode has no camera_info (intrinsics unknown)"
         else:
@@ -223,7 +239,8 @@ def propagate_episode(episode: Episode, template_image: np.ndarray, candidates: 
         vis[t] = np.asarray(r.visible, bool) & (conf[t] >= min_confidence)
         clipped += clamp(t)
     return TrackedEpisode(episode.name, tracks, vis, conf, episode.proprio, episode.actions,
-                          (w, h), meta={"clipped_points": clipped, "robot_occlusion": robot_note})
+                          (w, h), meta={"clipped_points": clipped, "robot_occlusion": robot_note,
+                                                                  "table_search": table_note})
 
 
 # --------------------------------------------------------------------------- dataset
@@ -250,15 +267,22 @@ def _frames_digest(episode: Episode) -> str:
 
 def cache_key(episode: Episode, template_image: np.ndarray, candidates: np.ndarray,
               backend: str | HCFactory, min_confidence: float,
-              base_t_camera: np.ndarray | None = None) -> str:
+              base_t_camera: np.ndarray | None = None, robot_occlusion: bool = True,
+              template_depth: np.ndarray | None = None) -> str:
     """sha256 of every input that decides the tracks of ``episode``."""
     h = hashlib.sha256()
     h.update(f"v{TRACK_CACHE_VERSION}|{_backend_id(backend)}|{min_confidence!r}|{episode.name}|".encode())
-    if base_t_camera is not None:
+    if base_t_camera is not None and robot_occlusion:
         from atk_perception.robot_occlusion import RobotOcclusionConfig
 
         h.update(b"robot-aware|" + np.ascontiguousarray(base_t_camera, np.float64).tobytes())
         h.update(repr(RobotOcclusionConfig()).encode())
+    if base_t_camera is not None and template_depth is not None:
+        from atk_perception.table_search import TableSearchParams
+
+        h.update(b"table-search|" + np.ascontiguousarray(base_t_camera, np.float64).tobytes())
+        h.update(np.ascontiguousarray(template_depth, np.float32).tobytes())
+        h.update(repr(TableSearchParams()).encode())
     h.update(str(template_image.shape).encode())
     h.update(np.ascontiguousarray(template_image).tobytes())
     h.update(np.ascontiguousarray(candidates, dtype=np.float32).tobytes())
@@ -269,22 +293,26 @@ def cache_key(episode: Episode, template_image: np.ndarray, candidates: np.ndarr
 
 
 def _worker(args: tuple) -> TrackedEpisode:
-    episode, template_image, candidates, backend, min_conf, base_t_camera = args
+    episode, template_image, candidates, backend, min_conf, base_t_camera, robot_occlusion, template_depth = args
     return propagate_episode(episode, template_image, candidates, make_correspondence(backend), min_conf,
-                             base_t_camera=base_t_camera)
+                             base_t_camera=base_t_camera, robot_occlusion=robot_occlusion,
+                             template_depth=template_depth)
 
 
 def propagate_dataset(episodes: Sequence[Episode], template_image: np.ndarray, candidates: np.ndarray, *,
                       backend: str | HCFactory = "cpu", min_confidence: float = 0.0, workers: int = 1,
                       cache_dir: str | Path | None = None, progress: bool = True,
-                      camera_extrinsics: str | Path | None = None) -> list[TrackedEpisode]:
+                      camera_extrinsics: str | Path | None = None, robot_occlusion: bool = True,
+                      template_depth: np.ndarray | None = None) -> list[TrackedEpisode]:
     """Algorithm 1 over a dataset; returns TrackedEpisodes in the order of ``episodes``.
 
     workers > 1 runs episodes in that many processes (spawned, so h_C
     backends need no fork-safety); episodes and ``backend`` must then be
     picklable. Cached episodes are loaded instead of recomputed.
     camera_extrinsics: atk-calibrate's file (camera pose in the robot base
-    frame) for robot-aware occlusion; None: off.
+    frame) for robot-aware occlusion (``robot_occlusion``) and, with the
+    canonical frame's ``template_depth`` (H, W) metres, h_C's table search;
+    None: both off.
     """
     from tqdm import tqdm
 
@@ -310,7 +338,8 @@ def propagate_dataset(episodes: Sequence[Episode], template_image: np.ndarray, c
     results: list[TrackedEpisode | None] = [None] * len(episodes)
     todo: list[tuple[int, str | None]] = []
     for i, ep in enumerate(episodes):
-        key = cache_key(ep, template_image, candidates, backend, min_confidence, base_t_camera) if cache else None
+        key = (cache_key(ep, template_image, candidates, backend, min_confidence, base_t_camera, robot_occlusion,
+                         template_depth) if cache else None)
         if key and (cache / f"{key}.npz").is_file():
             results[i] = TrackedEpisode.load(cache / f"{key}.npz")
         else:
@@ -330,13 +359,14 @@ def propagate_dataset(episodes: Sequence[Episode], template_image: np.ndarray, c
         for i, key in todo:
             done(i, key, propagate_episode(episodes[i], template_image, candidates,
                                            make_correspondence(backend), min_confidence, progress=progress,
-                                           base_t_camera=base_t_camera))
+                                           base_t_camera=base_t_camera, robot_occlusion=robot_occlusion,
+                                           template_depth=template_depth))
     else:
         # workers end with this process (a killed run must not leave them propagating)
         with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
                                  initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
             futs = {pool.submit(_worker, (episodes[i], template_image, candidates, backend, min_confidence,
-                                          base_t_camera)):
+                                          base_t_camera, robot_occlusion, template_depth)):
                     (i, key) for i, key in todo}
             from concurrent.futures import as_completed
 

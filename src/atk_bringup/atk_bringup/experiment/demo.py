@@ -212,11 +212,12 @@ def make_env(cfg: DemoConfig):
 
 
 def lacks_depth(bag: Path) -> bool:
-    """True when the bag holds no depth image (recorded by a run that asked for no depth method)."""
+    """True when the bag holds no depth stream (recorded by a run that asked for no depth method: at
+    most the first frame's depth image, for h_C's table search)."""
     from atk_policy.bags import BagTopics, inspect_bag
 
     want = BagTopics().depth.strip("/")
-    return not any(t.name.strip("/").endswith(want) and t.count > 0 for t in inspect_bag(bag).topics)
+    return not any(t.name.strip("/").endswith(want) and t.count > 1 for t in inspect_bag(bag).topics)
 
 
 def rerecord_without_depth(cfg: DemoConfig, paths: Sequence[Path], what: str) -> set[Path]:
@@ -312,9 +313,11 @@ def training_inputs(cfg: DemoConfig, seed: int) -> tuple[DataSource, ATKConfig, 
     config = ATKConfig(
         candidates=CandidateConfig(num_candidates=cfg.candidates),
         # the oracle h_C knows occlusion already: no robot-aware wrapper around it
+        # the simulator's camera pose stands in for the cell's hand-eye calibration: h_C's table search
+        # (and robot-aware occlusion, if asked for)
         propagation=PropagationConfig(backend=cfg.h_c, workers=cfg.propagation_workers, camera_extrinsics=(
-            str(write_sim_extrinsics(cfg.out / "camera_extrinsics.yaml"))
-            if cfg.robot_occlusion and cfg.h_c != "oracle" else "")),
+            str(write_sim_extrinsics(cfg.out / "camera_extrinsics.yaml")) if cfg.h_c != "oracle" else ""),
+            robot_occlusion=cfg.robot_occlusion),
         model=ModelConfig(action_mode=cfg.action_mode, chunk=cfg.chunk),
         train=TrainConfig(steps=cfg.steps, seed=seed, keypoint_noise_px=cfg.keypoint_noise_px,
                           warmup_steps=min(TrainConfig().warmup_steps, cfg.steps)),
@@ -461,8 +464,18 @@ def keypoint_agent(model_dir: Path, h_c: str = "cpu", env=None, bags: Path | Non
         hc = oracle_correspondence(env, bags, task)
     else:
         hc = make_correspondence(h_c)
+        template = load_model_template(model_dir)
+        set_geometry = getattr(hc, "set_template_geometry", None)
+        if template.depth is not None and set_geometry is not None:
+            # the simulator's camera pose stands in for the cell's extrinsics file (the tracker node's
+            # camera_extrinsics): h_C's table search with the model's template depth
+            from atk_perception.table_search import TemplateGeometry
+
+            cam = camera if camera is not None else sim_camera(*template.size)
+            set_geometry(template.image, TemplateGeometry(template.depth, cam.k, cam.base_t_camera))
         if camera is not None:
             hc = RobotAwareTracker(hc, camera)
+        return KeypointAgent(load_policy(model_dir), hc, template)
     return KeypointAgent(load_policy(model_dir), hc, load_model_template(model_dir))
 
 
@@ -536,8 +549,8 @@ def ros_graph_episodes(cfg: DemoConfig, models: dict[int, Path]) -> list[dict]:
             run_graph_episodes(model_dir=model_dir, task=cfg.task, seeds=todo, perturbations=CONDITIONS["RP"],
                                width=cfg.width, height=cfg.height, timeout_s=cfg.ros_timeout_s,
                                log_dir=cfg.out / "ros" / f"seed{ts}", stall_s=cfg.stall_s, on_result=record,
-                               camera_extrinsics=(write_sim_extrinsics(cfg.out / "camera_extrinsics.yaml")
-                                                  if cfg.robot_occlusion else None))
+                               camera_extrinsics=write_sim_extrinsics(cfg.out / "camera_extrinsics.yaml"),
+                               robot_occlusion=cfg.robot_occlusion)
     return [r for r in results if r["seed"] in scenes and r["train_seed"] in models]
 
 

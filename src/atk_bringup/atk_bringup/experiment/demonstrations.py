@@ -103,7 +103,9 @@ def _record(env, out_dir: str | Path, agent, *, task: str, seed: int, perturbati
     post_steps = int(round(after_success_s * float(env.config.control_hz)))
     post = 0
     streak = None if agent is None else HoldStreak(agent, stall_steps)
-    writer = EpisodeBagWriter(out_dir, with_depth=with_depth, namespace=namespace)
+    # depth: every frame with_depth; otherwise the first frame's only (a template taken from this
+    # episode then has its depth: h_C's table search, table_search.py)
+    writer = EpisodeBagWriter(out_dir, with_depth=True, namespace=namespace)
     # the privileged ground truth of every written frame (sim.ground_truth's
     # sidecar), for the simulation-only oracle h_C and the tracking benchmark
     truth = EpisodeRecorder(env)
@@ -122,8 +124,8 @@ def _record(env, out_dir: str | Path, agent, *, task: str, seed: int, perturbati
                 break  # stuck holding: an operator would stop here (see record_relabelled_episode)
             writer.write_image(stamp, obs.rgb, info)
             truth.add(obs.rgb)
-            if with_depth:
-                writer.write_depth(stamp, obs.depth_mm)
+            if with_depth or steps == 0:
+                writer.write_depth(stamp, obs.depth_mm if obs.depth_mm.size else env.render_depth_mm())
             writer.write_joint_state(stamp, obs.joint_positions)
             writer.write_command(stamp, action[:6], float(np.clip(action[6], 0.0, 1.0)))
             obs = env.step(executed)

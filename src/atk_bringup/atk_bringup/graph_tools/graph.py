@@ -262,7 +262,10 @@ DEPLOY = Graph(
                        ("cpu", "cotracker")),
         LaunchArgument("camera_extrinsics", "", "Camera pose in the robot base frame (atk-calibrate's YAML; "
                        "atk-demo writes the simulator's as <run>/camera_extrinsics.yaml): the tracker then "
-                       "predicts the keypoints the robot covers. Empty: off."),
+                       "predicts the keypoints the robot covers (robot_occlusion) and, with a model trained on "
+                       "bags with depth, transfers the objects on the table in 3D. Empty: off."),
+        LaunchArgument("robot_occlusion", "true", "With camera_extrinsics: the tracker predicts the keypoints "
+                       "the robot covers from the joint states.", BOOL_CHOICES),
         _CAMERA_ARG,
         _VIDEO_ARG,
         _task_arg(_WITH_SIM),
@@ -278,7 +281,8 @@ DEPLOY = Graph(
         _camera_node(),
         NodeSpec("atk_perception", "tracker_node", "tracker", ("tracker.yaml",),
                  (ParamFromArg("model_dir", "model"), ParamFromArg("backend", "tracker_backend"),
-                  ParamFromArg("extrinsics_file", "camera_extrinsics"), _SIM_TIME), (),
+                  ParamFromArg("extrinsics_file", "camera_extrinsics"),
+                  ParamFromArg("robot_occlusion", "robot_occlusion", "bool"), _SIM_TIME), (),
                  (), "Tracks the model's selected keypoints in the camera frames."),
         NodeSpec("atk_policy", "policy_node", "policy", ("policy.yaml",),
                  (ParamFromArg("model_dir", "model"), _SIM_TIME), (), (),

@@ -65,17 +65,19 @@ class StallWatch:
 
 def run_graph_episode(*, model_dir: Path, task: str, seed: int, perturbations: Sequence[str],
                       width: int, height: int, timeout_s: float, log_dir: Path,
-                      stall_s: float = 5.0, camera_extrinsics: Path | None = None) -> dict:
+                      stall_s: float = 5.0, camera_extrinsics: Path | None = None,
+                      robot_occlusion: bool = True) -> dict:
     """One episode in a graph of its own: :func:`run_graph_episodes` with one seed."""
     return run_graph_episodes(model_dir=model_dir, task=task, seeds=[seed], perturbations=perturbations,
                               width=width, height=height, timeout_s=timeout_s, log_dir=log_dir,
-                              stall_s=stall_s, camera_extrinsics=camera_extrinsics)[0]
+                              stall_s=stall_s, camera_extrinsics=camera_extrinsics,
+                              robot_occlusion=robot_occlusion)[0]
 
 
 def run_graph_episodes(*, model_dir: Path, task: str, seeds: Sequence[int], perturbations: Sequence[str],
                        width: int, height: int, timeout_s: float, log_dir: Path, stall_s: float = 5.0,
                        on_result: Callable[[dict], None] | None = None,
-                       camera_extrinsics: Path | None = None) -> list[dict]:
+                       camera_extrinsics: Path | None = None, robot_occlusion: bool = True) -> list[dict]:
     """Starts the deploy graph once and runs one episode per seed in it, as an
     operator resets the scene between trials (start-up costs ~30 s; an episode
     at most 30 s). ``timeout_s``: wall-time limit of one episode.
@@ -99,8 +101,8 @@ def run_graph_episodes(*, model_dir: Path, task: str, seeds: Sequence[int], pert
     log_path = log_dir / f"graph_seed{seeds[0]}.log"
     cmd = ["atk-graph", "deploy", "sim:=true", f"model:={model_dir}", f"task:={task}", f"seed:={seeds[0]}",
            f"sim_width:={width}", f"sim_height:={height}", "log_level:=warn"]
-    if camera_extrinsics is not None:  # the tracker's robot model (robot-aware occlusion)
-        cmd.append(f"camera_extrinsics:={camera_extrinsics}")
+    if camera_extrinsics is not None:  # the tracker's camera pose: table search, robot-aware occlusion
+        cmd += [f"camera_extrinsics:={camera_extrinsics}", f"robot_occlusion:={str(robot_occlusion).lower()}"]
     with open(log_path, "w") as log:
         graph = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                  env=os.environ.copy())

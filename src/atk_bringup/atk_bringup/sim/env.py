@@ -325,18 +325,27 @@ class SimEnv:
             r.update_scene(self._data, camera=self._index.camera)
             rgb = r.render().copy()
             if self.render_depth:
-                # same scene, second pass reading the depth buffer (no scene update needed)
-                r.enable_depth_rendering()
-                z = r.render()
-                r.disable_depth_rendering()
-                depth = np.where((z > 0) & (z < c.max_depth_m), np.round(z * 1000.0), 0)
-                depth = np.clip(depth, 0, _DEPTH_MAX_MM).astype(np.uint16)
+                depth = self.render_depth_mm()
             else:
                 depth = np.zeros((0, 0), np.uint16)
         else:
             rgb, depth = np.zeros((0, 0, 3), np.uint8), np.zeros((0, 0), np.uint16)
         self.last_observation = Observation(rgb, depth, self.joint_positions(), float(self._data.time))
         return self.last_observation
+
+    def render_depth_mm(self) -> np.ndarray:
+        """(H, W) uint16 depth (mm, 0 = no reading) of the current state, whatever ``render_depth`` says
+        (the frames of a run without depth can still record the first frame's)."""
+        self._require()
+        if self._renderer is None:
+            raise ValueError("rendering is off (SimConfig.render=False)")
+        r = self._renderer
+        r.update_scene(self._data, camera=self._index.camera)
+        r.enable_depth_rendering()
+        z = r.render()
+        r.disable_depth_rendering()
+        depth = np.where((z > 0) & (z < self.config.max_depth_m), np.round(z * 1000.0), 0)
+        return np.clip(depth, 0, _DEPTH_MAX_MM).astype(np.uint16)
 
     def render_segmentation(self) -> np.ndarray:
         """(H, W) int32 body id seen at each pixel (-1 = nothing)."""

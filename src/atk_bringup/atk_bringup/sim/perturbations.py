@@ -115,12 +115,10 @@ def apply_rb(m: mujoco.MjModel, idx: ModelIndex, rng: np.random.Generator,
 PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
-def load_photos(folder, size: int) -> list[np.ndarray]:
-    """Every photograph in ``folder`` (sorted by name; PHOTO_SUFFIXES), centre-
-    cropped square and resized to ``size`` x ``size`` RGB uint8, flipped
-    vertically for MuJoCo's texture rows. ValueError naming the folder when it
-    is missing, holds no image, or an image cannot be read."""
-    import cv2
+def photo_files(folder) -> list:
+    """The photographs in ``folder`` (paths sorted by name; PHOTO_SUFFIXES),
+    without reading them. ValueError naming the folder when it is missing or
+    holds no image."""
     from pathlib import Path
 
     d = Path(folder).expanduser()
@@ -129,8 +127,18 @@ def load_photos(folder, size: int) -> list[np.ndarray]:
     files = sorted(f for f in d.iterdir() if f.suffix.lower() in PHOTO_SUFFIXES and f.is_file())
     if not files:
         raise ValueError(f"backgrounds: no photographs ({', '.join(PHOTO_SUFFIXES)}) in {d}")
+    return files
+
+
+def load_photos(folder, size: int) -> list[np.ndarray]:
+    """Every photograph in ``folder`` (:func:`photo_files`), centre-cropped
+    square and resized to ``size`` x ``size`` RGB uint8, flipped vertically
+    for MuJoCo's texture rows. ValueError naming the folder when it is
+    missing, holds no image, or an image cannot be read."""
+    import cv2
+
     out = []
-    for f in files:
+    for f in photo_files(folder):
         img = cv2.imread(str(f), cv2.IMREAD_COLOR)
         if img is None:
             raise ValueError(f"backgrounds: cannot read {f} as an image")

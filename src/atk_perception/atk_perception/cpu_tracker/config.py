@@ -114,6 +114,18 @@ class CpuTrackerConfig:
     """Confidence is also scaled by min(1, (score - best score elsewhere) / this): a look-alike elsewhere makes the answer doubtful."""
     search_better_by: float = 0.03
     """The search replaces a cluster's SIFT fit only when its score beats the NCC of the template region at the SIFT fit by this."""
+    table_search: bool = True
+    """With the template frame's depth and the camera's pose (``set_template_geometry``), objects standing on the table are searched for by their top faces, turned about the vertical and moved on the table with the camera's perspective (table_search.py); their points, side faces included, move with them. Without that geometry (a photograph, no calibration) nothing changes."""
+    table_work_size_px: float = 40.0
+    """The table search's coarse stage runs on images scaled so that the top face is about this big."""
+    table_step_deg: float = 7.5
+    """Yaw step of the table search's coarse stage."""
+    table_sift_agree_px: float = 1.5
+    """An object whose points SIFT placed confidently (``table_sift_confidence``) with at least 4 matched points fitting one affine map within this (median) keeps the SIFT placement."""
+    table_accept_confidence: float = 0.5
+    """An object the table search places with less confidence also gets the flat search; each point keeps the more confident placement."""
+    table_sift_confidence: float = 0.5
+    """Mean SIFT confidence of an object's matched points at or above which SIFT's placement is kept (with ``table_sift_agree_px``)."""
     search_turn_margin: float = 0.1
     """Coarse-score margin of the best turn over any turn more than 25 degrees away at the same place at or above which the turn is unambiguous (confidence scales down linearly below it: a round plate's points turned about its centre must not be confident)."""
 
@@ -180,6 +192,11 @@ class CpuTrackerConfig:
         need(self.search_margin > 0, "search_margin", "must be > 0")
         need(0 <= self.search_better_by <= 1, "search_better_by", "must be in [0, 1]")
         need(self.search_turn_margin > 0, "search_turn_margin", "must be > 0")
+        need(self.table_work_size_px >= 8, "table_work_size_px", "must be >= 8")
+        need(0 < self.table_step_deg <= 45, "table_step_deg", "must be in (0, 45]")
+        need(self.table_sift_agree_px >= 0, "table_sift_agree_px", "must be >= 0")
+        need(0 <= self.table_sift_confidence <= 1, "table_sift_confidence", "must be in [0, 1]")
+        need(0 <= self.table_accept_confidence <= 1, "table_accept_confidence", "must be in [0, 1]")
 
     @classmethod
     def field_names(cls) -> list[str]:

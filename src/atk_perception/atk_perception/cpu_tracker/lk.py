@@ -76,6 +76,10 @@ class CpuTracker(Correspondence):
         self._frames_since_anchor = 0
         self._frame = 0
         self._pending: tuple | None = None  # (gray, tracked, visible, features) of a split re-anchoring
+        # the template frame's depth and the camera (set_template_geometry): objects on the
+        # table are then searched for as 3D objects (table_search.py)
+        self._geometry_image: np.ndarray | None = None
+        self._geometry = None
         self.last_anchor: AnchorResult | None = None
         """Diagnostics of the latest re-anchoring (None before the first)."""
         self.last_anchor_delay_frames = 0
@@ -130,6 +134,31 @@ class CpuTracker(Correspondence):
             return self._executor.submit(fn, *args)
 
     # ------------------------------------------------------------------ transfer
+    def set_template_geometry(self, template_image: np.ndarray | None, geometry=None) -> bool:
+        """What the robot knows about a template frame: ``geometry`` (table_search.TemplateGeometry:
+        its depth, the camera's K and pose in the robot base frame) for ``template_image``
+        (H, W, 3) uint8. Later transfers from that very image search the objects standing on the
+        table by their top faces, with yaw and perspective (``cfg.table_search``); transfers from
+        any other image, or after ``set_template_geometry(None)``, do as before. Returns whether it
+        will be used."""
+        if template_image is None or geometry is None:
+            self._geometry_image, self._geometry = None, None
+            return False
+        img = np.asarray(template_image)
+        if img.shape[:2] != geometry.depth_m.shape:
+            raise CorrespondenceError(f"template geometry: depth {geometry.depth_m.shape} does not match the "
+                                      f"template image {img.shape[:2]}")
+        self._geometry_image, self._geometry = img.copy(), geometry
+        return bool(self.cfg.search and self.cfg.table_search)
+
+    def _table_geometry(self, template_image: np.ndarray):
+        """The geometry set for ``template_image``, or None."""
+        g, ref = self._geometry, self._geometry_image
+        if g is None or ref is None or not (self.cfg.search and self.cfg.table_search):
+            return None
+        img = np.asarray(template_image)
+        return g if img.shape == ref.shape and np.array_equal(img, ref) else None
+
     def transfer(self, template_image: np.ndarray, template_points: np.ndarray,
                  image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Map ``template_points`` (N, 2) on ``template_image`` onto ``image``.
@@ -158,15 +187,61 @@ class CpuTracker(Correspondence):
             ic = image if image.ndim == 3 and image.shape[2] == 3 else g
             if tc.ndim != ic.ndim:
                 tc, ic = tg, g
-            self._search_clusters(tc, pts, ic, res, out, conf)
+            placed = np.zeros(len(pts), bool)
+            geometry = self._table_geometry(template_image)
+            if geometry is not None and tc.ndim == 3:
+                placed = self._search_table(tc, pts, ic, geometry, res, out, conf)
+            # objects the table search did not place confidently also get the flat search; each
+            # point keeps the more confident of the two placements
+            doubtful = placed & (conf < self.cfg.table_accept_confidence)
+            table_out, table_conf = out[doubtful].copy(), conf[doubtful].copy()
+            self._search_clusters(tc, pts, ic, res, out, conf, skip=placed & ~doubtful)
+            keep = table_conf >= conf[doubtful]
+            idx = np.flatnonzero(doubtful)[keep]
+            out[idx], conf[idx] = table_out[keep], table_conf[keep]
         inside = (out[:, 0] >= 0) & (out[:, 0] <= w - 1) & (out[:, 1] >= 0) & (out[:, 1] <= h - 1)
         conf[~inside] = 0.0
         out[:, 0] = np.clip(out[:, 0], 0, w - 1)
         out[:, 1] = np.clip(out[:, 1], 0, h - 1)
         return out, conf.astype(np.float32)
 
+    def _search_table(self, template: np.ndarray, pts: np.ndarray, image: np.ndarray, geometry,
+                      res: AnchorResult, out: np.ndarray, conf: np.ndarray) -> np.ndarray:
+        """Objects standing on the table under ``pts`` (N, 2), searched with the template geometry
+        (table_search.py); updates ``out`` (N, 2) and ``conf`` (N,) in place for the points of the
+        objects it places. Returns (N,) bool: the points it placed.
+
+        An object whose points SIFT placed confidently and consistently (at least 4 matched points,
+        their mean confidence at least ``table_sift_confidence``, and one affine map fitting them
+        within ``table_sift_agree_px`` median residual) keeps the SIFT placement.
+        """
+        from atk_perception.table_search import TableSearchParams, search_on_table
+
+        cfg = self.cfg
+        placed = np.zeros(len(pts), bool)
+        params = TableSearchParams(work_size_px=cfg.table_work_size_px, coarse_step_deg=cfg.table_step_deg)
+        for r in search_on_table(template, pts, image, geometry, params):
+            m = r.members
+            found = res.found[m]
+            if found.sum() >= 4 and float(conf[m][found].mean()) >= cfg.table_sift_confidence:
+                a_sift, _ = cv2.estimateAffine2D(pts[m][found], out[m][found], method=cv2.LMEDS)
+                if a_sift is not None and np.all(np.isfinite(a_sift)):
+                    fit = pts[m][found] @ a_sift[:, :2].T + a_sift[:, 2]
+                    if float(np.median(np.linalg.norm(fit - out[m][found], axis=1))) <= cfg.table_sift_agree_px:
+                        placed[m] = True   # SIFT placed them consistently: keep its placement
+                        continue
+            appearance = float(np.clip((r.score - cfg.search_ncc_min) / (cfg.search_ncc_full - cfg.search_ncc_min),
+                                       0, 1))
+            unique = float(np.clip(r.place_lead / cfg.search_margin, 0, 1))
+            turn = float(np.clip(r.turn_lead / cfg.search_turn_margin, 0, 1))
+            out[m] = r.points.astype(np.float32)
+            conf[m] = appearance * unique * turn
+            placed[m] = True
+        return placed
+
     def _search_clusters(self, template: np.ndarray, pts: np.ndarray, image: np.ndarray,
-                         res: AnchorResult, out: np.ndarray, conf: np.ndarray) -> None:
+                         res: AnchorResult, out: np.ndarray, conf: np.ndarray,
+                         skip: np.ndarray | None = None) -> None:
         """Appearance search per small cluster of ``pts`` (N, 2); updates ``out`` (N, 2) and ``conf`` (N,) in place.
 
         A cluster's search result replaces its SIFT fit when its template
@@ -184,7 +259,9 @@ class CpuTracker(Correspondence):
                               prefilter_places=cfg.search_prefilter_places,
                               stretches=(1.0 / st, 1.0, st) if st > 1.0 else (1.0,),
                               work_size_px=cfg.search_work_size_px)
-        for members in cluster_points(pts, cfg.search_link_frac * side):
+        todo = np.flatnonzero(~skip) if skip is not None else np.arange(len(pts))
+        for sub in cluster_points(pts[todo], cfg.search_link_frac * side) if len(todo) else []:
+            members = todo[sub]
             if len(members) < 3:
                 continue
             mask = region_mask(pts[members], (h, w), params.grow_px)

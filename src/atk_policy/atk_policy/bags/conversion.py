@@ -152,6 +152,7 @@ def _convert_bag(bag: Path, cfg: BagConversionConfig, store: Typestore,
     caminfo: Any = None
     caminfo_sizes: set[tuple[int, int]] = set()
     depth_count = 0
+    depth_at: list[tuple[int, int]] = []   # (stamp ns, log time ns) of each depth image
     depth_keys: list[tuple[int, int]] = []
     depth_stamps: list[int] = []
     depth_sizes: set[tuple[int, int]] = set()
@@ -198,6 +199,7 @@ def _convert_bag(bag: Path, cfg: BagConversionConfig, store: Typestore,
                 caminfo_sizes.add((int(msg.width), int(msg.height)))
             elif key == "depth":
                 depth_count += 1
+                depth_at.append((stamp, log_ts))
                 r = depth_rank.get(log_ts, 0)
                 depth_rank[log_ts] = r + 1
                 depth_keys.append((log_ts, r))
@@ -339,13 +341,19 @@ def _convert_bag(bag: Path, cfg: BagConversionConfig, store: Typestore,
         "label": None if label is None else label.to_dict(),
         "depth_messages": depth_count,
     }
+    if depth_at:
+        # the depth image of the first frame (the canonical frame's, when this episode gives it)
+        t0 = int(img_t_ns[sel[0]])
+        d_stamp, d_log = min(depth_at, key=lambda d: abs(d[0] - t0))
+        if abs(d_stamp - t0) <= tol * 1e9:
+            meta["depth_first"] = {"topic": chosen["depth"].name, "log_ts": int(d_log), "stamp_ns": int(d_stamp)}
     if caminfo is not None:
         meta["camera_info"] = {"width": int(caminfo.width), "height": int(caminfo.height),
                                "frame_id": caminfo.header.frame_id,
                                "distortion_model": caminfo.distortion_model,
                                "k": [float(x) for x in caminfo.k], "d": [float(x) for x in caminfo.d]}
     depth = None
-    if depth_keys:
+    if len(depth_keys) > 1:   # one depth image is the first frame's (depth_first), not a depth stream
         depth = _depth_frames(bag, cfg, chosen["depth"], depth_keys, depth_stamps, depth_sizes, depth_encodings,
                               image_size, q[sel], notes)
     meta["depth"] = depth is not None

@@ -69,6 +69,21 @@ def decode_depth(msg: Any) -> np.ndarray:
     return np.where(mm <= 65535, mm, 0).astype(np.uint16)
 
 
+def read_depth(bag: str | os.PathLike, topic: str, log_ts: int, distro: str = "kilted") -> np.ndarray:
+    """The depth image (H, W) float32 metres logged on ``topic`` at ``log_ts`` ns in ``bag``."""
+    from .common import IMAGE_TYPE
+
+    store = make_typestore(distro)  # type: ignore[arg-type]
+    reader = open_reader(Path(bag))
+    try:
+        for _conn, ts, data in raw_messages(reader, {topic: IMAGE_TYPE}, log_ts, log_ts + 1):
+            if ts == log_ts:
+                return decode_depth(store.deserialize_cdr(data, IMAGE_TYPE)).astype(np.float32) / np.float32(1000.0)
+    finally:
+        reader.close()
+    raise BagError(f"{bag}: no depth image on {topic} at log time {log_ts} ns; was the bag modified?")
+
+
 class _FrameCache:
     """Decoded frames of every BagFrames in the process, least recently used evicted.
 
