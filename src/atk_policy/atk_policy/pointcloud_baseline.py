@@ -34,6 +34,9 @@ predicts the action in the same action space, chunks and normalisation.
 Artifact kind "atk-pointcloud-policy".
 
 Shapes: points (B, P, 3) float metres, camera frame; proprio (B, 7); actions (B, 7).
+Cost: 600 steps x 32 (the default) with input preparation took 52.8 CPU-s on
+8 simulated sushi demos (320x240, 627 frames), the RGB baseline's 600 x 64
+53.5 CPU-s; per step, a batch of 64 clouds costs about twice 64 images.
 """
 from __future__ import annotations
 

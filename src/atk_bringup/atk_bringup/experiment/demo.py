@@ -723,7 +723,8 @@ def write_report(cfg: DemoConfig, table: dict[str, dict[str, CellStats]], extra:
         f"Rows \"(CPU h_C)\": keypoints from the CPU tracker, as deployed on the robot. Rows \"(oracle h_C)\": "
         f"keypoints from the simulator's ground truth (PRIVILEGED, SIMULATION-ONLY; the paper's simulator "
         f"protocol): with --h-c cpu the same ATK models evaluated with true keypoints, with --h-c oracle "
-        f"trained (propagation) and evaluated with them.\n\n{md}\n\n{more}"
+        f"trained (propagation) and evaluated with them. Rows without an h_C (RGB, Depth, Pointcloud) act on the "
+        f"camera's colour or depth image, without keypoints.\n\n{md}\n\n{more}"
         f"Run settings: `{json.dumps(extra.get('config', {}))}`\n")
     (cfg.out / "results.csv").write_text(table_csv(table, conds))
     return md
