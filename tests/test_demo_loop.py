@@ -24,6 +24,11 @@ REAL_RECORDING_TOPICS = {
 }
 
 
+# pytest.ini's 300 s per test would also bound the shared quick run (set up by the first test);
+# the run has its own limit, DEMO_TIMEOUT_S
+pytestmark = pytest.mark.timeout(DEMO_TIMEOUT_S + 60)
+
+
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("demo") / "run"
@@ -69,7 +74,10 @@ def test_demonstrations_are_bags_like_real_recordings(quick_run):
     for bag in bags:
         info = inspect_bag(bag)
         topics = {t.name.lstrip("/"): t.msgtype for t in info.topics}
-        assert topics == REAL_RECORDING_TOPICS, f"{bag.name}: {topics}"
+        # and the first frame's depth (the canonical frame's, for h_C's table search)
+        assert topics == {**REAL_RECORDING_TOPICS, "camera/depth/image_raw": "sensor_msgs/msg/Image"}, \
+            f"{bag.name}: {topics}"
+        assert {t.name.lstrip("/"): t.count for t in info.topics}["camera/depth/image_raw"] == 1
         assert (bag / "metadata.yaml").is_file() and (bag / "episode.yaml").is_file()
         assert (bag / "ground_truth.npz").is_file()   # the simulator's truth, for the oracle h_C
 

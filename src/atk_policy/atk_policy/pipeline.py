@@ -347,7 +347,8 @@ def _train(source: DataSource, cfg: ATKConfig, baselines: BaselineConfig, out: P
         base_err["fullset"] = res.fullset.fit.val_mse
         runs["fullset"] = res.fullset.fit.history
         if main_rank:
-            save_policy(out / "baselines" / "fullset", res.fullset.policy, canonical, config=cfg, template_depth=canonical_d)
+            save_policy(out / "baselines" / "fullset", res.fullset.policy, canonical, config=cfg,
+                        template_depth=canonical_d)
     tr_ids, va_ids = split_episodes(len(tracks.names), cfg.train.val_fraction, cfg.train.seed)
     train_set, val_set = tracks.subset_episodes(tr_ids), (tracks.subset_episodes(va_ids) if va_ids else None)
     if "random" in baselines.names:
@@ -357,7 +358,8 @@ def _train(source: DataSource, cfg: ATKConfig, baselines: BaselineConfig, out: P
         base_err["random"] = r.fit.val_mse
         runs["random"] = r.fit.history
         if main_rank:
-            save_policy(out / "baselines" / "random", r.policy, canonical, config=cfg, template_depth=canonical_d)
+            save_policy(out / "baselines" / "random", r.policy, canonical, config=cfg,
+                        template_depth=canonical_d)
     if "manual" in baselines.names:
         names, pts = load_manual_points(baselines.manual_points, image_size)
         mts = TrackSet.from_tracked(propagate(pts), image_size)
