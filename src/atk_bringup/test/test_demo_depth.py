@@ -123,7 +123,7 @@ def image_models(tmp_path_factory) -> dict[str, Path]:
     template = np.zeros((H, W, 3), np.uint8)
     k = sim_model.camera_intrinsics(W, H)
     save_rgb_policy(d / "rgb", RGBPolicy(RGBConfig(), _norm(), (W, H)), template)
-    save_depth_policy(d / "depth", DepthPolicy(DepthConfig(), _norm(), (W, H), 0.9, 0.2), template)
+    save_depth_policy(d / "depth", DepthPolicy(DepthConfig(), _norm(), (W, H)), template)
     save_pointcloud_policy(d / "pointcloud", PointcloudPolicy(
         PointcloudConfig(), _norm(), (W, H), Intrinsics(tuple(k.reshape(-1)), W, H)), template)
     return {"RGB": d / "rgb", "Depth": d / "depth", "Pointcloud": d / "pointcloud"}

@@ -28,7 +28,8 @@ def test_the_demo_trains_as_atk_train_would(tmp_path, changes, flags):
             "--candidates", str(cfg.candidates), "--steps", str(cfg.steps), "--seed", "3",
             "--track-cache", str(tmp_path / "cache" / "tracks"), "--baselines", ",".join(names),
             "--rgb-steps", str(cfg.rgb_steps), "--depth-steps", str(cfg.depth_steps),
-            "--pointcloud-steps", str(cfg.pointcloud_steps), "--action-mode", cfg.action_mode, "--chunk", str(cfg.chunk),
+            "--pointcloud-steps", str(cfg.pointcloud_steps), "--action-mode", cfg.action_mode,
+            "--chunk", str(cfg.chunk),
             "--keypoint-noise", str(cfg.keypoint_noise_px), "--workers", str(cfg.propagation_workers),
             "--backend", cfg.h_c] + flags
     if cfg.h_c != "oracle":   # the simulator's camera pose: the table search, and robot occlusion if asked

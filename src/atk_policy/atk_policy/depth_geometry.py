@@ -127,3 +127,37 @@ def sample_points(points: np.ndarray, n: int, rng: np.random.Generator) -> np.nd
     else:
         idx = np.concatenate([rng.permutation(p), rng.integers(0, p, size=n - p)])
     return np.asarray(points[idx], np.float32)
+
+
+def fit_plane(points: np.ndarray, inlier_m: float, rng: np.random.Generator,
+              iterations: int = 200) -> tuple[np.ndarray, float, float]:
+    """The dominant plane of ``points`` (P, 3) by RANSAC, refined by least squares on its inliers.
+
+    Returns (normal (3,) unit, offset d, inlier share): n . X + d = 0 on the
+    plane, oriented so that the camera (the origin) is on the positive side
+    (d > 0), i.e. n . X + d is the height above the plane towards the camera.
+    """
+    pts = np.asarray(points, np.float64).reshape(-1, 3)
+    if len(pts) < 3:
+        raise DepthInputError(f"a plane needs at least 3 points, got {len(pts)}")
+    best, best_count = None, -1
+    for _ in range(iterations):
+        p0, p1, p2 = pts[rng.choice(len(pts), 3, replace=False)]
+        n = np.cross(p1 - p0, p2 - p0)
+        norm = np.linalg.norm(n)
+        if norm < 1e-12:
+            continue
+        n /= norm
+        count = int(np.sum(np.abs(pts @ n - n @ p0) < inlier_m))
+        if count > best_count:
+            best, best_count = (n, -float(n @ p0)), count
+    if best is None:
+        raise DepthInputError("no plane: the points are collinear")
+    n, d = best
+    inliers = pts[np.abs(pts @ n + d) < inlier_m]
+    centre = inliers.mean(0)
+    n = np.linalg.svd(inliers - centre, full_matrices=False)[2][-1]
+    d = -float(n @ centre)
+    if d < 0:
+        n, d = -n, -d
+    return n, d, float(np.mean(np.abs(pts @ n + d) < inlier_m))

@@ -116,13 +116,14 @@ class BaselineConfig:
     #: each per step on a CPU core).
     rgb_steps: int = 600
     rgb_batch_size: int = 64
-    #: The depth baseline: the RGB CNN on 2 channels, about RGB's cost per step
-    #: (0.91x, interleaved measurement on the shared 2-core machine).
+    #: The depth baseline: the RGB CNN on 2 channels, about RGB's cost: 600
+    #: steps with input preparation 45.8 CPU-s against RGB's 53.5 (8 simulated
+    #: demos, 627 frames at 320x240).
     depth_steps: int = 600
     depth_batch_size: int = 64
     #: The point-cloud baseline: a PointNet on 512 points costs more per sample
     #: than the small CNN (batch 64: 2.1x RGB's step); batch 32 keeps 600 steps
-    #: at about RGB's cost (1.1x).
+    #: at about RGB's cost (52.8 CPU-s with input preparation, same data).
     pointcloud_steps: int = 600
     pointcloud_batch_size: int = 32
 

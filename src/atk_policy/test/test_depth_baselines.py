@@ -1,8 +1,9 @@
 """Depth and Pointcloud baselines (issue 13): depth read from bags, back-projection with the camera's K,
 training on a tiny recorded dataset, acting, artifacts, and the training API/CLI around them.
 
-The dataset: a box (12 x 12 px, 0.05-0.3 m in front of a table plane at
-0.8-1.0 m) moves through a 64x48 depth image and rises or sinks. The expert's
+The dataset: a box (12 x 12 px, 0.05-0.3 m in front of a tilted table plane
+0.43-1.14 m from the camera, seen from above as in the simulated cell)
+moves through a 64x48 depth image and rises or sinks. The expert's
 steps of the first three joints are functions of the box's height, those of
 the last three of its position in the image; the proprioception is constant,
 so only the depth can tell the policy what to do (predicting the mean
@@ -17,6 +18,7 @@ from types import SimpleNamespace
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from atk_policy import bags
 from atk_policy.artifact import ArtifactError
@@ -24,15 +26,18 @@ from atk_policy.bags import BagConversionConfig, CameraInfoData, EpisodeLabel, l
 from atk_policy.config import ATKConfig, TrainConfig
 from atk_policy.depth_baseline import (DepthConfig, DepthPolicy, depth_image, depth_set, load_depth_policy,
                                        save_depth_policy, train_depth)
-from atk_policy.depth_geometry import DepthInputError, Intrinsics, backproject, crop_range, sample_points
+from atk_policy.depth_geometry import DepthInputError, Intrinsics, backproject, crop_range, fit_plane, sample_points
 from atk_policy.pipeline import BaselineConfig, DataSource, PipelineError, train, train_baselines
 from atk_policy.pointcloud_baseline import (PointcloudConfig, PointSet, episode_intrinsics, load_pointcloud_policy,
-                                            save_pointcloud_policy, train_pointcloud)
+                                            save_pointcloud_policy, table_plane, train_pointcloud,
+                                            workspace_cloud)
 
 W, H, T, EPISODES = 64, 48, 20, 6
 #: fx != fy and cx, cy off-centre: swapping any two of them moves the back-projected points.
 K = CameraInfoData(W, H, (60.0, 0.0, 30.0, 0.0, 50.0, 20.0, 0.0, 0.0, 1.0))
 PROPRIO = np.array([0.1, -1.2, 1.5, -1.9, -1.6, 0.3, 0.0])
+#: The table: n . X + d = 0 in the camera frame (the simulated cell's is (0, -0.715, -0.699, 0.47)).
+TABLE = (0.0, -0.715, -0.699, 0.47)
 # tiny networks: the code paths of the defaults at a fraction of their cost
 DEPTH_CFG = DepthConfig(input_size=(32, 24), channels=(8, 16), hidden=64)
 CLOUD_CFG = PointcloudConfig(num_points=96, pool_points=192, widths=(32, 64), hidden=64)
@@ -46,8 +51,9 @@ def _box_episode(seed: int) -> tuple:
     rng = np.random.default_rng(seed)
     start, end = rng.uniform([8, 8, 0.05], [56, 40, 0.3], size=(2, 3))
     path = start + np.linspace(0, 1, T)[:, None] * (end - start)     # (T, 3): x px, y px, height m
-    depth = np.full((T, H, W), 1000, np.uint16)
-    depth -= np.arange(H, dtype=np.uint16)[::-1][None, :, None] * 4  # the table recedes towards the top
+    y = (np.arange(H) - K.k[5]) / K.k[4]                               # y / z of each image row
+    table_m = TABLE[3] / (-TABLE[1] * y - TABLE[2])                    # z of the table on that row
+    depth = np.broadcast_to(np.round(table_m * 1000)[None, :, None], (T, H, W)).astype(np.uint16)
     images = np.zeros((T, H, W, 3), np.uint8)                          # the colour camera sees nothing useful
     for t, (x, y, lift) in enumerate(path):
         x, y = int(round(x)), int(round(y))
@@ -152,6 +158,31 @@ def test_backprojection_undoes_the_lens_distortion():
                                      "distortion_model": "equidistant"})
 
 
+def test_the_table_plane_is_found_among_outliers():
+    rng = np.random.default_rng(0)
+    n = np.array(TABLE[:3]) / np.linalg.norm(TABLE[:3])
+    a = np.cross(n, [1.0, 0, 0])
+    b = np.cross(n, a)
+    on = -TABLE[3] * n + rng.uniform(-0.5, 0.5, (700, 1)) * a + rng.uniform(-0.5, 0.5, (700, 1)) * b
+    off = rng.uniform([-0.5, -0.5, 0.3], [0.5, 0.5, 1.2], (300, 3))
+    normal, d, share = fit_plane(np.concatenate([off, on]), 0.005, rng)
+    np.testing.assert_allclose(normal, n, atol=1e-3)       # oriented towards the camera: d > 0
+    assert d == pytest.approx(TABLE[3], abs=1e-3) and share == pytest.approx(0.7, abs=0.02)
+
+
+def test_the_workspace_is_the_box_without_the_table(episodes):
+    cfg = PointcloudConfig()
+    rays = episode_intrinsics(episodes).rays()
+    plane = table_plane(episodes, cfg, rays)
+    np.testing.assert_allclose(plane, TABLE, atol=2e-3)
+    _, _, depth, *_ = _box_episode(3)
+    cloud = workspace_cloud(depth[7], rays, cfg, plane)
+    assert len(cloud) == 144                                         # the 12 x 12 box: no table pixel
+    assert np.all(cloud @ np.asarray(TABLE[:3]) + TABLE[3] > 0.03)   # all of it well above the table
+    in_range = workspace_cloud(depth[7], rays, PointcloudConfig(table_margin_m=None), None)
+    assert len(in_range) == H * W - 5                                # without the plane: the table too
+
+
 def test_point_sampling_is_fixed_size_and_deterministic_with_a_seed():
     pts = np.arange(30, dtype=np.float32).reshape(10, 3)
     a = sample_points(pts, 6, np.random.default_rng(0))
@@ -192,6 +223,7 @@ def _joint_errors(pol, data) -> np.ndarray:
 def test_depth_baseline_learns_the_box_from_depth_and_acts(episodes, tmp_path):
     tr, va = _split()
     data = depth_set(episodes, DEPTH_CFG, progress=False)
+    torch.manual_seed(0)   # the weights' initialisation, whatever ran before
     pol, res = train_depth(episodes, tr, va, FIT, DEPTH_CFG, progress=False, data=data)
     assert res.history[0]["loss"] > 0.5
     assert res.train_mse < 0.7 * res.history[0]["loss"], res.history
@@ -220,12 +252,18 @@ def test_depth_baseline_learns_the_box_from_depth_and_acts(episodes, tmp_path):
 
 def test_pointcloud_baseline_learns_the_box_from_the_cloud_and_acts(episodes, tmp_path):
     tr, va = _split()
-    data = PointSet.from_episodes(episodes, CLOUD_CFG, episode_intrinsics(episodes), progress=False)
+    intr = episode_intrinsics(episodes)
+    data = PointSet.from_episodes(episodes, CLOUD_CFG, intr, table_plane(episodes, CLOUD_CFG, intr.rays()),
+                                  progress=False)
+    torch.manual_seed(0)
     pol, res = train_pointcloud(episodes, tr, va, FIT, CLOUD_CFG, progress=False, data=data)
     assert res.history[0]["loss"] > 0.5
     assert res.train_mse < 0.7 * res.history[0]["loss"], res.history
-    err = _joint_errors(pol, data)   # as for the depth baseline: the height is in the cloud
-    assert err[0] < 0.2 and err[2] < 0.2, err
+    # the height and the position are in the cloud; joint 1 (the height squared) is left out: it ended
+    # between 0.14 and 0.54 with other initial weights
+    err = _joint_errors(pol, data)
+    assert np.all(err[[0, 2, 3, 4, 5]] < 0.3), err
+    np.testing.assert_allclose(pol.plane, TABLE, atol=2e-3)
     np.testing.assert_allclose(pol.intrinsics.matrix, np.asarray(K.k).reshape(3, 3))
     cloud = pol.cloud(episodes[0].depth[0])
     assert cloud.shape == (96, 3) and cloud[:, 2].max() <= CLOUD_CFG.far_m
@@ -250,7 +288,7 @@ def test_an_edited_architecture_is_refused_before_it_is_built(episodes, tmp_path
     from atk_policy.model import Normalisation
 
     norm = Normalisation.from_data(episodes[0].proprio, episodes[0].actions)
-    save_depth_policy(tmp_path / "d", DepthPolicy(DEPTH_CFG, norm, (W, H), 0.9, 0.1), np.zeros((H, W, 3), np.uint8))
+    save_depth_policy(tmp_path / "d", DepthPolicy(DEPTH_CFG, norm, (W, H)), np.zeros((H, W, 3), np.uint8))
     doc = json.loads((tmp_path / "d" / "model.json").read_text())
     doc.pop("content_sha256")
     doc["model"]["hidden"] = 10 ** 9    # an attacker who recomputes the hash

@@ -723,7 +723,8 @@ def write_report(cfg: DemoConfig, table: dict[str, dict[str, CellStats]], extra:
         f"Rows \"(CPU h_C)\": keypoints from the CPU tracker, as deployed on the robot. Rows \"(oracle h_C)\": "
         f"keypoints from the simulator's ground truth (PRIVILEGED, SIMULATION-ONLY; the paper's simulator "
         f"protocol): with --h-c cpu the same ATK models evaluated with true keypoints, with --h-c oracle "
-        f"trained (propagation) and evaluated with them.\n\n{md}\n\n{more}"
+        f"trained (propagation) and evaluated with them. Rows without an h_C (RGB, Depth, Pointcloud) act on the "
+        f"camera's colour or depth image, without keypoints.\n\n{md}\n\n{more}"
         f"Run settings: `{json.dumps(extra.get('config', {}))}`\n")
     (cfg.out / "results.csv").write_text(table_csv(table, conds))
     return md
@@ -784,9 +785,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"methods to train and evaluate, comma-separated, or 'all' ({','.join(METHODS)}); "
                         f"ManualSelect uses the hand-picked points of config/manual_keypoints/<task>.json; "
                         f"Depth (the RGB CNN on the depth image) and Pointcloud (a PointNet on the depth "
-                        f"back-projected with the camera's K, cropped to 0.25-1.2 m) make the demonstrations "
-                        f"record depth (demos of an earlier --out without it are recorded again) and their "
-                        f"evaluation render it (default: {','.join(DEFAULT_METHODS)})")
+                        f"back-projected with the camera's K, cropped to 0.25-1.2 m and above the table) make "
+                        f"the demonstrations record depth (demos of an earlier --out without it are recorded "
+                        f"again) and their evaluation render it (default: {','.join(DEFAULT_METHODS)})")
     p.add_argument("--h-c", dest="h_c", choices=H_C_CHOICES, default="cpu",
                    help="h_C for training propagation and evaluation: 'cpu' (the tracker the robot runs; "
                         "default) or 'oracle' (PRIVILEGED, SIMULATION-ONLY true keypoints from the simulator: "
