@@ -9,7 +9,15 @@ projected). Prints the per-episode median transfer error (px), the median
 confidence, episodes under 3 px, and the time per transfer.
 
     python benchmarks/bench_transfer_sim.py [--width 320 --height 240]
-        [--objects sushi plate tamago] [--config '{"search": false}']
+        [--objects sushi plate tamago] [--config '{"search": false}'] [--geometry]
+        [--all-points 64]
+
+``--geometry``: the tracker is given the canonical frame's depth and the
+camera pose (``set_template_geometry``), as the tracker node and propagation
+do, so the transfer uses the table search (docs/perception.md, "Table search").
+``--all-points N``: besides the per-object runs, N points on the three
+objects and the table transferred in one call (the issue's 64 points at
+640x480 target: at most 1 s median); prints the median / p90 seconds.
 
 Timings are wall-clock on a shared machine (noisy).
 """
@@ -57,6 +65,25 @@ def true_pixels(env: SimEnv, body: str, pb: np.ndarray) -> np.ndarray:
     return project(env, (r @ pb.T).T + t)
 
 
+def time_all_points(env: SimEnv, obs0, hc, n: int, episodes: int) -> None:
+    """Seconds per transfer of ``n`` points (a quarter on each object, the rest on the table)."""
+    per = n // 4
+    pts = [template_points(env, obs0, b, per, seed=1)[0] for b in ("sushi", "plate", "tamago")]
+    rng = np.random.default_rng(2)
+    h, w = obs0.rgb.shape[:2]
+    rest = n - 3 * per
+    pts.append(np.stack([rng.uniform(0.1 * w, 0.9 * w, rest), rng.uniform(0.5 * h, 0.95 * h, rest)], 1))
+    pts_a = np.vstack(pts).astype(np.float32)
+    secs = []
+    for k in range(1, episodes + 1):
+        obs = env.reset("sushi", seed=10000 + k, perturbations=("RP",))
+        t = time.perf_counter()
+        hc.transfer(obs0.rgb, pts_a, obs.rgb)
+        secs.append(time.perf_counter() - t)
+    print(f"--- {n} points in one transfer, {len(secs)} RP scenes: median {np.median(secs):.2f} s, "
+          f"p90 {np.percentile(secs, 90):.2f} s, max {max(secs):.2f} s")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--width", type=int, default=320)
@@ -64,12 +91,25 @@ def main() -> None:
     ap.add_argument("--objects", nargs="+", default=["sushi", "plate", "tamago"])
     ap.add_argument("--episodes", type=int, default=10)
     ap.add_argument("--config", default="{}", help="JSON overrides of CpuTrackerConfig")
+    ap.add_argument("--geometry", action="store_true",
+                    help="give the tracker the canonical depth and camera pose (table search)")
+    ap.add_argument("--all-points", type=int, default=0,
+                    help="also time N points on the objects and the table in one transfer")
     args = ap.parse_args()
     env = SimEnv(SimConfig(width=args.width, height=args.height))
     hc = make_correspondence("cpu", **json.loads(args.config))
     obs0 = env.reset("sushi", seed=0, perturbations=("RP",))
+    if args.geometry:
+        from atk_bringup.sim.model import base_t_camera
+        from atk_perception.table_search import TemplateGeometry
+
+        used = hc.set_template_geometry(obs0.rgb, TemplateGeometry(obs0.depth_mm.astype(np.float32) / 1000.0,
+                                                                   env.intrinsics, base_t_camera()))
+        print(f"template geometry given; table search {'on' if used else 'OFF (config)'}")
     sets = {b: template_points(env, obs0, b, 12, seed=0) for b in args.objects}
     print(f"{args.width}x{args.height}, config {args.config}")
+    if args.all_points:
+        time_all_points(env, obs0, hc, args.all_points, args.episodes)
     for body in args.objects:
         print(f"--- {body} (12 points)")
         right, wrong = [], []  # median confidence of episodes <= 3 px / > 3 px
