@@ -78,6 +78,23 @@ def test_expert_succeeds_on_seeds(blind_env, task):
     assert all(results), f"{task}: expert results {results}"
 
 
+@pytest.mark.parametrize("seed", [0, 3])
+def test_button_expert_holds_the_press_after_success(blind_env, seed):
+    """The demonstrations record 1 s after success (demonstrations.after_success_s). The button
+    springs back when released, so a back-off there would show the unpressed scene with the tool
+    going up, the opposite of the press frames (the policy averaged them and hovered: issue 13)."""
+    env = blind_env
+    env.reset(task="clock_button", seed=seed, perturbations=("RP",))
+    assert run_expert(env, max_steps=200), "expert did not press the button"
+    task = env.state.task
+    z = []
+    for _ in range(10):   # 1 s at 10 Hz, as a recording goes on after success
+        env.step(env.expert_action())
+        z.append(float(env.data.site_xpos[env.state.index.tcp_site][2]))
+        assert task.success(env.model, env.data), "the button came back up after the press"
+    assert max(z) - min(z) < 0.005, f"the tool moved {max(z) - min(z):.4f} m while holding the press"
+
+
 def test_expert_recovers_from_learner_states(blind_env):
     """DAgger: after random actions (and a grasp dropped midway) the expert still succeeds."""
     env = blind_env
