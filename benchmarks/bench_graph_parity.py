@@ -53,13 +53,19 @@ def _model_size(model_dir: Path) -> tuple[int, int]:
     return w, h
 
 
-def run_graph(models: list[Path], scenes: list[int], out: Path, stall_s: float, timeout_s: float) -> None:
+def _setting(r: dict) -> bool:
+    """The robot-occlusion setting a result was measured with (results before the field: off)."""
+    return bool(r.get("robot_occlusion", False))
+
+
+def run_graph(models: list[Path], scenes: list[int], out: Path, stall_s: float, timeout_s: float,
+              robot_occlusion: bool) -> None:
     from atk_bringup.experiment.evaluation import CONDITIONS
     from atk_bringup.experiment.demo import write_sim_extrinsics
     from atk_bringup.graph_tools.ros_episode import run_graph_episodes
 
     path = out / "graph.jsonl"
-    done = {(r["model"], r["seed"]) for r in _load(path)}
+    done = {(r["model"], r["seed"]) for r in _load(path) if _setting(r) == robot_occlusion}
     with open(path, "a") as log:
         for model in models:
             todo = [s for s in scenes if (str(model), s) not in done]
@@ -68,7 +74,7 @@ def run_graph(models: list[Path], scenes: list[int], out: Path, stall_s: float, 
             w, h = _model_size(model)
 
             def record(r: dict, model: Path = model) -> None:
-                r = {"model": str(model), **r}
+                r = {"model": str(model), "robot_occlusion": robot_occlusion, **r}
                 log.write(json.dumps(r) + "\n")
                 log.flush()
                 print(f"[graph] {model.name} scene {r['seed']}: success={r['success']} steps={r['steps']} "
@@ -80,23 +86,23 @@ def run_graph(models: list[Path], scenes: list[int], out: Path, stall_s: float, 
                                stall_s=stall_s, on_result=record,
                                # the simulator's camera pose, as the in-process agent uses it (table search)
                                camera_extrinsics=write_sim_extrinsics(out / "camera_extrinsics.yaml"),
-                               robot_occlusion=False)
+                               robot_occlusion=robot_occlusion)
             print(f"[graph] {model}: {len(todo)} episodes in {time.perf_counter() - t:.0f} s", flush=True)
 
 
 def run_inprocess(models: list[Path], scenes: list[int], out: Path, stall_s: float, workers: int,
-                  bags: Path | None) -> None:
+                  bags: Path | None, robot_occlusion: bool) -> None:
     from atk_bringup.experiment import demo
 
     path = out / "inprocess.jsonl"
-    done = {(r["model"], r["seed"]) for r in _load(path)}
+    done = {(r["model"], r["seed"]) for r in _load(path) if _setting(r) == robot_occlusion}
     jobs, owner = [], {}
     for i, model in enumerate(models):
         for s in scenes:
             if (str(model), s) not in done:
                 # the job's train_seed field keys the worker's agent cache: one per model
                 jobs.append(("ATK", "cpu", i, "RP", s, str(model), "sushi", stall_s,
-                             str(bags or model), False))
+                             str(bags or model), robot_occlusion))
                 owner[(i, s)] = model
     if not jobs:
         return
@@ -133,11 +139,16 @@ def _paired(diffs: list[int]) -> str:
     return f"{d.mean():+.2f} [{d.mean() - half:+.2f}, {d.mean() + half:+.2f}]"
 
 
-def report(models: list[Path], scenes: list[int], out: Path) -> str:
+def report(models: list[Path], scenes: list[int], out: Path, robot_occlusion: bool | None = None) -> str:
+    """The table and counts; ``robot_occlusion`` True/False: only the results measured with that setting
+    (None: all)."""
     from atk_bringup.experiment.evaluation import wilson_interval
 
-    graph = {(r["model"], r["seed"]): r for r in _load(out / "graph.jsonl")}
-    inproc = {(r["model"], r["seed"]): r for r in _load(out / "inprocess.jsonl")}
+    def mine(r: dict) -> bool:
+        return robot_occlusion is None or _setting(r) == robot_occlusion
+
+    graph = {(r["model"], r["seed"]): r for r in _load(out / "graph.jsonl") if mine(r)}
+    inproc = {(r["model"], r["seed"]): r for r in _load(out / "inprocess.jsonl") if mine(r)}
     lines = ["| model | scenes | ROS graph | in-process | graph - in-process (95 %) | disagree (graph/in-process) |",
              "|---|---|---|---|---|---|"]
 
@@ -201,6 +212,9 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=2, help="in-process evaluation processes (default: 2, atk-demo's)")
     p.add_argument("--bags", type=Path, default=None,
                    help="the demos' bag folder (only the oracle needs it; default: none)")
+    p.add_argument("--robot-occlusion", action=argparse.BooleanOptionalAction, default=True,
+                   help="robot-aware occlusion on both sides, with the simulator's camera pose (default: on, "
+                        "as atk-demo; results of both settings can share --out, each reported apart)")
     p.add_argument("--skip-graph", action="store_true")
     p.add_argument("--skip-inprocess", action="store_true")
     p.add_argument("--report-only", action="store_true")
@@ -216,10 +230,11 @@ def main(argv=None) -> int:
     scenes = [args.first_scene + i for i in range(args.scenes)]
     if not args.report_only:
         if not args.skip_graph:
-            run_graph(models, scenes, args.out, args.stall_s, args.timeout_s)
+            run_graph(models, scenes, args.out, args.stall_s, args.timeout_s, args.robot_occlusion)
         if not args.skip_inprocess:
-            run_inprocess(models, scenes, args.out, args.stall_s, args.workers, args.bags)
-    text = report(models, scenes, args.out)
+            run_inprocess(models, scenes, args.out, args.stall_s, args.workers, args.bags, args.robot_occlusion)
+    text = (f"robot-aware occlusion: {'on' if args.robot_occlusion else 'off'}\n"
+            + report(models, scenes, args.out, args.robot_occlusion))
     (args.out / "report.md").write_text(text + "\n")
     print(text)
     return 0

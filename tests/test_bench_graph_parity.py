@@ -57,3 +57,16 @@ def test_report_pairs_by_model_and_scene(bench, tmp_path):
     assert "{1: 2, 3: 1}" in text                          # graph transfers per episode
     assert "'STATE_HOLD_STALE': 50" in text and "episodes with a stale hold: 1; ended by the stall rule: 1" in text
     assert "'LATE': 4" in text and "frames dropped: 3" in text
+
+
+def test_report_keeps_the_robot_occlusion_settings_apart(bench, tmp_path):
+    a = tmp_path / "runB" / "models" / "seed0"
+    base = {"model": str(a), "seed": 1, "steps": 70, "transfers": 1, "error": ""}
+    _write(tmp_path / "graph.jsonl", [{**base, "success": False},                     # before the field: off
+                                      {**base, "success": True, "robot_occlusion": True}])
+    _write(tmp_path / "inprocess.jsonl", [{**base, "success": False, "robot_occlusion": False},
+                                          {**base, "success": True, "robot_occlusion": True}])
+    on = bench.report([a], [1], tmp_path, robot_occlusion=True)
+    off = bench.report([a], [1], tmp_path, robot_occlusion=False)
+    row = {t: next(x for x in text.splitlines() if x.startswith("| all")) for t, text in (("on", on), ("off", off))}
+    assert row["on"].count("1/1 = 1.00") == 2 and row["off"].count("0/1 = 0.00") == 2

@@ -1,6 +1,7 @@
 """atk-demo's command line: refused values name the choices; --task all gives each task its own folder."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,44 @@ def test_defaults_are_sized_for_twenty_minutes(tmp_path, monkeypatch):
     assert default.methods == demo.DEFAULT_METHODS and "ManualSelect" not in default.methods
     assert default.chunk == 4 and default.action_mode == "tcp"
     assert (full.eval_episodes, full.train_seeds, full.ros_episodes, full.demos) == (20, (0, 1, 2), 20, 100)
+
+
+@pytest.mark.parametrize("argv, deploy, train", [
+    ([], True, False),
+    (["--no-robot-occlusion"], False, False),
+    (["--train-robot-occlusion"], True, True),
+])
+def test_robot_occlusion_is_on_where_deployed_and_asked_for_in_training(tmp_path, monkeypatch, argv, deploy, train):
+    ran = []
+    monkeypatch.setattr(demo, "run", lambda cfg: ran.append(cfg) or 0)
+    assert demo.main(argv + ["--out", str(tmp_path)]) == 0
+    assert (ran[0].robot_occlusion, ran[0].train_robot_occlusion) == (deploy, train)
+    source, config, _, _ = demo.training_inputs(ran[0], seed=0)
+    assert config.propagation.robot_occlusion == train
+
+
+def test_evaluation_resume_does_not_count_episodes_of_the_other_robot_occlusion_setting(tmp_path, monkeypatch):
+    """A run resumed with the other setting evaluates the tracked keypoint rows again (the oracle and
+    image rows do not depend on it); the file keeps both."""
+    cfg = demo.DemoConfig(out=tmp_path, eval_episodes=1, ros_episodes=0, methods=("ATK", "RGB"), eval_workers=1)
+    (tmp_path / "eval").mkdir()
+    old = [{"method": m, "h_c": h, "train_seed": 0, "condition": c, "seed": 10000, "success": True}
+           for m, h in demo.evaluation_rows(cfg) for c in demo.CONDITIONS]   # no field: an earlier run, off
+    (tmp_path / "eval" / "episodes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in old))
+    jobs = []
+
+    def fake_episode(job):
+        jobs.append(job)
+        method, h_c, ts, cond, seed, *_, aware = job
+        return {"method": method, "h_c": h_c, "train_seed": ts, "condition": cond, "seed": seed,
+                "success": False, "robot_occlusion": aware}
+
+    monkeypatch.setattr(demo, "_worker_init", lambda *a, **k: None)
+    monkeypatch.setattr(demo, "_worker_episode", fake_episode)
+    table = demo.evaluate(cfg, {0: tmp_path / "m"})
+    assert sorted({(j[0], j[1]) for j in jobs}) == [("ATK", "cpu")]
+    assert all(j[-1] for j in jobs) and len(jobs) == len(demo.CONDITIONS)
+    assert table[demo.row_name("ATK", "cpu")]["RP"].successes == 0
+    assert table[demo.row_name("ATK", "oracle")]["RP"].successes == 1
+    assert table["RGB"]["RP"].successes == 1
+    assert len((tmp_path / "eval" / "episodes.jsonl").read_text().splitlines()) == len(old) + len(jobs)

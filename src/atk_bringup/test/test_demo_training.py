@@ -13,7 +13,7 @@ from atk_policy import cli
     ({}, []),
     ({"h_c": "oracle"}, []),
     ({"top_n": 4, "steps": 50, "methods": ("ATK", "RGB"), "candidates": 16, "chunk": 1, "action_mode": "delta",
-      "keypoint_noise_px": 1.5, "propagation_workers": 1, "rgb_steps": 30, "robot_occlusion": True},
+      "keypoint_noise_px": 1.5, "propagation_workers": 1, "rgb_steps": 30, "train_robot_occlusion": True},
      ["--top-n", "4"]),
     ({"methods": ("ATK", "ManualSelect"), "width": 640, "height": 480}, []),
     ({"methods": ("ATK", "RGB", "Depth", "Pointcloud"), "depth_steps": 40, "pointcloud_steps": 50}, []),
@@ -34,7 +34,7 @@ def test_the_demo_trains_as_atk_train_would(tmp_path, changes, flags):
             "--backend", cfg.h_c] + flags
     if cfg.h_c != "oracle":   # the simulator's camera pose: the table search, and robot occlusion if asked
         argv += ["--camera-extrinsics", str(tmp_path / "camera_extrinsics.yaml")]
-    if not cfg.robot_occlusion:
+    if not cfg.train_robot_occlusion:   # propagation: off unless asked (the evaluation's is on)
         argv += ["--no-robot-occlusion"]
     if "ManualSelect" in cfg.methods:
         argv += ["--manual-points", str(tmp_path / "manual_keypoints.json")]
