@@ -140,6 +140,11 @@ class TrackerNode(Node):
 
         self.slot: LatestFrameSlot = LatestFrameSlot()
         self._last_rx = time.monotonic()
+        # With use_sim_time the frame timeout also waits for the simulated clock: a simulator that
+        # pauses (clock and camera together, seen for 0.7-1.6 s on a loaded machine) is not a camera
+        # that stopped, and a LOST report there made the policy drop its action chunk.
+        self._sim_time = bool(self.get_parameter("use_sim_time").value)
+        self._last_rx_clock = self._clock_s()
         self._last_header = None
         self._last_stall_log = 0.0
         self._last_bad_log = 0.0
@@ -198,7 +203,20 @@ class TrackerNode(Node):
     def _on_image(self, msg: Image) -> None:
         # Cheap on purpose: store, count an overwrite as a drop, wake the worker.
         self._last_rx = time.monotonic()
+        self._last_rx_clock = self._clock_s()
         self.slot.put(msg)
+
+    def _clock_s(self) -> float:
+        """The node's clock in seconds (simulated time with use_sim_time)."""
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _idle_s(self) -> float:
+        """Seconds without a camera frame: wall time, and with use_sim_time at most the simulated time
+        that passed meanwhile (a paused simulator sends no frames and no clock)."""
+        idle = time.monotonic() - self._last_rx
+        if self._sim_time:
+            idle = min(idle, max(0.0, self._clock_s() - self._last_rx_clock))
+        return idle
 
     def _worker_loop(self) -> None:
         while True:
@@ -263,7 +281,7 @@ class TrackerNode(Node):
         """Worker thread, when no frame came for a watchdog period."""
         if self._last_header is None:
             return
-        idle = time.monotonic() - self._last_rx
+        idle = self._idle_s()
         out = self.session.check_stalled(idle)
         if out is not None:
             self.get_logger().warning(out.message)

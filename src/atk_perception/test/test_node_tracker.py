@@ -446,3 +446,52 @@ def test_startup_errors_are_clear(tmp_path: Path, params: list[str], match: str)
         stop_node(proc)
     text = log.read_text()
     assert rc != 0 and match in text, text[-2000:]
+
+
+def test_a_paused_simulator_is_not_a_camera_stall(tmp_path) -> None:
+    """use_sim_time: frames that stop together with /clock (the simulator paused: both stop) are not
+    reported LOST; frames that stop while /clock runs on are (issue 17: each simulator pause made the
+    policy hold and drop its action chunk)."""
+    from rosgraph_msgs.msg import Clock
+
+    ns = f"/trksim{os.getpid()}"
+    log = tmp_path / "tracker.log"
+    proc = start_node(TRACKER_NODE, ns, log, f"model_dir:={_model_dir(tmp_path)}", "frame_timeout_s:=0.6",
+                      "use_sim_time:=true")
+    h = Harness(ns)
+    clock_pub = h.node.create_publisher(Clock, "/clock", 10)
+    sim_ns = [h.stamp_ns]
+
+    def tick_clock() -> None:
+        msg = Clock()
+        msg.clock.sec, msg.clock.nanosec = divmod(sim_ns[0], 10**9)
+        clock_pub.publish(msg)
+
+    try:
+        h.wait_for(lambda: (h.pub.get_subscription_count() > 0 and h.sub.get_publisher_count() > 0
+                            and clock_pub.get_subscription_count() > 0) or proc.poll() is not None,
+                   STARTUP_TIMEOUT_S, "the tracker node's topics and its /clock subscription")
+        assert proc.poll() is None, log.read_text()
+        for t in range(3):   # the clock and the frames advance together, as the simulator publishes them
+            stamp = h.next_stamp()
+            sim_ns[0] = stamp
+            tick_clock()
+            reply = h.send_and_wait(h.frame_msg(warp(t)[0], stamp))
+        assert reply.state == KeypointArray.STATE_TRACKING, reply.message
+        n = len(h.received)
+        # paused: no frames, no clock, for more than 3 frame timeouts of wall time
+        with pytest.raises(TimeoutError):
+            h.wait_for(lambda: any(m.state == KeypointArray.STATE_LOST for m in h.received[n:]), 2.0,
+                       "a LOST report while the simulator is paused")
+        # the clock runs on (20 Hz of simulated time in step with the wall), the camera does not
+        timer = h.node.create_timer(0.05, lambda: (sim_ns.__setitem__(0, sim_ns[0] + 50_000_000), tick_clock()))
+        h.wait_for(lambda: any(m.state == KeypointArray.STATE_LOST for m in h.received[n:]), REPLY_TIMEOUT_S,
+                   "a LOST report while the clock runs and no frame comes")
+        timer.cancel()
+        lost = next(m for m in h.received[n:] if m.state == KeypointArray.STATE_LOST)
+        assert "no camera frames" in lost.message
+    finally:
+        h.close()
+        rc = stop_node(proc)
+        print(log.read_text()[-3000:])
+        assert rc in (0, -signal.SIGINT), f"tracker exit code {rc}"
