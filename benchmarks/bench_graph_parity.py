@@ -212,8 +212,8 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=2, help="in-process evaluation processes (default: 2, atk-demo's)")
     p.add_argument("--bags", type=Path, default=None,
                    help="the demos' bag folder (only the oracle needs it; default: none)")
-    p.add_argument("--robot-occlusion", action=argparse.BooleanOptionalAction, default=True,
-                   help="robot-aware occlusion on both sides, with the simulator's camera pose (default: on, "
+    p.add_argument("--robot-occlusion", action=argparse.BooleanOptionalAction, default=False,
+                   help="robot-aware occlusion on both sides, with the simulator's camera pose (default: off, "
                         "as atk-demo; results of both settings can share --out, each reported apart)")
     p.add_argument("--skip-graph", action="store_true")
     p.add_argument("--skip-inprocess", action="store_true")

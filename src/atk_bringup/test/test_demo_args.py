@@ -83,11 +83,11 @@ def test_defaults_are_sized_for_twenty_minutes(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("argv, deploy, train", [
-    ([], True, False),
-    (["--no-robot-occlusion"], False, False),
-    (["--train-robot-occlusion"], True, True),
+    ([], False, False),
+    (["--robot-occlusion"], True, False),
+    (["--train-robot-occlusion"], False, True),
 ])
-def test_robot_occlusion_is_on_where_deployed_and_asked_for_in_training(tmp_path, monkeypatch, argv, deploy, train):
+def test_robot_occlusion_at_deployment_and_in_training_are_separate_switches(tmp_path, monkeypatch, argv, deploy, train):
     ran = []
     monkeypatch.setattr(demo, "run", lambda cfg: ran.append(cfg) or 0)
     assert demo.main(argv + ["--out", str(tmp_path)]) == 0
@@ -99,7 +99,8 @@ def test_robot_occlusion_is_on_where_deployed_and_asked_for_in_training(tmp_path
 def test_evaluation_resume_does_not_count_episodes_of_the_other_robot_occlusion_setting(tmp_path, monkeypatch):
     """A run resumed with the other setting evaluates the tracked keypoint rows again (the oracle and
     image rows do not depend on it); the file keeps both."""
-    cfg = demo.DemoConfig(out=tmp_path, eval_episodes=1, ros_episodes=0, methods=("ATK", "RGB"), eval_workers=1)
+    cfg = demo.DemoConfig(out=tmp_path, eval_episodes=1, ros_episodes=0, methods=("ATK", "RGB"), eval_workers=1,
+                          robot_occlusion=True)
     (tmp_path / "eval").mkdir()
     old = [{"method": m, "h_c": h, "train_seed": 0, "condition": c, "seed": 10000, "success": True}
            for m, h in demo.evaluation_rows(cfg) for c in demo.CONDITIONS]   # no field: an earlier run, off
