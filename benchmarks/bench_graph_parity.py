@@ -53,19 +53,14 @@ def _model_size(model_dir: Path) -> tuple[int, int]:
     return w, h
 
 
-def _setting(r: dict) -> bool:
-    """The robot-occlusion setting a result was measured with (results before the field: off)."""
-    return bool(r.get("robot_occlusion", False))
-
-
 def run_graph(models: list[Path], scenes: list[int], out: Path, stall_s: float, timeout_s: float,
               robot_occlusion: bool) -> None:
     from atk_bringup.experiment.evaluation import CONDITIONS
-    from atk_bringup.experiment.demo import write_sim_extrinsics
+    from atk_bringup.experiment.demo import recorded_robot_occlusion, write_sim_extrinsics
     from atk_bringup.graph_tools.ros_episode import run_graph_episodes
 
     path = out / "graph.jsonl"
-    done = {(r["model"], r["seed"]) for r in _load(path) if _setting(r) == robot_occlusion}
+    done = {(r["model"], r["seed"]) for r in _load(path) if recorded_robot_occlusion(r) == robot_occlusion}
     with open(path, "a") as log:
         for model in models:
             todo = [s for s in scenes if (str(model), s) not in done]
@@ -95,7 +90,7 @@ def run_inprocess(models: list[Path], scenes: list[int], out: Path, stall_s: flo
     from atk_bringup.experiment import demo
 
     path = out / "inprocess.jsonl"
-    done = {(r["model"], r["seed"]) for r in _load(path) if _setting(r) == robot_occlusion}
+    done = {(r["model"], r["seed"]) for r in _load(path) if demo.recorded_robot_occlusion(r) == robot_occlusion}
     jobs, owner = [], {}
     for i, model in enumerate(models):
         for s in scenes:
@@ -142,10 +137,11 @@ def _paired(diffs: list[int]) -> str:
 def report(models: list[Path], scenes: list[int], out: Path, robot_occlusion: bool | None = None) -> str:
     """The table and counts; ``robot_occlusion`` True/False: only the results measured with that setting
     (None: all)."""
+    from atk_bringup.experiment.demo import recorded_robot_occlusion
     from atk_bringup.experiment.evaluation import wilson_interval
 
     def mine(r: dict) -> bool:
-        return robot_occlusion is None or _setting(r) == robot_occlusion
+        return robot_occlusion is None or recorded_robot_occlusion(r) == robot_occlusion
 
     graph = {(r["model"], r["seed"]): r for r in _load(out / "graph.jsonl") if mine(r)}
     inproc = {(r["model"], r["seed"]): r for r in _load(out / "inprocess.jsonl") if mine(r)}

@@ -87,7 +87,8 @@ def test_defaults_are_sized_for_twenty_minutes(tmp_path, monkeypatch):
     (["--robot-occlusion"], True, False),
     (["--train-robot-occlusion"], False, True),
 ])
-def test_robot_occlusion_at_deployment_and_in_training_are_separate_switches(tmp_path, monkeypatch, argv, deploy, train):
+def test_robot_occlusion_at_deployment_and_in_training_are_separate_switches(tmp_path, monkeypatch, argv, deploy,
+                                                                              train):
     ran = []
     monkeypatch.setattr(demo, "run", lambda cfg: ran.append(cfg) or 0)
     assert demo.main(argv + ["--out", str(tmp_path)]) == 0

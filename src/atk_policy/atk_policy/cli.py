@@ -160,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--baselines", default="fullset", metavar="LIST",
                    help="comma list of fullset, random, manual, rgb, depth, pointcloud, or 'none'; depth (the RGB "
                         "CNN on the depth image) and pointcloud (a PointNet on the depth back-projected with "
-                        "camera_info's K, cropped to 0.25-1.2 m and above the table) need depth in every bag (default: %(default)s)")
+                        "camera_info's K, cropped to 0.25-1.2 m and above the table) need depth in every bag "
+                        "(default: %(default)s)")
     g.add_argument("--manual-points", type=Path, metavar="JSON",
                    help="points for the manual baseline: {\"points\": [{\"name\": .., \"xy\": [x, y]}]}")
     g.add_argument("--rgb-steps", type=int, default=600,

@@ -127,7 +127,7 @@ def table_plane(episodes: Sequence[Episode], cfg: PointcloudConfig, rays: np.nda
     rng = np.random.default_rng(seed)
     clouds = []
     for ep in list(episodes)[:PLANE_FRAMES]:
-        cloud = crop_range(backproject(np.asarray(ep.depth[0]), rays)[0], cfg.near_m, cfg.far_m)
+        cloud = workspace_cloud(np.asarray(ep.depth[0]), rays, cfg, None)   # in range, table included
         if len(cloud):
             clouds.append(cloud[rng.choice(len(cloud), min(len(cloud), PLANE_POINTS_PER_FRAME), replace=False)])
     if not clouds or sum(len(c) for c in clouds) < 3:

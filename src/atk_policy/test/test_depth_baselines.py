@@ -323,7 +323,8 @@ def test_train_baselines_adds_depth_baselines_to_a_model_folder(bag_dir, tmp_pat
                                           pointcloud_batch_size=8), out, progress=False)
     assert set(errs) == {"depth", "pointcloud"} and all(np.isfinite(v) for v in errs.values())
     assert set(json.loads((out / "report.json").read_text())["baselines_val_mse"]) == {"rgb", "depth", "pointcloud"}
-    depth, cloud = load_depth_policy(out / "baselines" / "depth"), load_pointcloud_policy(out / "baselines" / "pointcloud")
+    depth = load_depth_policy(out / "baselines" / "depth")
+    cloud = load_pointcloud_policy(out / "baselines" / "pointcloud")
     assert depth.norm.action_mode == cfg.model.action_mode and cloud.norm.chunk == cfg.model.chunk
     d = np.full((H, W), 700, np.uint16)
     assert depth.select_action(d, PROPRIO).shape == (7,) and cloud.select_action(d, PROPRIO).shape == (7,)

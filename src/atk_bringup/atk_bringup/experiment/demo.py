@@ -538,7 +538,7 @@ def ros_graph_episodes(cfg: DemoConfig, models: dict[int, Path]) -> list[dict]:
     path.parent.mkdir(parents=True, exist_ok=True)
     results = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
     # episodes of an earlier run with the other robot-occlusion setting are kept in the file, not counted
-    results = [r for r in results if bool(r.get("robot_occlusion", False)) == bool(cfg.robot_occlusion)]
+    results = [r for r in results if recorded_robot_occlusion(r) == bool(cfg.robot_occlusion)]
     scenes = evaluation_scenes(cfg)[:cfg.ros_episodes]
     with open(path, "a") as log:
         for ts, model_dir in models.items():
@@ -620,6 +620,12 @@ def _worker_episode(job: tuple) -> dict:
             "robot_occlusion": bool(robot_aware)}
 
 
+def recorded_robot_occlusion(result: dict) -> bool:
+    """The robot-occlusion setting an episode result (evaluation, ROS graph, bench_graph_parity) was
+    measured with; results from before the field was recorded were measured without it."""
+    return bool(result.get("robot_occlusion", False))
+
+
 def robot_aware(cfg: DemoConfig, method: str, h_c: str) -> bool:
     """Whether ``method`` with ``h_c`` is evaluated with robot-aware occlusion: keypoint methods with a
     tracker (the oracle knows what the arm covers; the image methods have no keypoints)."""
@@ -649,7 +655,7 @@ def evaluate(cfg: DemoConfig, models: dict[int, Path]) -> dict[str, dict[str, Ce
 
     def key(r: dict) -> tuple:   # runs before h_C was recorded used the CPU one, and no robot occlusion
         return (r["method"], r.get("h_c", "cpu"), r["train_seed"], r["condition"], r["seed"],
-                bool(r.get("robot_occlusion", False)))
+                recorded_robot_occlusion(r))
 
     if results_path.is_file():  # resume
         for line in results_path.read_text().splitlines():
