@@ -79,13 +79,16 @@ def run(rec, robot_aware: bool):
     if robot_aware:
         trk.set_robot_state(rec["q"][0], rec["depth"][0])
     trk.reset(rec["rgb"][0], rec["uv"][0].astype(np.float32))
-    out = {"points": [rec["uv"][0]], "visible": [np.ones(len(rec["uv"][0]), bool)], "reasons": [None]}
+    n = len(rec["uv"][0])
+    out = {"points": [rec["uv"][0]], "visible": [np.ones(n, bool)], "covered": [np.zeros(n, bool)],
+           "reasons": [None]}
     for t in range(1, len(rec["rgb"])):
         if robot_aware:
             trk.set_robot_state(rec["q"][t], rec["depth"][t])
         r = trk.update(rec["rgb"][t])
         out["points"].append(r.points)
         out["visible"].append(r.visible)
+        out["covered"].append(np.zeros(n, bool) if r.covered is None else r.covered)
         out["reasons"].append(trk.reasons.copy() if robot_aware else None)
     return {k: (np.array(v[1:]) if k != "reasons" else v[1:]) for k, v in out.items()}
 
@@ -105,6 +108,10 @@ def test_a_point_under_the_gripper_is_reported_not_visible(episode):
     covered = episode["covered"][1:]
     assert covered.sum() >= 5, "the episode never covers a tracked point: the test would prove nothing"
     assert not np.any(got["visible"][covered]), "a point the robot covers was reported visible"
+    # ... and reported covered by the robot (the session and the policy's gate do not take it
+    # for a lost track), where the plain tracker reports nothing of the kind
+    assert np.all(got["covered"][covered]), "a point the robot covers was not reported covered"
+    assert not run(episode, robot_aware=False)["covered"].any()
 
 
 def test_a_point_on_the_carried_object_stays_within_3px(episode):

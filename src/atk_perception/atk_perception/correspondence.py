@@ -28,12 +28,15 @@ class TrackResult:
     """Result of one ``update``.
 
     points: (N, 2) float32 pixels; confidence: (N,) float32 in [0, 1];
-    visible: (N,) bool.
+    visible: (N,) bool; covered: (N,) bool, the robot's own arm or gripper
+    covers the point (robot-aware occlusion: its position is a prediction from
+    the robot model), or None where no robot model is used.
     """
 
     points: np.ndarray
     confidence: np.ndarray
     visible: np.ndarray
+    covered: np.ndarray | None = None
 
 
 class Correspondence(ABC):

@@ -31,6 +31,12 @@ renders the robot's silhouette (:mod:`atk_perception.robot_mask`) grown by
   when the robot uncovers the point, tracking resumes from the prediction
   and the backend's next re-anchoring corrects it.
 
+Every point inside the silhouette (or carried) is reported ``covered`` in the
+:class:`~atk_perception.correspondence.TrackResult`: the tracking session does
+not read those as a lost track (a transfer cannot see under the gripper
+either), and the policy's gate does not hold for them (holding froze the arm in
+the covering pose, so they never came back).
+
 A carried point is visible=False but keeps ``carried_confidence``: its
 position is known from the robot, which is what the policy needs while it
 carries the object. Positions only come from the wrapper while the point is
@@ -257,7 +263,7 @@ class RobotAwareTracker(Correspondence):
         self._points = out.astype(np.float32)
         self._conf = out_conf.astype(np.float32)
         self.reasons = reason
-        return TrackResult(self._points.copy(), np.clip(self._conf, 0, 1).copy(), vis)
+        return TrackResult(self._points.copy(), np.clip(self._conf, 0, 1).copy(), vis, hidden.copy())
 
     def set_points(self, points: np.ndarray, which: np.ndarray) -> bool:
         return self.inner.set_points(points, which)

@@ -349,9 +349,9 @@ class TrackerNode(Node):
         Kp = Keypoint
         msg.keypoints = [
             Kp(id=int(i), name=n, x=float(x), y=float(y),
-               confidence=float(np.clip(c, 0.0, 1.0)), visible=bool(v))
-            for i, n, (x, y), c, v in zip(self.session.ids, self.session.names,
-                                          out.points, out.confidence, out.visible)]
+               confidence=float(np.clip(c, 0.0, 1.0)), visible=bool(v), robot_covered=bool(rc))
+            for i, n, (x, y), c, v, rc in zip(self.session.ids, self.session.names,
+                                              out.points, out.confidence, out.visible, out.covered)]
         self.pub.publish(msg)
 
 

@@ -26,7 +26,9 @@ The checks, in order (the first that fails decides):
    16,000 rad away (issue 15). Re-checked every step; the policy resumes when
    the values are valid again;
 7. more than ``max_low_confidence`` keypoints below
-   ``confidence_threshold`` (or invisible) -> HOLD_LOW_CONFIDENCE.
+   ``confidence_threshold`` (or invisible) -> HOLD_LOW_CONFIDENCE; a
+   keypoint the tracker reports covered by the robot's own arm is not low
+   (``GateConfig.hold_on_robot_covered``).
 
 Times are plain float seconds on one clock (the node's ROS clock, which
 follows ``/clock`` under ``use_sim_time``).
@@ -83,6 +85,15 @@ class GateConfig:
         carries, atk_perception.robot_occlusion, confidence 0.8). The h_C
         backends give hidden points less (CPU: 0, CoTracker: at most its
         0.6 visibility threshold). Above 1: every hidden keypoint is low.
+    hold_on_robot_covered: False (default): a keypoint the tracker reports
+        covered by the robot itself (robot_covered, robot-aware occlusion:
+        its position is predicted from the robot model, held where it was
+        last seen, moved with its object or carried) never counts as low.
+        The robot covers keypoints while it reaches over them; a hold then
+        froze the arm in the covering pose, so they never came back
+        (measured in the ROS graph: 10 of 40 sushi episodes ended in such a
+        hold and the re-transfer that followed). True: they count as low
+        like any other hidden keypoint.
     image_margin_fraction: a keypoint may lie outside the image by at most
         this fraction of the image's width (x) or height (y) before the array
         counts as invalid input; the tracker clips what it transfers to the
@@ -98,6 +109,7 @@ class GateConfig:
     low_confidence_grace_s: float = 2.0
     predicted_min_confidence: float = 0.75
     image_margin_fraction: float = 0.5
+    hold_on_robot_covered: bool = False
 
     def __post_init__(self) -> None:
         for name in ("keypoint_timeout_s", "joint_state_timeout_s"):
@@ -133,6 +145,7 @@ class KeypointInput:
     positions: (N, 2) pixels (x, y).
     confidence: (N,) in [0, 1].
     visible: (N,) bool.
+    robot_covered: (N,) bool, the robot covers the point (None: not reported).
     """
 
     stamp_s: float
@@ -143,9 +156,13 @@ class KeypointInput:
     visible: np.ndarray
     image_size: tuple[int, int] = (0, 0)  # (width, height); (0, 0) = not reported
     tracker_message: str = ""
+    robot_covered: Optional[np.ndarray] = None
 
     def __post_init__(self) -> None:
         n = len(self.ids)
+        if self.robot_covered is not None and np.shape(self.robot_covered) != (n,):
+            raise ValueError(f"KeypointInput.robot_covered must have shape ({n},), got "
+                             f"{np.shape(self.robot_covered)}")
         if np.shape(self.positions) != (n, 2):
             raise ValueError(f"KeypointInput.positions must have shape ({n}, 2), got {np.shape(self.positions)}")
         for name in ("confidence", "visible"):
@@ -201,15 +218,19 @@ def invalid_keypoint_reason(keypoints: KeypointInput, image_size: Optional[tuple
 
 
 def low_confidence_mask(keypoints: KeypointInput, threshold: float,
-                        predicted_threshold: float = math.inf) -> np.ndarray:
+                        predicted_threshold: float = math.inf, covered_ok: bool = False) -> np.ndarray:
     """(N,) bool: below ``threshold``, not visible (unless predicted: confidence at
-    least ``predicted_threshold``, see GateConfig), or with a non-finite value."""
+    least ``predicted_threshold``, see GateConfig), or with a non-finite value;
+    ``covered_ok``: a finite keypoint the robot covers (``robot_covered``) is never low."""
     conf = np.asarray(keypoints.confidence, dtype=np.float64)
     pos = np.asarray(keypoints.positions, dtype=np.float64)
     finite = np.isfinite(conf) & np.all(np.isfinite(pos), axis=1)
     c = np.nan_to_num(conf, nan=-1.0)
     hidden = ~np.asarray(keypoints.visible, dtype=bool) & (c < predicted_threshold)
-    return ~finite | (c < threshold) | hidden
+    low = (c < threshold) | hidden
+    if covered_ok and keypoints.robot_covered is not None:
+        low &= ~np.asarray(keypoints.robot_covered, dtype=bool)
+    return ~finite | low
 
 
 def _state_name(value: int) -> str:
@@ -284,7 +305,8 @@ def evaluate_gate(config: GateConfig, now_s: float, keypoints: Optional[Keypoint
     invalid = invalid_keypoint_reason(keypoints, tuple(keypoints.image_size), config.image_margin_fraction)
     if invalid:
         return GateDecision(GateState.FAULT, invalid, age)
-    low = low_confidence_mask(keypoints, config.confidence_threshold, config.predicted_min_confidence)
+    low = low_confidence_mask(keypoints, config.confidence_threshold, config.predicted_min_confidence,
+                              covered_ok=not config.hold_on_robot_covered)
     n_low = int(low.sum())
     low_ids = tuple(int(i) for i in np.asarray(keypoints.ids)[low])
     allowed = max(config.max_low_confidence, int(math.floor(config.max_low_confidence_fraction * len(low) + 1e-9)))

@@ -178,7 +178,8 @@ class PolicyNode(Node):
                 positions=np.array([[k.x, k.y] for k in kps], dtype=np.float64).reshape(-1, 2),
                 confidence=np.array([k.confidence for k in kps], dtype=np.float64),
                 visible=np.array([k.visible for k in kps], dtype=bool),
-                image_size=(int(msg.image_width), int(msg.image_height)), tracker_message=msg.message)
+                image_size=(int(msg.image_width), int(msg.image_height)), tracker_message=msg.message,
+                robot_covered=np.array([k.robot_covered for k in kps], dtype=bool))
         except ValueError as exc:
             self.get_logger().error(f"malformed keypoint array ignored: {exc}")
             return

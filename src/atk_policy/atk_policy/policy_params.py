@@ -39,6 +39,10 @@ class PolicyParams:
     low_confidence_grace_s: float = param(2.0, "... for longer than this (s): the arm covering keypoints while it "
                                           "grasps or places must not freeze it there.",
                                           min=0.0, max=60.0, runtime=True)
+    hold_on_robot_covered: bool = param(False, "Count keypoints the tracker reports covered by the robot itself "
+                                        "(robot-aware occlusion: positions predicted from the robot model) as low. "
+                                        "False: the robot reaching over keypoints never holds the policy.",
+                                        runtime=True)
     image_margin_fraction: float = param(0.5, "A keypoint further outside the image than this fraction of its "
                                          "size is invalid input (FAULT, nothing published).",
                                          min=0.0, max=10.0, runtime=True)

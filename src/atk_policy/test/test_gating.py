@@ -203,3 +203,31 @@ def test_low_confidence_rule_scales_with_the_number_of_keypoints():
     assert decide(5, 3) == GateState.HOLD_LOW_CONFIDENCE
     with pytest.raises(ValueError, match="max_low_confidence_fraction"):
         GateConfig(max_low_confidence_fraction=1.5)
+
+
+def test_keypoints_the_robot_covers_do_not_hold_the_policy():
+    """Keypoints the tracker reports covered by the robot itself (predicted,
+    low confidence, not visible) are not low: a hold froze the arm over them.
+    Uncovered low ones still hold; hold_on_robot_covered restores the old rule;
+    a covered point with a non-finite position is still refused."""
+    n = 6
+    conf = np.r_[np.full(4, 0.3), np.full(2, 0.9)]
+    visible = np.r_[np.zeros(4, bool), np.ones(2, bool)]
+
+    def decide(covered, cfg=GateConfig(), positions=None):
+        kp = KeypointInput(0.0, 1, np.arange(n), np.ones((n, 2)) if positions is None else positions, conf,
+                           visible, (10, 10), robot_covered=None if covered is None else np.asarray(covered))
+        return evaluate_gate(cfg, 0.0, kp, 0.0)
+
+    assert decide(None).state == GateState.HOLD_LOW_CONFIDENCE           # 4 low of 6
+    d = decide(np.arange(n) < 4)
+    assert d.state == GateState.RUNNING and d.low_confidence_count == 0
+    d = decide(np.arange(n) < 1)                                          # one covered, three low
+    assert d.running and d.low_confidence_count == 3
+    assert decide(np.arange(n) < 0).state == GateState.HOLD_LOW_CONFIDENCE
+    assert decide(np.arange(n) < 4, GateConfig(hold_on_robot_covered=True)).state == GateState.HOLD_LOW_CONFIDENCE
+    pos = np.ones((n, 2))
+    pos[0] = np.nan
+    assert decide(np.arange(n) < 4, positions=pos).state == GateState.FAULT
+    with pytest.raises(ValueError, match="robot_covered"):
+        KeypointInput(0.0, 1, np.arange(n), np.ones((n, 2)), conf, visible, (10, 10), robot_covered=np.ones(2, bool))

@@ -61,7 +61,8 @@ class Harness(PolicyProbe):
         self.grippers: list[GripperCommand] = []
         self.good_stamps: set[tuple[int, int]] = set()
         # What the keypoint timer publishes; changed by the test.
-        self.scenario = dict(publish=True, state=KeypointArray.STATE_TRACKING, conf=0.9, age_s=0.0, ids=IDS)
+        self.scenario = dict(publish=True, state=KeypointArray.STATE_TRACKING, conf=0.9, age_s=0.0, ids=IDS,
+                             covered=False)
         self.kp_pub = self.node.create_publisher(KeypointArray, "keypoints", qos_profile_sensor_data)
         self.js_pub = self.node.create_publisher(JointState, "joint_states", qos_profile_sensor_data)
         reliable = QoSProfile(depth=50, reliability=QoSReliabilityPolicy.RELIABLE)
@@ -86,8 +87,10 @@ class Harness(PolicyProbe):
         rng = np.random.default_rng(stamp.nanosec)
         for i in s["ids"]:
             msg.keypoints.append(Keypoint(id=i, name=f"kp{i}", x=float(rng.uniform(0, 64)),
-                                          y=float(rng.uniform(0, 48)), confidence=s["conf"], visible=True))
-        good = (s["state"] == KeypointArray.STATE_TRACKING and s["conf"] >= 0.5 and s["age_s"] < 0.1
+                                          y=float(rng.uniform(0, 48)), confidence=s["conf"],
+                                          visible=not s["covered"], robot_covered=s["covered"]))
+        good = (s["state"] == KeypointArray.STATE_TRACKING and (s["conf"] >= 0.5 or s["covered"])
+                and s["age_s"] < 0.1
                 and list(s["ids"]) == IDS)
         if good:
             self.good_stamps.add((stamp.sec, stamp.nanosec))
@@ -169,6 +172,10 @@ def test_holds_on_bad_input_and_resumes(model_dir, harness):
 
         hold(HOLD_NOT_TRACKING, "LOST", state=KeypointArray.STATE_LOST)
         hold(HOLD_LOW_CONFIDENCE, "ids [3, 7, 11, 20]", state=KeypointArray.STATE_TRACKING, conf=0.2)
+        # the same keypoints reported covered by the robot itself (robot-aware occlusion): it acts
+        h.scenario.update(covered=True)
+        h.wait_state(RUNNING)
+        h.scenario.update(covered=False)
         hold(HOLD_STALE, "old", conf=0.9, age_s=1.0)
         hold(HOLD_STALE, "old", age_s=0.0, publish=False)  # tracker stopped
         hold(FAULT, "different order", publish=True, ids=[7, 3, 11, 20])

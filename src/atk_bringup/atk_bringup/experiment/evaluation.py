@@ -136,7 +136,7 @@ class KeypointAgent:
 
         t = float(obs.time)
         kp = KeypointInput(t, int(out.state), np.asarray(self.session.ids), out.points, out.confidence,
-                           out.visible, out.image_size, out.message)
+                           out.visible, out.image_size, out.message, out.covered)
         return self.step.step(now_s, kp, np.asarray(obs.joint_positions, dtype=np.float64), t)
 
     def act(self, obs) -> np.ndarray:
