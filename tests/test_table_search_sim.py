@@ -82,3 +82,23 @@ def test_table_objects_are_the_nigiri_and_the_plate(scenes):
     assert members == [list(range(12)), list(range(12, 24))]
     tops = sorted(o.top_z for o in objs)
     assert 0.005 < tops[1] - tops[0] < 0.04   # the nigiri stands higher than the plate's face
+
+
+def test_an_object_sift_placed_consistently_is_not_searched(scenes, monkeypatch):
+    """The template onto itself: SIFT places every point of both objects consistently, so no table
+    search runs (it is most of a transfer's time) and no point moves. The half-turned scene still
+    gets its search."""
+    import atk_perception.table_search as ts
+    from atk_perception.cpu_tracker import CpuTracker
+
+    tpl, live, pts, _, geometry = scenes
+    calls = []
+    search = ts.search_object_on_table
+    monkeypatch.setattr(ts, "search_object_on_table", lambda *a, **k: calls.append(1) or search(*a, **k))
+    tracker = CpuTracker()
+    assert tracker.set_template_geometry(tpl, geometry)
+    out, conf = tracker.transfer(tpl, pts, tpl.copy())
+    assert calls == [], f"{len(calls)} table searches for objects SIFT had placed"
+    assert np.max(np.linalg.norm(out - pts, axis=1)) < 0.5 and np.min(conf) >= 0.5
+    tracker.transfer(tpl, pts, live)
+    assert len(calls) >= 1

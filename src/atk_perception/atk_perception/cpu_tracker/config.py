@@ -118,8 +118,8 @@ class CpuTrackerConfig:
     """With the template frame's depth and the camera's pose (``set_template_geometry``), objects standing on the table are searched for by their top faces, turned about the vertical and moved on the table with the camera's perspective (table_search.py); their points, side faces included, move with them. Without that geometry (a photograph, no calibration) nothing changes."""
     table_work_size_px: float = 40.0
     """The table search's coarse stage runs on images scaled so that the top face is about this big."""
-    table_step_deg: float = 7.5
-    """Yaw step of the table search's coarse stage."""
+    table_step_deg: float = 15.0
+    """Yaw step of the table search's coarse stage (7.5 until 2026-12-03; 15 placed every keypoint of the ground-truth benchmark's first frames as 7.5 did, in half the time: docs/perception.md, "Cost")."""
     table_sift_agree_px: float = 1.5
     """An object whose points SIFT placed confidently (``table_sift_confidence``) with at least 4 matched points fitting one affine map within this (median) keeps the SIFT placement."""
     table_accept_confidence: float = 0.5

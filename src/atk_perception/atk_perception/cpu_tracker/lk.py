@@ -213,15 +213,18 @@ class CpuTracker(Correspondence):
 
         An object whose points SIFT placed confidently and consistently (at least 4 matched points,
         their mean confidence at least ``table_sift_confidence``, and one affine map fitting them
-        within ``table_sift_agree_px`` median residual) keeps the SIFT placement.
+        within ``table_sift_agree_px`` median residual) keeps the SIFT placement, and is not searched
+        (the search is most of a transfer's time).
         """
-        from atk_perception.table_search import TableSearchParams, search_on_table
+        from atk_perception.table_search import (TableSearchParams, check_sizes, search_object_on_table,
+                                                 table_objects)
 
         cfg = self.cfg
         placed = np.zeros(len(pts), bool)
         params = TableSearchParams(work_size_px=cfg.table_work_size_px, coarse_step_deg=cfg.table_step_deg)
-        for r in search_on_table(template, pts, image, geometry, params):
-            m = r.members
+        check_sizes(template, image, geometry)
+        for obj in table_objects(geometry, pts, params):
+            m = obj.members
             found = res.found[m]
             if found.sum() >= 4 and float(conf[m][found].mean()) >= cfg.table_sift_confidence:
                 a_sift, _ = cv2.estimateAffine2D(pts[m][found], out[m][found], method=cv2.LMEDS)
@@ -230,6 +233,9 @@ class CpuTracker(Correspondence):
                     if float(np.median(np.linalg.norm(fit - out[m][found], axis=1))) <= cfg.table_sift_agree_px:
                         placed[m] = True   # SIFT placed them consistently: keep its placement
                         continue
+            r = search_object_on_table(template, image, geometry, obj, params)
+            if r is None:
+                continue
             appearance = float(np.clip((r.score - cfg.search_ncc_min) / (cfg.search_ncc_full - cfg.search_ncc_min),
                                        0, 1))
             unique = float(np.clip(r.place_lead / cfg.search_margin, 0, 1))
