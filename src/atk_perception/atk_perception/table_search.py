@@ -25,8 +25,10 @@ what it is:
    yaw about the vertical axis through the face's centre and each shift,
    and compared with the image (masked NCC, colour). Places come from the
    colour back-projection of the top face (and any the caller adds); at
-   each, the yaw is searched in ``coarse_step_deg`` steps, then refined
-   with the shift re-derived from the image match (two rounds).
+   each, the yaw is searched in ``coarse_step_deg`` steps on images scaled
+   to ``work_size_px`` (in grey, each place's best pose then scored again in
+   colour), then refined at full size with the shift re-derived from the
+   image match (two rounds).
 3. **The points**: every template point of the object is lifted to 3D with
    the template depth (a point on a side face stays on that face), moved
    by the yaw and shift, and projected.
