@@ -439,6 +439,7 @@ class TrackingSession:
 
     def _initialise(self, image: np.ndarray, notes: list[str]) -> None:
         cfg = self.config
+        self._covered = np.zeros(len(self._points), bool)   # nothing is known to be covered on a transfer
         if self._reset_points is not None:
             err = self._outside(self._reset_points, self._image_size)
             if err:
@@ -478,7 +479,6 @@ class TrackingSession:
         confident = conf >= cfg.min_point_confidence
         n_ok, n = int(confident.sum()), len(conf)
         self._points, self._conf, self._visible = pts_in, conf, confident
-        self._covered = np.zeros(len(conf), bool)
         if n_ok < cfg.transfer_min_fraction * n or n_ok == 0:
             self.state = TrackerState.LOST
             self._frames_until_retry = cfg.retransfer_every_n_frames - 1
@@ -491,7 +491,6 @@ class TrackingSession:
         notes.append(f"keypoints transferred from the template ({n_ok} of {n} confident)")
 
     def _start_tracking(self) -> None:
-        self._covered = np.zeros(len(self._points), bool)
         self.state = TrackerState.TRACKING
         self._needs_transfer = False
         self._bad_streak = 0
@@ -503,9 +502,8 @@ class TrackingSession:
         self._points = np.asarray(res.points, np.float32)
         self._conf = np.asarray(res.confidence, np.float32)
         self._visible = np.asarray(res.visible, bool)
-        covered = getattr(res, "covered", None)
-        self._covered = (np.zeros(len(self._conf), bool) if covered is None
-                         else np.asarray(covered, bool).reshape(len(self._conf)))
+        self._covered = (np.zeros(len(self._conf), bool) if res.covered is None
+                         else np.asarray(res.covered, bool).reshape(len(self._conf)))
         confident = self._confident(self._conf, self._visible)
         n_ok = int(confident.sum())
         # A keypoint the robot covers is no evidence of a lost track (see lost_after_s).

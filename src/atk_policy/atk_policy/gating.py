@@ -160,13 +160,10 @@ class KeypointInput:
 
     def __post_init__(self) -> None:
         n = len(self.ids)
-        if self.robot_covered is not None and np.shape(self.robot_covered) != (n,):
-            raise ValueError(f"KeypointInput.robot_covered must have shape ({n},), got "
-                             f"{np.shape(self.robot_covered)}")
         if np.shape(self.positions) != (n, 2):
             raise ValueError(f"KeypointInput.positions must have shape ({n}, 2), got {np.shape(self.positions)}")
-        for name in ("confidence", "visible"):
-            if np.shape(getattr(self, name)) != (n,):
+        for name in ("confidence", "visible", "robot_covered"):
+            if getattr(self, name) is not None and np.shape(getattr(self, name)) != (n,):
                 raise ValueError(f"KeypointInput.{name} must have shape ({n},), got {np.shape(getattr(self, name))}")
 
 
